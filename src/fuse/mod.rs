@@ -1,0 +1,654 @@
+//! The FUSE front end: a `fuser::Filesystem` over the view core.
+//!
+//! Every request resolves its inode to a view path, calls the view, and maps
+//! errors to an errno plus a tracing event. Nothing here may panic.
+
+mod inodes;
+
+use std::ffi::OsStr;
+use std::fs::{File, Metadata};
+use std::io;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
+};
+
+use crate::sys::{self, SetTime};
+use crate::view::{AttrChange, Entry, UPPER, View};
+use inodes::{Inodes, ROOT};
+
+/// Attribute/entry cache time for entries that live in upper (they change).
+const TTL_UPPER: Duration = Duration::from_secs(1);
+/// History entries never change while mounted: let the kernel keep them.
+const TTL_LOWER: Duration = Duration::from_secs(3600);
+
+enum Handle {
+    File(Arc<File>),
+    Dir(Arc<Vec<(u64, FileType, std::ffi::OsString)>>),
+}
+
+pub struct RegFs {
+    view: Arc<View>,
+    inodes: Inodes,
+    handles: DashMap<u64, Handle>,
+    next_fh: AtomicU64,
+    /// Whether new files are chowned to the caller (only root can).
+    chown_new: bool,
+}
+
+fn io_errno(e: &io::Error) -> Errno {
+    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn to_system_time(sec: i64, nsec: i64) -> SystemTime {
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs()) + Duration::from_nanos(nsec as u64)
+    }
+}
+
+fn file_type(m: &Metadata) -> FileType {
+    let ft = m.file_type();
+    if ft.is_dir() {
+        FileType::Directory
+    } else if ft.is_symlink() {
+        FileType::Symlink
+    } else if ft.is_char_device() {
+        FileType::CharDevice
+    } else if ft.is_block_device() {
+        FileType::BlockDevice
+    } else if ft.is_fifo() {
+        FileType::NamedPipe
+    } else if ft.is_socket() {
+        FileType::Socket
+    } else {
+        FileType::RegularFile
+    }
+}
+
+fn ttl_for(e: &Entry) -> Duration {
+    if e.layers.contains(&UPPER) { TTL_UPPER } else { TTL_LOWER }
+}
+
+/// The attributes of an entry, with the kernel overlay's conventions:
+/// a merged directory reports nlink 1, as overlayfs does.
+fn attr(ino: u64, e: &Entry) -> FileAttr {
+    let m = &e.meta;
+    let nlink = if m.is_dir() && e.layers.len() > 1 { 1 } else { m.nlink() as u32 };
+    FileAttr {
+        ino: INodeNo(ino),
+        size: m.size(),
+        blocks: m.blocks(),
+        atime: to_system_time(m.atime(), m.atime_nsec()),
+        mtime: to_system_time(m.mtime(), m.mtime_nsec()),
+        ctime: to_system_time(m.ctime(), m.ctime_nsec()),
+        crtime: to_system_time(m.ctime(), m.ctime_nsec()),
+        kind: file_type(m),
+        perm: (m.mode() & 0o7777) as u16,
+        nlink,
+        uid: m.uid(),
+        gid: m.gid(),
+        rdev: m.rdev() as u32,
+        blksize: m.blksize() as u32,
+        flags: 0,
+    }
+}
+
+fn set_time(t: TimeOrNow) -> SetTime {
+    match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(t) => SetTime::At(t),
+    }
+}
+
+impl RegFs {
+    pub fn new(view: Arc<View>) -> io::Result<RegFs> {
+        let root = view.root()?;
+        Ok(RegFs {
+            view,
+            inodes: Inodes::new(root),
+            handles: DashMap::new(),
+            next_fh: AtomicU64::new(1),
+            chown_new: sys::geteuid() == 0,
+        })
+    }
+
+    fn node(&self, ino: INodeNo) -> Result<(PathBuf, Entry), Errno> {
+        self.inodes.get(ino.0).ok_or(Errno::ESTALE)
+    }
+
+    /// Resolves `ino` with fresh upper metadata.
+    fn fresh(&self, ino: INodeNo) -> Result<(PathBuf, Entry), Errno> {
+        let (path, e) = self.node(ino)?;
+        let e = self.view.refresh(&path, &e).map_err(|err| self.fail("refresh", &path, &err))?;
+        self.inodes.update(ino.0, e.clone());
+        Ok((path, e))
+    }
+
+    /// Logs a failed request and returns its errno. Expected misses
+    /// (ENOENT, EEXIST, ...) are debug events; anything else is a warning.
+    fn fail(&self, op: &str, path: &Path, e: &io::Error) -> Errno {
+        let code = e.raw_os_error().unwrap_or(libc::EIO);
+        match code {
+            libc::ENOENT | libc::EEXIST | libc::ENOTEMPTY | libc::EXDEV | libc::ENODATA | libc::EISDIR
+            | libc::ENOTDIR => {
+                tracing::debug!(op, path = %path.display(), error = %e, "request failed")
+            }
+            _ => tracing::warn!(op, path = %path.display(), error = %e, "request failed"),
+        }
+        io_errno(e)
+    }
+
+    fn child_path(&self, parent: INodeNo, name: &OsStr) -> Result<(PathBuf, PathBuf), Errno> {
+        let (dir, _) = self.node(parent)?;
+        if name.len() > 255 {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        let path = dir.join(name);
+        Ok((dir, path))
+    }
+
+    /// Registers a new entry and replies to a creating request.
+    fn created_entry(&self, req: &Request, parent: INodeNo, name: &OsStr, path: &Path, reply: ReplyEntry, res: io::Result<Entry>) {
+        match res.and_then(|e| self.own(req, path, e)) {
+            Ok(e) => {
+                let ino = self.inodes.intern(parent.0, name, e.clone());
+                reply.entry(&ttl_for(&e), &attr(ino, &e), Generation(0));
+            }
+            Err(err) => reply.error(self.fail("create", path, &err)),
+        }
+    }
+
+    /// New entries belong to the caller, as on any filesystem (root only).
+    fn own(&self, req: &Request, path: &Path, e: Entry) -> io::Result<Entry> {
+        if !self.chown_new || (e.meta.uid() == req.uid() && e.meta.gid() == req.gid()) {
+            return Ok(e);
+        }
+        let p = self.view.layer_path(UPPER, path);
+        std::os::unix::fs::lchown(&p, Some(req.uid()), Some(req.gid()))?;
+        self.view.refresh(path, &e)
+    }
+
+    fn add_handle(&self, h: Handle) -> FileHandle {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.insert(fh, h);
+        FileHandle(fh)
+    }
+
+    fn file(&self, fh: FileHandle) -> Result<Arc<File>, Errno> {
+        match self.handles.get(&fh.0).as_deref() {
+            Some(Handle::File(f)) => Ok(f.clone()),
+            _ => Err(Errno::EBADF),
+        }
+    }
+}
+
+impl Filesystem for RegFs {
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let (dir, dir_entry) = match self.node(parent) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        if name.len() > 255 {
+            return reply.error(Errno::ENAMETOOLONG);
+        }
+        match self.view.lookup(&dir, &dir_entry, name) {
+            Ok(Some(e)) => {
+                let ino = self.inodes.intern(parent.0, name, e.clone());
+                reply.entry(&ttl_for(&e), &attr(ino, &e), Generation(0));
+            }
+            Ok(None) => reply.error(Errno::ENOENT),
+            Err(err) => reply.error(self.fail("lookup", &dir.join(name), &err)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        // An open handle answers for itself (an unlinked file still has attributes).
+        if let Some(f) = fh.and_then(|fh| self.file(fh).ok()) {
+            if let (Ok(meta), Ok((_, mut e))) = (f.metadata(), self.node(ino)) {
+                e.meta = meta;
+                return reply.attr(&ttl_for(&e), &attr(ino.0, &e));
+            }
+        }
+        match self.fresh(ino) {
+            Ok((_, e)) => reply.attr(&ttl_for(&e), &attr(ino.0, &e)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let (path, _) = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        // ftruncate on an open (already copied-up) handle goes to that file.
+        if let (Some(size), Some(f)) = (size, fh.and_then(|fh| self.file(fh).ok())) {
+            if let Err(e) = f.set_len(size) {
+                return reply.error(self.fail("ftruncate", &path, &e));
+            }
+        }
+        let change = AttrChange {
+            mode,
+            uid,
+            gid,
+            size: if fh.is_some() { None } else { size },
+            atime: atime.map(set_time),
+            mtime: mtime.map(set_time),
+        };
+        let res = if change.mode.is_none()
+            && change.uid.is_none()
+            && change.gid.is_none()
+            && change.size.is_none()
+            && change.atime.is_none()
+            && change.mtime.is_none()
+        {
+            self.fresh(ino).map(|(_, e)| e).map_err(|e| io::Error::from_raw_os_error(e.code()))
+        } else {
+            self.view.set_attr(&path, &change)
+        };
+        match res {
+            Ok(e) => {
+                self.inodes.update(ino.0, e.clone());
+                reply.attr(&ttl_for(&e), &attr(ino.0, &e))
+            }
+            Err(err) => reply.error(self.fail("setattr", &path, &err)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let (path, e) = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        match std::fs::read_link(self.view.real_path(&path, &e)) {
+            Ok(t) => reply.data(t.as_os_str().as_encoded_bytes()),
+            Err(err) => reply.error(self.fail("readlink", &path, &err)),
+        }
+    }
+
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+        let (_, path) = match self.child_path(parent, name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let res = self.view.mknod(&path, mode & !umask, rdev as u64);
+        self.created_entry(req, parent, name, &path, reply, res);
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let (_, path) = match self.child_path(parent, name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let res = self.view.mkdir(&path, mode & !umask);
+        self.created_entry(req, parent, name, &path, reply, res);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (_, path) = match self.child_path(parent, name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        match self.view.unlink(&path) {
+            Ok(()) => {
+                self.inodes.detach(parent.0, name);
+                reply.ok()
+            }
+            Err(err) => reply.error(self.fail("unlink", &path, &err)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (_, path) = match self.child_path(parent, name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        match self.view.rmdir(&path) {
+            Ok(()) => {
+                self.inodes.detach(parent.0, name);
+                reply.ok()
+            }
+            Err(err) => reply.error(self.fail("rmdir", &path, &err)),
+        }
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let (_, path) = match self.child_path(parent, link_name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let res = self.view.symlink(&path, target);
+        self.created_entry(req, parent, link_name, &path, reply, res);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let paths = self.child_path(parent, name).and_then(|(_, a)| Ok((a, self.child_path(newparent, newname)?.1)));
+        let (from, to) = match paths {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        match self.view.rename(&from, &to, flags.bits()) {
+            Ok(()) => {
+                self.inodes.rename(parent.0, name, newparent.0, newname);
+                if let Some(ino) = self.inodes.find(newparent.0, newname) {
+                    if let Ok(Some(e)) = self.view.resolve(&to) {
+                        self.inodes.update(ino, e);
+                    }
+                }
+                reply.ok()
+            }
+            Err(err) => reply.error(self.fail("rename", &from, &err)),
+        }
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let paths = self.node(ino).and_then(|(from, _)| Ok((from, self.child_path(newparent, newname)?.1)));
+        let (from, to) = match paths {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        match self.view.link(&from, &to) {
+            Ok(e) => {
+                if let Ok(Some(src)) = self.view.resolve(&from) {
+                    self.inodes.update(ino.0, src);
+                }
+                let new_ino = self.inodes.intern(newparent.0, newname, e.clone());
+                reply.entry(&ttl_for(&e), &attr(new_ino, &e), Generation(0));
+            }
+            Err(err) => reply.error(self.fail("link", &to, &err)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let (path, e) = match self.fresh(ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let flags = flags.0;
+        let writes = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        let res = if writes {
+            self.view.open_write(&path, flags).map(|(f, e)| {
+                self.inodes.update(ino.0, e);
+                f
+            })
+        } else {
+            self.view.open_read(&path, &e, flags)
+        };
+        match res {
+            Ok(f) => {
+                // History files never change: the kernel may keep their pages.
+                let fopen = if !writes && e.top() != UPPER { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+                reply.opened(self.add_handle(Handle::File(Arc::new(f))), fopen)
+            }
+            Err(err) => reply.error(self.fail("open", &path, &err)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let f = match self.file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        let mut buf = vec![0u8; size as usize];
+        let mut done = 0;
+        while done < buf.len() {
+            match f.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return reply.error(self.fail("read", Path::new(""), &e)),
+            }
+        }
+        reply.data(&buf[..done]);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let f = match self.file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        match f.write_all_at(data, offset) {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(e) => reply.error(self.fail("write", Path::new(""), &e)),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        let f = match self.file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        let res = if datasync { f.sync_data() } else { f.sync_all() };
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(self.fail("fsync", Path::new(""), &e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let (path, e) = match self.fresh(ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        if !e.is_dir() {
+            return reply.error(Errno::ENOTDIR);
+        }
+        let items = match self.view.list(&path, &e) {
+            Ok(items) => items,
+            Err(err) => return reply.error(self.fail("opendir", &path, &err)),
+        };
+        let parent_ino = self.inodes.parent_of(ino.0).unwrap_or(ROOT);
+        let mut listing = Vec::with_capacity(items.len() + 2);
+        listing.push((ino.0, FileType::Directory, ".".into()));
+        listing.push((parent_ino, FileType::Directory, "..".into()));
+        for item in items {
+            let kind = file_type(&item.entry.meta);
+            let child = self.inodes.intern(ino.0, &item.name, item.entry);
+            listing.push((child, kind, item.name));
+        }
+        reply.opened(self.add_handle(Handle::Dir(Arc::new(listing))), FopenFlags::empty());
+    }
+
+    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let listing = match self.handles.get(&fh.0).as_deref() {
+            Some(Handle::Dir(l)) => l.clone(),
+            _ => return reply.error(Errno::EBADF),
+        };
+        for (i, (ino, kind, name)) in listing.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.handles.remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match sys::statvfs(self.view.upper_root()) {
+            Ok(s) => reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize),
+            Err(e) => reply.error(self.fail("statfs", self.view.upper_root(), &e)),
+        }
+    }
+
+    fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+        let (path, _) = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        match self.view.set_xattr(&path, name, value, flags) {
+            Ok(()) => reply.ok(),
+            Err(err) => reply.error(self.fail("setxattr", &path, &err)),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let (path, e) = match self.fresh(ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        match self.view.get_xattr(&path, &e, name) {
+            Ok(Some(v)) => reply_xattr(reply, &v, size),
+            Ok(None) => reply.error(Errno::ENODATA),
+            Err(err) => reply.error(self.fail("getxattr", &path, &err)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let (path, e) = match self.fresh(ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        match self.view.list_xattrs(&path, &e) {
+            Ok(names) => {
+                let mut buf = Vec::new();
+                for n in names {
+                    buf.extend_from_slice(n.as_encoded_bytes());
+                    buf.push(0);
+                }
+                reply_xattr(reply, &buf, size)
+            }
+            Err(err) => reply.error(self.fail("listxattr", &path, &err)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (path, _) = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        match self.view.remove_xattr(&path, name) {
+            Ok(()) => reply.ok(),
+            Err(err) => reply.error(self.fail("removexattr", &path, &err)),
+        }
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // `default_permissions`: the kernel has already checked.
+        reply.ok();
+    }
+
+    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
+        let (_, path) = match self.child_path(parent, name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let acc = flags & libc::O_ACCMODE;
+        let res = self
+            .view
+            .create_file(&path, mode & !umask, acc != libc::O_RDONLY, acc != libc::O_WRONLY)
+            .and_then(|(f, e)| Ok((f, self.own(req, &path, e)?)));
+        match res {
+            Ok((f, e)) => {
+                let ino = self.inodes.intern(parent.0, name, e.clone());
+                let fh = self.add_handle(Handle::File(Arc::new(f)));
+                reply.created(&ttl_for(&e), &attr(ino, &e), Generation(0), fh, FopenFlags::empty());
+            }
+            Err(err) => reply.error(self.fail("create", &path, &err)),
+        }
+    }
+
+    fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: fuser::ReplyLseek) {
+        use std::os::fd::AsRawFd;
+        let f = match self.file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        match sys::lseek(f.as_raw_fd(), offset, whence) {
+            Ok(off) => reply.offset(off),
+            Err(e) => reply.error(io_errno(&e)),
+        }
+    }
+}
+
+fn reply_xattr(reply: ReplyXattr, value: &[u8], size: u32) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if value.len() > size as usize {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(value);
+    }
+}

@@ -1,0 +1,315 @@
+//! The registry storage grammar: the only module that knows registry path shapes.
+//!
+//! Modelled on distribution's `registry/storage/paths.go`. Every path here is
+//! relative to a registry `rootdirectory`; a [`Digest`] is validated before it
+//! ever becomes part of a path.
+
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+
+/// `<root>/docker/registry/v2`, relative to the root.
+pub const V2: &str = "docker/registry/v2";
+/// The directory names a registry keeps under one repository.
+pub const LAYERS: &str = "_layers";
+pub const MANIFESTS: &str = "_manifests";
+pub const UPLOADS: &str = "_uploads";
+
+/// A validated `sha256:<64 lowercase hex>` content digest.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest([u8; 64]);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DigestError {
+    #[error("digest must start with 'sha256:' (other algorithms are not supported): {0:?}")]
+    Algorithm(String),
+    #[error("digest hex must be 64 lowercase hex characters: {0:?}")]
+    Hex(String),
+}
+
+impl Digest {
+    /// Parses `sha256:<64 lowercase hex>`, nothing more and nothing less.
+    pub fn parse(s: &str) -> Result<Digest, DigestError> {
+        let hex = s
+            .strip_prefix("sha256:")
+            .ok_or_else(|| DigestError::Algorithm(truncate(s)))?;
+        Digest::from_hex(hex).map_err(|_| DigestError::Hex(truncate(s)))
+    }
+
+    /// Parses the bare 64-character lowercase hex form used in directory names.
+    pub fn from_hex(hex: &str) -> Result<Digest, DigestError> {
+        let bytes = hex.as_bytes();
+        if bytes.len() != 64 || !bytes.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(DigestError::Hex(truncate(hex)));
+        }
+        let mut out = [0u8; 64];
+        out.copy_from_slice(bytes);
+        Ok(Digest(out))
+    }
+
+    /// The digest of `data`.
+    pub fn of(data: &[u8]) -> Digest {
+        use sha2::Digest as _;
+        Digest::from_sha256(sha2::Sha256::digest(data).as_slice())
+    }
+
+    /// Builds a digest from a raw 32-byte sha256 output.
+    pub fn from_sha256(raw: &[u8]) -> Digest {
+        let hex = hex::encode(raw);
+        let mut out = [0u8; 64];
+        out.copy_from_slice(hex.as_bytes());
+        Digest(out)
+    }
+
+    pub fn hex(&self) -> &str {
+        // Only ASCII hex is ever stored.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(100).collect()
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", self.hex())
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Exact length of a link file: `sha256:` plus 64 hex, no newline.
+pub const LINK_LEN: usize = 71;
+
+/// Parses the content of a `link` file. It must hold exactly one digest and
+/// nothing else: no newline, no other algorithm, no path tricks.
+pub fn parse_link(content: &[u8]) -> Result<Digest, DigestError> {
+    let text = std::str::from_utf8(content)
+        .map_err(|_| DigestError::Hex(String::from_utf8_lossy(content).into_owned()))?;
+    Digest::parse(text)
+}
+
+/// The path of a blob's data file.
+pub fn blob_data(d: &Digest) -> PathBuf {
+    blob_dir(d).join("data")
+}
+
+/// The directory that holds a blob's data file.
+pub fn blob_dir(d: &Digest) -> PathBuf {
+    let hex = d.hex();
+    Path::new(V2).join("blobs/sha256").join(&hex[..2]).join(hex)
+}
+
+/// `docker/registry/v2/blobs/sha256`
+pub fn blobs_root() -> PathBuf {
+    Path::new(V2).join("blobs/sha256")
+}
+
+/// `docker/registry/v2/repositories`
+pub fn repositories_root() -> PathBuf {
+    Path::new(V2).join("repositories")
+}
+
+pub fn repo_dir(repo: &str) -> PathBuf {
+    repositories_root().join(repo)
+}
+
+pub fn layers_dir(repo: &str) -> PathBuf {
+    repo_dir(repo).join(LAYERS).join("sha256")
+}
+
+pub fn layer_link(repo: &str, d: &Digest) -> PathBuf {
+    layers_dir(repo).join(d.hex()).join("link")
+}
+
+pub fn revisions_dir(repo: &str) -> PathBuf {
+    repo_dir(repo).join(MANIFESTS).join("revisions/sha256")
+}
+
+pub fn revision_link(repo: &str, d: &Digest) -> PathBuf {
+    revisions_dir(repo).join(d.hex()).join("link")
+}
+
+pub fn tags_dir(repo: &str) -> PathBuf {
+    repo_dir(repo).join(MANIFESTS).join("tags")
+}
+
+pub fn tag_current_link(repo: &str, tag: &str) -> PathBuf {
+    tags_dir(repo).join(tag).join("current/link")
+}
+
+pub fn tag_index_dir(repo: &str, tag: &str) -> PathBuf {
+    tags_dir(repo).join(tag).join("index/sha256")
+}
+
+pub fn uploads_dir(repo: &str) -> PathBuf {
+    repo_dir(repo).join(UPLOADS)
+}
+
+/// The parts of a repository directory a registry keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Section {
+    Layers,
+    Manifests,
+    Uploads,
+}
+
+impl Section {
+    pub fn from_name(name: &str) -> Option<Section> {
+        match name {
+            LAYERS => Some(Section::Layers),
+            MANIFESTS => Some(Section::Manifests),
+            UPLOADS => Some(Section::Uploads),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Section::Layers => LAYERS,
+            Section::Manifests => MANIFESTS,
+            Section::Uploads => UPLOADS,
+        }
+    }
+}
+
+/// Where a relative path sits in the registry tree, as far as policy cares.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Place<'a> {
+    /// Not under `docker/registry/v2/repositories/` (blobs, the root, ...).
+    Outside,
+    /// `repositories/` itself.
+    RepositoriesRoot,
+    /// A directory under `repositories/` above any section: a repository or
+    /// a namespace such as `team` of `team/app`. `prefix` are its components.
+    RepoOrNamespace { prefix: Vec<&'a str> },
+    /// Inside (or at) a section of repository `repo`.
+    InSection { repo: Vec<&'a str>, section: Section },
+}
+
+/// Classifies a path relative to the registry root. Non-UTF-8 components
+/// under `repositories/` are treated as plain names (they never match a
+/// section or a kept repository).
+pub fn classify(rel: &Path) -> Place<'_> {
+    let mut comps = rel.components().filter_map(|c| match c {
+        Component::Normal(s) => Some(s),
+        _ => None,
+    });
+    for expected in ["docker", "registry", "v2", "repositories"] {
+        match comps.next() {
+            Some(c) if c == expected => {}
+            _ => return Place::Outside,
+        }
+    }
+    let mut prefix = Vec::new();
+    for c in comps {
+        let name = c.to_str().unwrap_or("\u{fffd}");
+        if let Some(section) = Section::from_name(name) {
+            return Place::InSection { repo: prefix, section };
+        }
+        prefix.push(name);
+    }
+    if prefix.is_empty() {
+        Place::RepositoriesRoot
+    } else {
+        Place::RepoOrNamespace { prefix }
+    }
+}
+
+/// A repository name in its usual `a/b/c` form.
+pub fn repo_name(components: &[&str]) -> String {
+    components.join("/")
+}
+
+/// Validates a repository name as a registry would accept it, so it can be
+/// joined into a path safely: lowercase alphanumerics and separators, no `..`.
+pub fn valid_repo_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name.split('/').all(|part| {
+            !part.is_empty()
+                && part != "."
+                && part != ".."
+                && !part.starts_with('_')
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEX: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn digest_roundtrip_and_paths() {
+        let d = Digest::parse(&format!("sha256:{HEX}")).unwrap();
+        assert_eq!(d.to_string(), format!("sha256:{HEX}"));
+        assert_eq!(
+            blob_data(&d),
+            PathBuf::from(format!("docker/registry/v2/blobs/sha256/01/{HEX}/data"))
+        );
+        assert_eq!(
+            layer_link("team/app", &d),
+            PathBuf::from(format!(
+                "docker/registry/v2/repositories/team/app/_layers/sha256/{HEX}/link"
+            ))
+        );
+    }
+
+    #[test]
+    fn links_are_strict() {
+        let good = format!("sha256:{HEX}");
+        assert!(parse_link(good.as_bytes()).is_ok());
+        assert_eq!(good.len(), LINK_LEN);
+        for bad in [
+            format!("{good}\n"),
+            good.to_uppercase(),
+            format!("sha512:{HEX}"),
+            "sha256:../../etc/passwd".to_string(),
+            format!("sha256:{}", &HEX[..63]),
+            String::new(),
+        ] {
+            assert!(parse_link(bad.as_bytes()).is_err(), "{bad:?} must be rejected");
+        }
+        assert!(parse_link(&[0xff, 0xfe]).is_err());
+    }
+
+    #[test]
+    fn classify_paths() {
+        assert_eq!(classify(Path::new("docker/registry/v2/blobs")), Place::Outside);
+        assert_eq!(classify(Path::new("")), Place::Outside);
+        assert_eq!(
+            classify(Path::new("docker/registry/v2/repositories")),
+            Place::RepositoriesRoot
+        );
+        assert_eq!(
+            classify(Path::new("docker/registry/v2/repositories/team/app")),
+            Place::RepoOrNamespace { prefix: vec!["team", "app"] }
+        );
+        assert_eq!(
+            classify(Path::new("docker/registry/v2/repositories/team/app/_manifests/tags")),
+            Place::InSection { repo: vec!["team", "app"], section: Section::Manifests }
+        );
+    }
+
+    #[test]
+    fn repo_names() {
+        assert!(valid_repo_name("team/app-1.x_y"));
+        for bad in ["", "Team", "a//b", "../x", "a/_layers", "a/./b"] {
+            assert!(!valid_repo_name(bad), "{bad}");
+        }
+    }
+}

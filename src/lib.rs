@@ -1,0 +1,12 @@
+//! regfs: a curated, copy-on-write view of docker registry storage.
+//!
+//! See DESIGN.md for the architecture: one [`view`] core shared by the FUSE
+//! front end, GC and export; [`layout`] knows registry paths; [`sys`] holds
+//! the only `unsafe`.
+
+pub mod cli;
+pub mod fuse;
+pub mod layout;
+pub mod mount;
+pub mod sys;
+pub mod view;

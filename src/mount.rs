@@ -1,0 +1,379 @@
+//! `regfs mount` / `regfs umount`: layer checks, the daemon and its state.
+//!
+//! A background mount re-executes regfs in the foreground as a daemon (its
+//! own process group, output to a log file) and returns once the daemon says
+//! the mount is ready. The daemon records itself in a small state file keyed
+//! by the mountpoint so `regfs umount` can find it, wait for it to finish
+//! (unmount-time work included) and return its exit status.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::fuse::RegFs;
+use crate::layout;
+use crate::sys;
+use crate::view::{Policy, View, XattrNs, policy};
+
+/// What a mount needs, as given on the command line.
+#[derive(Clone, Debug)]
+pub struct MountRequest {
+    pub lowers: Vec<PathBuf>,
+    pub upper: PathBuf,
+    pub keep: Option<PathBuf>,
+    pub policy: Option<PathBuf>,
+    pub mountpoint: PathBuf,
+    pub threads: usize,
+    pub allow_other: bool,
+}
+
+/// Layers checked and made absolute, plus the policy they are seen through.
+#[derive(Clone, Debug)]
+pub struct Layers {
+    pub lowers: Vec<PathBuf>,
+    pub upper: PathBuf,
+    pub policy: Policy,
+}
+
+/// Checks the layers and loads the policy. Creates upper if it is missing;
+/// never writes anything else.
+pub fn check_layers(lowers: &[PathBuf], upper: &Path, keep: Option<&Path>, policy_file: Option<&Path>) -> Result<Layers> {
+    let mut abs_lowers = Vec::new();
+    for l in lowers {
+        let c = fs::canonicalize(l).with_context(|| format!("--lower {}: cannot open", l.display()))?;
+        if !c.is_dir() {
+            bail!("--lower {}: not a directory", l.display());
+        }
+        if !c.join(layout::V2).is_dir() {
+            bail!(
+                "--lower {}: not a registry rootdirectory (no {} inside); pass the directory a \
+                 registry's storage.filesystem.rootdirectory names",
+                l.display(),
+                layout::V2
+            );
+        }
+        abs_lowers.push(c);
+    }
+    if !upper.exists() {
+        fs::create_dir_all(upper).with_context(|| format!("--upper {}: cannot create", upper.display()))?;
+    }
+    let up = fs::canonicalize(upper).with_context(|| format!("--upper {}: cannot open", upper.display()))?;
+    if !up.is_dir() {
+        bail!("--upper {}: not a directory", upper.display());
+    }
+    for l in &abs_lowers {
+        if up.starts_with(l) || l.starts_with(&up) {
+            bail!(
+                "--upper {} and --lower {} overlap: the upper must live outside every lower \
+                 (and the other way round), or writes would change the history",
+                up.display(),
+                l.display()
+            );
+        }
+    }
+    let mut policy = match policy_file {
+        Some(p) => {
+            let text = fs::read_to_string(p).with_context(|| format!("--policy {}: cannot read", p.display()))?;
+            policy::parse_policy(&text, &p.display().to_string())?
+        }
+        None => Policy::default(),
+    };
+    if let Some(k) = keep {
+        let text = fs::read_to_string(k).with_context(|| format!("--keep {}: cannot read", k.display()))?;
+        policy.keep = Some(policy::parse_keep(&text, &k.display().to_string())?);
+    }
+    Ok(Layers { lowers: abs_lowers, upper: up, policy })
+}
+
+impl Layers {
+    pub fn view(&self) -> Result<View> {
+        View::new(self.upper.clone(), self.lowers.clone(), self.policy.clone(), XattrNs::for_current_user())
+            .context("opening the layers")
+    }
+}
+
+/// An absolute mountpoint path without touching the mount itself (a dead
+/// FUSE mount answers ENOTCONN to stat).
+pub fn normalize_mountpoint(mp: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(mp).with_context(|| format!("{}: bad path", mp.display()))?;
+    match (abs.parent(), abs.file_name()) {
+        (Some(parent), Some(name)) => {
+            let parent = fs::canonicalize(parent).with_context(|| format!("{}: parent directory missing", mp.display()))?;
+            Ok(parent.join(name))
+        }
+        _ => Ok(abs),
+    }
+}
+
+/// Where a mount's daemon records itself.
+struct StateFiles {
+    state: PathBuf,
+    ready: PathBuf,
+    status: PathBuf,
+    log: PathBuf,
+}
+
+fn runtime_dir() -> Result<PathBuf> {
+    let dir = match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d).join("regfs"),
+        _ => std::env::temp_dir().join(format!("regfs-{}", sys::geteuid())),
+    };
+    fs::create_dir_all(&dir).with_context(|| format!("creating runtime dir {}", dir.display()))?;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = fs::metadata(&dir)?;
+    if meta.uid() != sys::geteuid() {
+        bail!("runtime dir {} belongs to another user; set XDG_RUNTIME_DIR", dir.display());
+    }
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+    Ok(dir)
+}
+
+fn state_files(mountpoint: &Path) -> Result<StateFiles> {
+    let id = layout::Digest::of(mountpoint.as_os_str().as_encoded_bytes());
+    let base = runtime_dir()?.join(&id.hex()[..16]);
+    let with = |ext: &str| base.with_extension(ext);
+    Ok(StateFiles { state: with("json"), ready: with("ready"), status: with("status"), log: with("log") })
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+struct MountState {
+    pid: u32,
+    mountpoint: PathBuf,
+    upper: PathBuf,
+    lowers: Vec<PathBuf>,
+    log: PathBuf,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+struct ExitStatus {
+    code: i32,
+    message: String,
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)
+}
+
+/// `regfs mount` without `--foreground`: start the daemon, wait until ready.
+pub fn mount_background(req: &MountRequest, args: &[std::ffi::OsString]) -> Result<()> {
+    // Check everything here first, so mistakes come back on the terminal.
+    check_layers(&req.lowers, &req.upper, req.keep.as_deref(), req.policy.as_deref())?;
+    let mp = check_mountpoint(&req.mountpoint)?;
+    let files = state_files(&mp)?;
+    let _ = fs::remove_file(&files.ready);
+    let log = File::create(&files.log).with_context(|| format!("creating {}", files.log.display()))?;
+    let exe = std::env::current_exe().context("locating the regfs binary")?;
+    use std::os::unix::process::CommandExt;
+    let mut child = Command::new(exe)
+        .args(args)
+        .arg("--foreground")
+        .arg("--ready-file")
+        .arg(&files.ready)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting the regfs daemon")?;
+    let start = Instant::now();
+    loop {
+        if files.ready.exists() {
+            eprintln!("regfs: mounted {} (daemon pid {}, log {})", mp.display(), child.id(), files.log.display());
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            let log = fs::read_to_string(&files.log).unwrap_or_default();
+            bail!("the regfs daemon exited ({status}) before the mount was ready:\n{}", log.trim_end());
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            bail!("the mount was not ready after 60 s; see {}", files.log.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn check_mountpoint(mp: &Path) -> Result<PathBuf> {
+    let mp = normalize_mountpoint(mp)?;
+    let meta = fs::metadata(&mp).with_context(|| format!("mountpoint {}: cannot open", mp.display()))?;
+    if !meta.is_dir() {
+        bail!("mountpoint {} is not a directory", mp.display());
+    }
+    if let Ok(files) = state_files(&mp) {
+        if let Some(st) = read_state(&files.state) {
+            if sys::process_alive(st.pid) {
+                bail!("{} is already mounted by regfs (pid {}); run `regfs umount {}` first", mp.display(), st.pid, mp.display());
+            }
+        }
+    }
+    Ok(mp)
+}
+
+fn read_state(path: &Path) -> Option<MountState> {
+    serde_json::from_slice(&fs::read(path).ok()?).ok()
+}
+
+/// Holds an exclusive lock on the upper directory for the life of a mount,
+/// so two mounts (or a GC) never write one upper at once.
+pub struct UpperLock {
+    _dir: File,
+}
+
+pub fn lock_upper(upper: &Path, what: &str) -> Result<UpperLock> {
+    let dir = File::open(upper).with_context(|| format!("opening upper {}", upper.display()))?;
+    if !sys::try_lock_exclusive(&dir)? {
+        bail!(
+            "upper {} is in use by another regfs process (a mount, gc or export); {what} needs it \
+             to itself: unmount that first",
+            upper.display()
+        );
+    }
+    Ok(UpperLock { _dir: dir })
+}
+
+/// `regfs mount --foreground`: mount, serve until unmounted or signalled.
+pub fn mount_foreground(req: &MountRequest, ready_file: Option<&Path>) -> Result<()> {
+    let layers = check_layers(&req.lowers, &req.upper, req.keep.as_deref(), req.policy.as_deref())?;
+    let mp = check_mountpoint(&req.mountpoint)?;
+    for l in layers.lowers.iter().chain([&layers.upper]) {
+        if mp.starts_with(l) || l.starts_with(&mp) {
+            bail!("mountpoint {} overlaps layer {}: mount it somewhere else", mp.display(), l.display());
+        }
+    }
+    let files = state_files(&mp)?;
+    let _lock = lock_upper(&layers.upper, "a mount")?;
+    let _ = fs::remove_file(&files.status);
+    // The FUSE front end applies each caller's umask itself.
+    sys::set_umask(0);
+    let view = Arc::new(layers.view()?);
+    let fs_impl = RegFs::new(view).context("reading the layer roots")?;
+
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName("regfs".into()),
+        fuser::MountOption::Subtype("regfs".into()),
+        fuser::MountOption::DefaultPermissions,
+    ];
+    if req.allow_other {
+        config.acl = fuser::SessionACL::All;
+    }
+    config.n_threads = Some(req.threads.max(1));
+    config.clone_fd = true;
+    let mut session = fuser::Session::new(fs_impl, &mp, &config)
+        .with_context(|| format!("mounting {} (is /dev/fuse there, and fusermount3 installed?)", mp.display()))?;
+
+    let state = MountState {
+        pid: std::process::id(),
+        mountpoint: mp.clone(),
+        upper: layers.upper.clone(),
+        lowers: layers.lowers.clone(),
+        log: files.log.clone(),
+    };
+    write_atomic(&files.state, &serde_json::to_vec_pretty(&state)?)?;
+    if let Some(r) = ready_file {
+        write_atomic(r, b"ready")?;
+    }
+    tracing::info!(mountpoint = %mp.display(), upper = %layers.upper.display(), lowers = layers.lowers.len(), "mounted");
+
+    let mut unmounter = session.unmount_callable();
+    let mut signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGHUP])?;
+    let sig_handle = signals.handle();
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            tracing::info!(signal = sig, "signal received: unmounting");
+            if let Err(e) = unmounter.unmount() {
+                tracing::error!(error = %e, "unmount on signal failed");
+            }
+        }
+    });
+    let served = session.run();
+    sig_handle.close();
+    let outcome = served.context("serving the FUSE session");
+    tracing::info!(mountpoint = %mp.display(), "unmounted");
+    let status = match &outcome {
+        Ok(()) => ExitStatus { code: 0, message: "unmounted cleanly".into() },
+        Err(e) => ExitStatus { code: 1, message: format!("{e:#}") },
+    };
+    write_atomic(&files.status, &serde_json::to_vec(&status)?)?;
+    let _ = fs::remove_file(&files.state);
+    let _ = fs::remove_file(&files.ready);
+    outcome
+}
+
+/// `regfs umount MOUNTPOINT`: unmount, wait for the daemon, report its status.
+pub fn umount(mountpoint: &Path, timeout: Option<Duration>) -> Result<()> {
+    let mp = normalize_mountpoint(mountpoint)?;
+    let files = state_files(&mp)?;
+    let state = read_state(&files.state);
+    unmount_path(&mp)?;
+    let Some(state) = state else {
+        eprintln!("regfs: unmounted {} (no regfs daemon was recorded for it)", mp.display());
+        return Ok(());
+    };
+    let start = Instant::now();
+    while sys::process_alive(state.pid) {
+        if timeout.is_some_and(|t| start.elapsed() > t) {
+            bail!("daemon pid {} still running after unmount; see {}", state.pid, state.log.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status: Option<ExitStatus> = fs::read(&files.status).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    let _ = fs::remove_file(&files.status);
+    match status {
+        Some(s) if s.code == 0 => {
+            eprintln!("regfs: {}: {}", mp.display(), s.message);
+            Ok(())
+        }
+        Some(s) => Err(anyhow!("{}: the daemon failed: {} (log: {})", mp.display(), s.message, state.log.display())),
+        None => Err(anyhow!(
+            "{}: the daemon (pid {}) ended without a status (killed?); the upper is intact, see {}",
+            mp.display(),
+            state.pid,
+            state.log.display()
+        )),
+    }
+}
+
+/// Unmounts a FUSE mount: umount2 as root, `fusermount3 -u` otherwise; a
+/// dead mount (ENOTCONN) is detached lazily.
+fn unmount_path(mp: &Path) -> Result<()> {
+    if sys::geteuid() == 0 {
+        match sys::umount(mp, false) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+                return sys::umount(mp, true).with_context(|| format!("detaching dead mount {}", mp.display()));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => bail!("{} is not mounted", mp.display()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                bail!("{} is busy (a process has a file or its cwd there); stop it and retry", mp.display())
+            }
+            Err(e) => return Err(e).with_context(|| format!("unmounting {}", mp.display())),
+        }
+    }
+    let out = Command::new("fusermount3")
+        .arg("-u")
+        .arg(mp)
+        .output()
+        .context("running fusermount3 (install the fuse3 package)")?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let msg = String::from_utf8_lossy(&out.stderr);
+    if msg.contains("not connected") {
+        let lazy = Command::new("fusermount3").arg("-uz").arg(mp).status()?;
+        if lazy.success() {
+            return Ok(());
+        }
+    }
+    bail!("fusermount3 -u {} failed: {}", mp.display(), msg.trim())
+}

@@ -1,0 +1,749 @@
+//! The view core: layers, policy, whiteouts, merged directories and copy-up.
+//!
+//! Every front end (FUSE, kernel materialisation, GC, export) goes through
+//! this module, so they all see the same tree. Paths are relative to the
+//! registry root (`""` is the root). Layer 0 is upper; 1.. are the lowers,
+//! topmost first. Lowers are only ever read.
+//!
+//! Upper is kept in the kernel overlayfs format (0/0 char-device whiteouts,
+//! `overlay.opaque` xattrs) so a kernel overlay mount of the same upper shows
+//! the same tree.
+
+pub mod policy;
+
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File, Metadata, OpenOptions};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::sys::{self, SetTime};
+pub use policy::Policy;
+
+/// Index of a layer: 0 is upper, 1.. the lowers from the top.
+pub type LayerIdx = usize;
+pub const UPPER: LayerIdx = 0;
+
+/// Names regfs uses for its own temporary files in upper; never shown.
+const TMP_PREFIX: &str = ".regfs-tmp.";
+
+/// Which xattr namespace marks whiteouts and opaque directories.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XattrNs {
+    /// `trusted.overlay.*`: what a root kernel overlay mount reads.
+    Trusted,
+    /// `user.overlay.*`: what an overlay mount with `userxattr` reads.
+    User,
+}
+
+impl XattrNs {
+    /// The namespace the current process can write: trusted needs CAP_SYS_ADMIN.
+    pub fn for_current_user() -> XattrNs {
+        if sys::geteuid() == 0 { XattrNs::Trusted } else { XattrNs::User }
+    }
+    fn opaque(self) -> &'static str {
+        match self {
+            XattrNs::Trusted => "trusted.overlay.opaque",
+            XattrNs::User => "user.overlay.opaque",
+        }
+    }
+    fn whiteout(self) -> &'static str {
+        match self {
+            XattrNs::Trusted => "trusted.overlay.whiteout",
+            XattrNs::User => "user.overlay.whiteout",
+        }
+    }
+    fn whiteouts_dir(self) -> &'static str {
+        match self {
+            XattrNs::Trusted => "trusted.overlay.whiteouts",
+            XattrNs::User => "user.overlay.whiteouts",
+        }
+    }
+}
+
+const ALL_NS: [XattrNs; 2] = [XattrNs::Trusted, XattrNs::User];
+
+/// Whether an xattr name belongs to overlayfs (hidden from the view's users).
+pub fn is_overlay_xattr(name: &OsStr) -> bool {
+    let b = name.as_bytes();
+    b.starts_with(b"trusted.overlay.") || b.starts_with(b"user.overlay.")
+}
+
+/// What one path is in the view.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// The layers that contribute, topmost first. A non-directory has exactly
+    /// one; a merged directory several; an opaque directory cuts the list.
+    pub layers: Vec<LayerIdx>,
+    /// Metadata of the topmost layer's entry.
+    pub meta: Metadata,
+}
+
+impl Entry {
+    pub fn top(&self) -> LayerIdx {
+        self.layers[0]
+    }
+    pub fn is_dir(&self) -> bool {
+        self.meta.is_dir()
+    }
+    /// Whether this lives only in upper (a pure-upper directory can be renamed).
+    pub fn upper_only(&self) -> bool {
+        self.layers == [UPPER]
+    }
+}
+
+/// One listed name of a merged directory.
+#[derive(Clone, Debug)]
+pub struct DirItem {
+    pub name: OsString,
+    pub entry: Entry,
+}
+
+#[derive(Debug)]
+pub struct View {
+    roots: Vec<PathBuf>,
+    policy: Policy,
+    ns: XattrNs,
+    /// Serialises namespace changes in upper (copy-up, create, rename...).
+    ns_lock: Mutex<()>,
+    tmp_seq: AtomicU64,
+}
+
+fn errno(code: i32) -> io::Error {
+    io::Error::from_raw_os_error(code)
+}
+
+fn is_missing(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR))
+}
+
+fn lstat(p: &Path) -> io::Result<Option<Metadata>> {
+    match fs::symlink_metadata(p) {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if is_missing(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether a name is one of regfs's own temporary files.
+pub fn is_internal_name(name: &OsStr) -> bool {
+    name.as_bytes().starts_with(TMP_PREFIX.as_bytes())
+}
+
+impl View {
+    /// A view over `upper` and `lowers` (topmost first). Checks that every
+    /// layer root is a directory; it does not write anything.
+    pub fn new(upper: PathBuf, lowers: Vec<PathBuf>, policy: Policy, ns: XattrNs) -> io::Result<View> {
+        let mut roots = vec![upper];
+        roots.extend(lowers);
+        for r in &roots {
+            if !fs::metadata(r)?.is_dir() {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotADirectory,
+                    format!("{} is not a directory", r.display()),
+                ));
+            }
+        }
+        Ok(View { roots, policy, ns, ns_lock: Mutex::new(()), tmp_seq: AtomicU64::new(0) })
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn upper_root(&self) -> &Path {
+        &self.roots[UPPER]
+    }
+
+    pub fn lower_roots(&self) -> &[PathBuf] {
+        &self.roots[1..]
+    }
+
+    pub fn layer_count(&self) -> usize {
+        self.roots.len()
+    }
+
+    pub fn xattr_ns(&self) -> XattrNs {
+        self.ns
+    }
+
+    /// The real path of `rel` in layer `layer`.
+    pub fn layer_path(&self, layer: LayerIdx, rel: &Path) -> PathBuf {
+        if rel.as_os_str().is_empty() { self.roots[layer].clone() } else { self.roots[layer].join(rel) }
+    }
+
+    /// The real path of the topmost file behind an entry.
+    pub fn real_path(&self, rel: &Path, e: &Entry) -> PathBuf {
+        self.layer_path(e.top(), rel)
+    }
+
+    /// The root directory of the view: every layer contributes.
+    pub fn root(&self) -> io::Result<Entry> {
+        let meta = fs::symlink_metadata(&self.roots[UPPER])?;
+        let mut layers = vec![UPPER];
+        if !self.is_opaque(&self.roots[UPPER])? {
+            for i in 1..self.roots.len() {
+                layers.push(i);
+                if self.is_opaque(&self.roots[i])? {
+                    break;
+                }
+            }
+        }
+        Ok(Entry { layers, meta })
+    }
+
+    /// Whether `p` (already known to exist with metadata `m`) is a whiteout.
+    fn is_whiteout(&self, p: &Path, m: &Metadata) -> io::Result<bool> {
+        let ft = m.file_type();
+        if ft.is_char_device() && m.rdev() == 0 {
+            return Ok(true);
+        }
+        if ft.is_file() && m.len() == 0 {
+            for ns in ALL_NS {
+                if sys::lgetxattr(p, OsStr::new(ns.whiteout()))?.is_some() {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    fn is_opaque(&self, dir: &Path) -> io::Result<bool> {
+        for ns in ALL_NS {
+            if let Some(v) = sys::lgetxattr(dir, OsStr::new(ns.opaque()))? {
+                if v == b"y" {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Resolves `name` inside the directory `dir` (at `dir_rel`).
+    ///
+    /// Kernel overlay rules: upper first, then the directory's lower stack;
+    /// a whiteout ends the search, a non-directory is final, a directory
+    /// merges with the directories below it until an opaque one. Policy hides
+    /// the entry in every lower layer.
+    pub fn lookup(&self, dir_rel: &Path, dir: &Entry, name: &OsStr) -> io::Result<Option<Entry>> {
+        if is_internal_name(name) || name.is_empty() || name == "." || name == ".." {
+            return Ok(None);
+        }
+        let rel = dir_rel.join(name);
+        let hidden = self.policy.hides_lower(&rel);
+        let mut found: Option<Entry> = None;
+        // Upper is always consulted: a directory copied up after `dir` was
+        // resolved still shows what was written into it.
+        let stack = std::iter::once(UPPER).chain(dir.layers.iter().copied().filter(|&l| l != UPPER));
+        for li in stack {
+            if li != UPPER && hidden {
+                break;
+            }
+            let p = self.layer_path(li, &rel);
+            let Some(meta) = lstat(&p)? else { continue };
+            if self.is_whiteout(&p, &meta)? {
+                break;
+            }
+            let is_dir = meta.is_dir();
+            match &mut found {
+                None => {
+                    found = Some(Entry { layers: vec![li], meta });
+                    if !is_dir {
+                        break;
+                    }
+                }
+                Some(e) => {
+                    if !is_dir {
+                        break;
+                    }
+                    e.layers.push(li);
+                }
+            }
+            if self.is_opaque(&p)? {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
+    /// Resolves a relative path from the root.
+    pub fn resolve(&self, rel: &Path) -> io::Result<Option<Entry>> {
+        let mut cur = self.root()?;
+        let mut cur_rel = PathBuf::new();
+        for comp in rel.components() {
+            let std::path::Component::Normal(name) = comp else {
+                return Err(errno(libc::EINVAL));
+            };
+            if !cur.is_dir() {
+                return Ok(None);
+            }
+            match self.lookup(&cur_rel, &cur, name)? {
+                Some(e) => cur = e,
+                None => return Ok(None),
+            }
+            cur_rel.push(name);
+        }
+        Ok(Some(cur))
+    }
+
+    fn resolve_existing(&self, rel: &Path) -> io::Result<Entry> {
+        self.resolve(rel)?.ok_or_else(|| errno(libc::ENOENT))
+    }
+
+    /// Fresh metadata for an entry: upper may have changed since `e` was
+    /// resolved (writes, copy-up); lower entries never change while mounted.
+    pub fn refresh(&self, rel: &Path, e: &Entry) -> io::Result<Entry> {
+        let p = self.layer_path(UPPER, rel);
+        if let Some(meta) = lstat(&p)? {
+            if !self.is_whiteout(&p, &meta)? {
+                let mut layers = vec![UPPER];
+                layers.extend(e.layers.iter().copied().filter(|&l| l != UPPER));
+                if !meta.is_dir() {
+                    layers.truncate(1);
+                }
+                return Ok(Entry { layers, meta });
+            }
+        }
+        Ok(e.clone())
+    }
+
+    /// Lists a directory of the view: each visible name once, upper first.
+    pub fn list(&self, dir_rel: &Path, dir: &Entry) -> io::Result<Vec<DirItem>> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        let stack = std::iter::once(UPPER).chain(dir.layers.iter().copied().filter(|&l| l != UPPER));
+        for li in stack {
+            let rd = match fs::read_dir(self.layer_path(li, dir_rel)) {
+                Ok(rd) => rd,
+                Err(e) if is_missing(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            for de in rd {
+                let name = de?.file_name();
+                if seen.contains(&name) {
+                    continue;
+                }
+                // lookup applies whiteouts, opaque cuts and policy in one place.
+                if let Some(entry) = self.lookup(dir_rel, dir, &name)? {
+                    out.push(DirItem { name: name.clone(), entry });
+                }
+                seen.insert(name);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether any lower layer holds anything at `rel`, visible or not. Where
+    /// one does, removing the name from upper must leave a whiteout and a new
+    /// directory there must be opaque.
+    fn lower_has(&self, rel: &Path) -> io::Result<bool> {
+        for li in 1..self.roots.len() {
+            if lstat(&self.layer_path(li, rel))?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn tmp_path(&self, dir_rel: &Path) -> PathBuf {
+        let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        self.layer_path(UPPER, &dir_rel.join(format!("{TMP_PREFIX}{}.{n}", std::process::id())))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        // A poisoned lock only means another request panicked mid-way; the
+        // filesystem state is still what the syscalls left.
+        self.ns_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes sure the directory `rel` exists in upper, copying up each
+    /// missing ancestor with its mode, owner and times.
+    fn ensure_upper_dir(&self, rel: &Path) -> io::Result<()> {
+        let up = self.layer_path(UPPER, rel);
+        if let Some(m) = lstat(&up)? {
+            if m.is_dir() {
+                return Ok(());
+            }
+        }
+        let Some(entry) = self.resolve(rel)? else { return Err(errno(libc::ENOENT)) };
+        if !entry.is_dir() {
+            return Err(errno(libc::ENOTDIR));
+        }
+        if let Some(parent) = rel.parent() {
+            self.ensure_upper_dir(parent)?;
+        }
+        // A whiteout can't sit where the view shows a directory, but a stale
+        // temporary or foreign file could: only a missing name is created.
+        fs::create_dir(&up).or_else(|e| if e.kind() == io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })?;
+        copy_attrs(&entry.meta, &up)?;
+        Ok(())
+    }
+
+    fn parent_of(rel: &Path) -> io::Result<&Path> {
+        rel.parent().ok_or_else(|| errno(libc::EINVAL))
+    }
+
+    /// Copies a lower entry up to upper (data, mode, owner, times, xattrs).
+    pub fn copy_up(&self, rel: &Path) -> io::Result<Entry> {
+        let _g = self.lock();
+        self.copy_up_locked(rel)
+    }
+
+    fn copy_up_locked(&self, rel: &Path) -> io::Result<Entry> {
+        let entry = self.resolve_existing(rel)?;
+        if entry.top() == UPPER {
+            return Ok(entry);
+        }
+        if entry.is_dir() {
+            self.ensure_upper_dir(rel)?;
+            return self.resolve_existing(rel);
+        }
+        let parent = Self::parent_of(rel)?;
+        self.ensure_upper_dir(parent)?;
+        let src = self.real_path(rel, &entry);
+        let tmp = self.tmp_path(parent);
+        let ft = entry.meta.file_type();
+        let made = if ft.is_file() {
+            copy_file_data(&src, &tmp, entry.meta.mode())
+        } else if ft.is_symlink() {
+            fs::read_link(&src).and_then(|t| std::os::unix::fs::symlink(t, &tmp))
+        } else {
+            sys::mknod(&tmp, entry.meta.mode(), entry.meta.rdev())
+        };
+        let finish = made
+            .and_then(|_| copy_xattrs(&src, &tmp))
+            .and_then(|_| copy_attrs(&entry.meta, &tmp))
+            .and_then(|_| fs::rename(&tmp, self.layer_path(UPPER, rel)));
+        if let Err(e) = finish {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        self.resolve_existing(rel)
+    }
+
+    /// Removes a whiteout (or any non-directory) that upper holds at `rel`,
+    /// so a new entry can take its place.
+    fn clear_upper_slot(&self, rel: &Path) -> io::Result<()> {
+        let p = self.layer_path(UPPER, rel);
+        if let Some(m) = lstat(&p)? {
+            if self.is_whiteout(&p, &m)? {
+                fs::remove_file(&p)?;
+            } else {
+                return Err(errno(libc::EEXIST));
+            }
+        }
+        Ok(())
+    }
+
+    /// Prepares upper for a new name `rel` that does not exist in the view.
+    fn prepare_new(&self, rel: &Path) -> io::Result<()> {
+        if self.resolve(rel)?.is_some() {
+            return Err(errno(libc::EEXIST));
+        }
+        self.ensure_upper_dir(Self::parent_of(rel)?)?;
+        self.clear_upper_slot(rel)
+    }
+
+    /// Creates a regular file (`O_CREAT|O_EXCL` semantics) and opens it.
+    pub fn create_file(&self, rel: &Path, mode: u32, write: bool, read: bool) -> io::Result<(File, Entry)> {
+        let _g = self.lock();
+        self.prepare_new(rel)?;
+        let p = self.layer_path(UPPER, rel);
+        let f = OpenOptions::new()
+            .read(read || !write)
+            .write(write)
+            .create_new(true)
+            .mode(mode & 0o7777)
+            .open(&p)?;
+        let entry = self.resolve_existing(rel)?;
+        Ok((f, entry))
+    }
+
+    /// Creates a directory; opaque where a lower holds the same name, so
+    /// nothing hidden below leaks back in (also under kernel overlay).
+    pub fn mkdir(&self, rel: &Path, mode: u32) -> io::Result<Entry> {
+        let _g = self.lock();
+        self.prepare_new(rel)?;
+        let p = self.layer_path(UPPER, rel);
+        fs::create_dir(&p)?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode & 0o7777))?;
+        if self.lower_has(rel)? {
+            self.set_opaque(&p)?;
+        }
+        self.resolve_existing(rel)
+    }
+
+    fn set_opaque(&self, p: &Path) -> io::Result<()> {
+        sys::lsetxattr(p, OsStr::new(self.ns.opaque()), b"y", 0)
+    }
+
+    /// Creates a special file (fifo, socket, device) in upper.
+    pub fn mknod(&self, rel: &Path, mode: u32, rdev: u64) -> io::Result<Entry> {
+        let _g = self.lock();
+        self.prepare_new(rel)?;
+        sys::mknod(&self.layer_path(UPPER, rel), mode, rdev)?;
+        self.resolve_existing(rel)
+    }
+
+    pub fn symlink(&self, rel: &Path, target: &Path) -> io::Result<Entry> {
+        let _g = self.lock();
+        self.prepare_new(rel)?;
+        std::os::unix::fs::symlink(target, self.layer_path(UPPER, rel))?;
+        self.resolve_existing(rel)
+    }
+
+    /// Hard link: the source is copied up first, as the kernel does.
+    pub fn link(&self, from: &Path, to: &Path) -> io::Result<Entry> {
+        let _g = self.lock();
+        let src = self.resolve_existing(from)?;
+        if src.is_dir() {
+            return Err(errno(libc::EPERM));
+        }
+        self.copy_up_locked(from)?;
+        self.prepare_new(to)?;
+        fs::hard_link(self.layer_path(UPPER, from), self.layer_path(UPPER, to))?;
+        self.resolve_existing(to)
+    }
+
+    /// Puts a whiteout at `rel` in upper: the kernel's 0/0 character device,
+    /// or where mknod is refused, the xattr form (Linux 6.7+).
+    fn make_whiteout(&self, rel: &Path) -> io::Result<()> {
+        let p = self.layer_path(UPPER, rel);
+        match sys::mknod(&p, libc::S_IFCHR, sys::makedev(0, 0)) {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) => {
+                File::create(&p)?;
+                sys::lsetxattr(&p, OsStr::new(self.ns.whiteout()), b"", 0)?;
+                if let Some(parent) = p.parent() {
+                    sys::lsetxattr(parent, OsStr::new(self.ns.whiteouts_dir()), b"", 0)?;
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes `rel` from upper and, where a lower holds it, whites it out.
+    fn remove_and_whiteout(&self, rel: &Path, entry: &Entry) -> io::Result<()> {
+        let up = self.layer_path(UPPER, rel);
+        if entry.layers.contains(&UPPER) {
+            if entry.is_dir() {
+                // The view shows it empty: upper holds only whiteouts and temps.
+                fs::remove_dir_all(&up)?;
+            } else {
+                fs::remove_file(&up)?;
+            }
+        }
+        if self.lower_has(rel)? {
+            self.ensure_upper_dir(Self::parent_of(rel)?)?;
+            self.make_whiteout(rel)?;
+        }
+        Ok(())
+    }
+
+    pub fn unlink(&self, rel: &Path) -> io::Result<()> {
+        let _g = self.lock();
+        let e = self.resolve_existing(rel)?;
+        if e.is_dir() {
+            return Err(errno(libc::EISDIR));
+        }
+        self.remove_and_whiteout(rel, &e)
+    }
+
+    pub fn rmdir(&self, rel: &Path) -> io::Result<()> {
+        let _g = self.lock();
+        let e = self.resolve_existing(rel)?;
+        if !e.is_dir() {
+            return Err(errno(libc::ENOTDIR));
+        }
+        if rel.as_os_str().is_empty() {
+            return Err(errno(libc::EBUSY));
+        }
+        if !self.list(rel, &e)?.is_empty() {
+            return Err(errno(libc::ENOTEMPTY));
+        }
+        self.remove_and_whiteout(rel, &e)
+    }
+
+    /// Removes `rel` and everything below it, through the view (upper files
+    /// deleted, lower entries whited out). Used by GC and `rm -rf`-like callers.
+    pub fn remove_all(&self, rel: &Path) -> io::Result<()> {
+        let Some(e) = self.resolve(rel)? else { return Ok(()) };
+        if e.is_dir() {
+            for item in self.list(rel, &e)? {
+                self.remove_all(&rel.join(&item.name))?;
+            }
+            self.rmdir(rel)
+        } else {
+            self.unlink(rel)
+        }
+    }
+
+    /// rename(2) through the view. Directories that have anything in a lower
+    /// layer give EXDEV, as under kernel overlay without `redirect_dir`.
+    pub fn rename(&self, from: &Path, to: &Path, flags: u32) -> io::Result<()> {
+        let _g = self.lock();
+        if flags & libc::RENAME_EXCHANGE != 0 || flags & libc::RENAME_WHITEOUT != 0 {
+            return Err(errno(libc::EINVAL));
+        }
+        let src = self.resolve_existing(from)?;
+        if from == to {
+            return Ok(());
+        }
+        if to.starts_with(from) {
+            return Err(errno(libc::EINVAL));
+        }
+        let dst = self.resolve(to)?;
+        if let Some(d) = &dst {
+            if flags & libc::RENAME_NOREPLACE != 0 {
+                return Err(errno(libc::EEXIST));
+            }
+            match (src.is_dir(), d.is_dir()) {
+                (true, false) => return Err(errno(libc::ENOTDIR)),
+                (false, true) => return Err(errno(libc::EISDIR)),
+                (true, true) if !self.list(to, d)?.is_empty() => return Err(errno(libc::ENOTEMPTY)),
+                _ => {}
+            }
+        }
+        if src.is_dir() && !src.upper_only() {
+            return Err(errno(libc::EXDEV));
+        }
+        if !src.is_dir() {
+            self.copy_up_locked(from)?;
+        }
+        self.ensure_upper_dir(Self::parent_of(to)?)?;
+        let up_to = self.layer_path(UPPER, to);
+        match &dst {
+            // An empty merged or opaque directory in upper holds only whiteouts.
+            Some(d) if d.is_dir() && d.layers.contains(&UPPER) => fs::remove_dir_all(&up_to)?,
+            Some(_) => {}
+            None => self.clear_upper_slot(to)?,
+        }
+        fs::rename(self.layer_path(UPPER, from), &up_to)?;
+        if src.is_dir() && self.lower_has(to)? {
+            self.set_opaque(&up_to)?;
+        }
+        if self.lower_has(from)? {
+            self.make_whiteout(from)?;
+        }
+        Ok(())
+    }
+
+    /// Opens the file behind `rel` for reading (no copy-up).
+    pub fn open_read(&self, rel: &Path, e: &Entry, flags: i32) -> io::Result<File> {
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(flags & !(libc::O_ACCMODE | libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC))
+            .open(self.real_path(rel, e))
+    }
+
+    /// Opens `rel` for writing: copied up first; O_APPEND and O_TRUNC honoured.
+    pub fn open_write(&self, rel: &Path, flags: i32) -> io::Result<(File, Entry)> {
+        let entry = self.copy_up(rel)?;
+        let acc = flags & libc::O_ACCMODE;
+        let f = OpenOptions::new()
+            .read(acc == libc::O_RDWR)
+            .write(true)
+            .custom_flags(flags & !(libc::O_ACCMODE | libc::O_CREAT | libc::O_EXCL))
+            .open(self.layer_path(UPPER, rel))?;
+        Ok((f, entry))
+    }
+
+    /// chmod/chown/truncate/utimens through copy-up.
+    pub fn set_attr(&self, rel: &Path, change: &AttrChange) -> io::Result<Entry> {
+        self.copy_up(rel)?;
+        let p = self.layer_path(UPPER, rel);
+        if let Some(mode) = change.mode {
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode & 0o7777))?;
+        }
+        if change.uid.is_some() || change.gid.is_some() {
+            std::os::unix::fs::lchown(&p, change.uid, change.gid)?;
+        }
+        if let Some(size) = change.size {
+            OpenOptions::new().write(true).open(&p)?.set_len(size)?;
+        }
+        if change.atime.is_some() || change.mtime.is_some() {
+            sys::utimens(&p, change.atime.unwrap_or(SetTime::Omit), change.mtime.unwrap_or(SetTime::Omit))?;
+        }
+        self.resolve_existing(rel)
+    }
+
+    /// Extended attributes a user of the view sees (overlay's own are hidden).
+    pub fn list_xattrs(&self, rel: &Path, e: &Entry) -> io::Result<Vec<OsString>> {
+        Ok(sys::llistxattr(&self.real_path(rel, e))?.into_iter().filter(|n| !is_overlay_xattr(n)).collect())
+    }
+
+    pub fn get_xattr(&self, rel: &Path, e: &Entry, name: &OsStr) -> io::Result<Option<Vec<u8>>> {
+        if is_overlay_xattr(name) {
+            return Ok(None);
+        }
+        sys::lgetxattr(&self.real_path(rel, e), name)
+    }
+
+    pub fn set_xattr(&self, rel: &Path, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+        if is_overlay_xattr(name) {
+            return Err(errno(libc::EPERM));
+        }
+        self.copy_up(rel)?;
+        sys::lsetxattr(&self.layer_path(UPPER, rel), name, value, flags)
+    }
+
+    pub fn remove_xattr(&self, rel: &Path, name: &OsStr) -> io::Result<()> {
+        if is_overlay_xattr(name) {
+            return Err(errno(libc::EPERM));
+        }
+        self.copy_up(rel)?;
+        sys::lremovexattr(&self.layer_path(UPPER, rel), name)
+    }
+}
+
+/// A setattr request, in view terms.
+#[derive(Debug, Default)]
+pub struct AttrChange {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+}
+
+fn copy_file_data(src: &Path, dst: &Path, mode: u32) -> io::Result<()> {
+    let mut from = File::open(src)?;
+    let mut to = OpenOptions::new().write(true).create_new(true).mode(mode & 0o7777).open(dst)?;
+    // io::copy uses copy_file_range/sendfile between files where it can.
+    io::copy(&mut from, &mut to)?;
+    Ok(())
+}
+
+/// Owner (where permitted), mode and times of `meta` onto `dst`.
+fn copy_attrs(meta: &Metadata, dst: &Path) -> io::Result<()> {
+    if sys::geteuid() == 0 {
+        std::os::unix::fs::lchown(dst, Some(meta.uid()), Some(meta.gid()))?;
+    }
+    if !meta.file_type().is_symlink() {
+        fs::set_permissions(dst, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+    }
+    let atime = meta.accessed().map(SetTime::At).unwrap_or(SetTime::Omit);
+    let mtime = meta.modified().map(SetTime::At).unwrap_or(SetTime::Omit);
+    sys::utimens(dst, atime, mtime)
+}
+
+/// User-visible xattrs travel with a copy-up; overlay's own never do.
+fn copy_xattrs(src: &Path, dst: &Path) -> io::Result<()> {
+    for name in sys::llistxattr(src)? {
+        if is_overlay_xattr(&name) {
+            continue;
+        }
+        if let Some(v) = sys::lgetxattr(src, &name)? {
+            // Not every namespace is writable by every user: skip, don't fail.
+            if let Err(e) = sys::lsetxattr(dst, &name, &v, 0) {
+                tracing::debug!(path = %dst.display(), ?name, error = %e, "xattr not copied up");
+            }
+        }
+    }
+    Ok(())
+}

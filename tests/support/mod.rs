@@ -1,0 +1,10 @@
+//! Shared integration-test support: synthetic OCI images and a real registry.
+//!
+//! Each test binary pulls this in with `mod support;`; not every binary uses every
+//! helper, hence the `dead_code` allowance.
+#![allow(dead_code)]
+
+pub mod oci;
+pub mod registry;
+pub mod mount;
+pub mod tree;

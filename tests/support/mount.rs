@@ -1,0 +1,111 @@
+//! Mount guards: every mount a test makes is undone when the guard drops,
+//! even when the test panics.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The regfs binary under test (`REGFS_BIN` overrides, for the non-root pass
+/// that runs copies of the test binaries).
+pub fn regfs_bin() -> PathBuf {
+    std::env::var_os("REGFS_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_regfs")))
+}
+
+/// Runs `regfs ARGS` and returns its output.
+pub fn regfs(args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(regfs_bin()).args(args).output().expect("running the regfs binary")
+}
+
+pub fn is_root() -> bool {
+    regfs::sys::geteuid() == 0
+}
+
+fn text(o: &Output) -> String {
+    format!("status {}\nstdout:\n{}\nstderr:\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// A mounted regfs view; unmounted on drop.
+pub struct Mount {
+    pub mountpoint: PathBuf,
+    active: bool,
+}
+
+impl Mount {
+    /// `regfs mount --lower L... --upper U EXTRA... MP`; panics with regfs's
+    /// own message when mounting fails (no FUSE means a failed test).
+    pub fn fuse(lowers: &[&Path], upper: &Path, mp: &Path, extra: &[&str]) -> Mount {
+        Self::try_fuse(lowers, upper, mp, extra).unwrap_or_else(|e| panic!("regfs mount failed:\n{e}"))
+    }
+
+    pub fn try_fuse(lowers: &[&Path], upper: &Path, mp: &Path, extra: &[&str]) -> Result<Mount, String> {
+        std::fs::create_dir_all(mp).expect("mkdir mountpoint");
+        let mut cmd = Command::new(regfs_bin());
+        cmd.arg("mount");
+        for l in lowers {
+            cmd.arg("--lower").arg(l);
+        }
+        cmd.arg("--upper").arg(upper).args(extra).arg(mp);
+        let out = cmd.output().expect("running regfs mount");
+        if out.status.success() {
+            Ok(Mount { mountpoint: mp.to_path_buf(), active: true })
+        } else {
+            Err(text(&out))
+        }
+    }
+
+    /// `regfs umount`, asserting it succeeds; returns its output.
+    pub fn umount(mut self) -> Output {
+        self.active = false;
+        let out = regfs(&["umount".as_ref(), self.mountpoint.as_os_str()]);
+        assert!(out.status.success(), "regfs umount failed:\n{}", text(&out));
+        out
+    }
+
+    /// `regfs umount` without asserting (for failure-path tests).
+    pub fn umount_status(mut self) -> Output {
+        self.active = false;
+        regfs(&["umount".as_ref(), self.mountpoint.as_os_str()])
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if !self.active {
+            return;
+        }
+        let out = regfs(&["umount".as_ref(), self.mountpoint.as_os_str()]);
+        if !out.status.success() {
+            // Last resort: detach, so a failed test leaves no mount behind.
+            let _ = Command::new("fusermount3").arg("-uz").arg(&self.mountpoint).status();
+            if is_root() {
+                let _ = regfs::sys::umount(&self.mountpoint, true);
+            }
+        }
+    }
+}
+
+/// A kernel overlayfs mount made by the test itself (needs root).
+pub struct KernelOverlay {
+    pub mountpoint: PathBuf,
+}
+
+impl KernelOverlay {
+    /// `mount -t overlay` with `lowerdir=L1:L2..,upperdir=U,workdir=W`.
+    pub fn mount(lowers: &[&Path], upper: &Path, work: &Path, mp: &Path) -> KernelOverlay {
+        assert!(is_root(), "kernel overlay tests need root (CI runs them as root)");
+        for d in [work, mp] {
+            std::fs::create_dir_all(d).expect("mkdir");
+        }
+        let lowerdir: Vec<String> = lowers.iter().map(|l| l.display().to_string()).collect();
+        let data = format!("lowerdir={},upperdir={},workdir={}", lowerdir.join(":"), upper.display(), work.display());
+        regfs::sys::mount("overlay", mp, "overlay", &data).unwrap_or_else(|e| panic!("mount -t overlay -o {data}: {e}"));
+        KernelOverlay { mountpoint: mp.to_path_buf() }
+    }
+}
+
+impl Drop for KernelOverlay {
+    fn drop(&mut self) {
+        if regfs::sys::umount(&self.mountpoint, false).is_err() {
+            let _ = regfs::sys::umount(&self.mountpoint, true);
+        }
+    }
+}
