@@ -60,13 +60,8 @@ pub fn check_layers(lowers: &[PathBuf], upper: &Path, keep: Option<&Path>, polic
         }
         abs_lowers.push(c);
     }
-    if !upper.exists() {
-        fs::create_dir_all(upper).with_context(|| format!("--upper {}: cannot create", upper.display()))?;
-    }
-    let up = fs::canonicalize(upper).with_context(|| format!("--upper {}: cannot open", upper.display()))?;
-    if !up.is_dir() {
-        bail!("--upper {}: not a directory", upper.display());
-    }
+    // Resolved before anything is created, so a bad upper writes nothing.
+    let up = resolve_maybe_missing(upper).with_context(|| format!("--upper {}: bad path", upper.display()))?;
     for l in &abs_lowers {
         if up.starts_with(l) || l.starts_with(&up) {
             bail!(
@@ -76,6 +71,12 @@ pub fn check_layers(lowers: &[PathBuf], upper: &Path, keep: Option<&Path>, polic
                 l.display()
             );
         }
+    }
+    if !up.exists() {
+        fs::create_dir_all(&up).with_context(|| format!("--upper {}: cannot create", upper.display()))?;
+    }
+    if !up.is_dir() {
+        bail!("--upper {}: not a directory", upper.display());
     }
     let mut policy = match policy_file {
         Some(p) => {
@@ -96,6 +97,26 @@ impl Layers {
         View::new(self.upper.clone(), self.lowers.clone(), self.policy.clone(), XattrNs::for_current_user())
             .context("opening the layers")
     }
+}
+
+/// The canonical form of a path whose tail may not exist yet: the deepest
+/// existing ancestor is canonicalised and the rest appended.
+fn resolve_maybe_missing(p: &Path) -> io::Result<PathBuf> {
+    let abs = std::path::absolute(p)?;
+    let mut existing = abs.as_path();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => break,
+        }
+    }
+    let mut out = fs::canonicalize(existing)?;
+    out.extend(rest.iter().rev());
+    Ok(out)
 }
 
 /// An absolute mountpoint path without touching the mount itself (a dead
@@ -256,7 +277,8 @@ pub fn mount_foreground(req: &MountRequest, ready_file: Option<&Path>) -> Result
     // The FUSE front end applies each caller's umask itself.
     sys::set_umask(0);
     let view = Arc::new(layers.view()?);
-    let fs_impl = RegFs::new(view).context("reading the layer roots")?;
+    let notifier = Arc::new(std::sync::OnceLock::new());
+    let fs_impl = RegFs::new(view, notifier.clone()).context("reading the layer roots")?;
 
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -272,6 +294,7 @@ pub fn mount_foreground(req: &MountRequest, ready_file: Option<&Path>) -> Result
     let mut session = fuser::Session::new(fs_impl, &mp, &config)
         .with_context(|| format!("mounting {} (is /dev/fuse there, and fusermount3 installed?)", mp.display()))?;
 
+    let _ = notifier.set(session.notifier());
     let state = MountState {
         pid: std::process::id(),
         mountpoint: mp.clone(),

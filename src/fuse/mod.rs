@@ -10,7 +10,7 @@ use std::fs::{File, Metadata};
 use std::io;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -43,6 +43,8 @@ pub struct RegFs {
     next_fh: AtomicU64,
     /// Whether new files are chowned to the caller (only root can).
     chown_new: bool,
+    /// Set once the session exists; used to drop stale kernel attributes.
+    notifier: Arc<OnceLock<fuser::Notifier>>,
 }
 
 fn io_errno(e: &io::Error) -> Errno {
@@ -112,7 +114,8 @@ fn set_time(t: TimeOrNow) -> SetTime {
 }
 
 impl RegFs {
-    pub fn new(view: Arc<View>) -> io::Result<RegFs> {
+    /// `notifier` is filled in by the caller once the session is mounted.
+    pub fn new(view: Arc<View>, notifier: Arc<OnceLock<fuser::Notifier>>) -> io::Result<RegFs> {
         let root = view.root()?;
         Ok(RegFs {
             view,
@@ -120,7 +123,29 @@ impl RegFs {
             handles: DashMap::new(),
             next_fh: AtomicU64::new(1),
             chown_new: sys::geteuid() == 0,
+            notifier,
         })
+    }
+
+    /// A change in upper may have copied up `ino`'s ancestors, which changes
+    /// their attributes (a merged directory reports nlink 1, upper's times)
+    /// although the kernel saw no change to them: drop its cached attributes
+    /// for `ino` and every ancestor. Only attributes (offset -1), no pages.
+    fn changed(&self, ino: INodeNo) {
+        let Some(notifier) = self.notifier.get() else { return };
+        let mut cur = ino.0;
+        for _ in 0..4096 {
+            if let Err(e) = notifier.inval_inode(INodeNo(cur), -1, 0) {
+                // ENOENT: the kernel holds no such inode; nothing to drop.
+                if e.raw_os_error() != Some(libc::ENOENT) {
+                    tracing::debug!(ino = cur, error = %e, "attribute invalidation failed");
+                }
+            }
+            match self.inodes.parent_of(cur) {
+                Some(parent) if cur != ROOT => cur = parent,
+                _ => break,
+            }
+        }
     }
 
     fn node(&self, ino: INodeNo) -> Result<(PathBuf, Entry), Errno> {
@@ -163,6 +188,7 @@ impl RegFs {
         match res.and_then(|e| self.own(req, path, e)) {
             Ok(e) => {
                 let ino = self.inodes.intern(parent.0, name, e.clone());
+                self.changed(parent);
                 reply.entry(&ttl_for(&e), &attr(ino, &e), Generation(0));
             }
             Err(err) => reply.error(self.fail("create", path, &err)),
@@ -276,6 +302,7 @@ impl Filesystem for RegFs {
         match res {
             Ok(e) => {
                 self.inodes.update(ino.0, e.clone());
+                self.changed(ino);
                 reply.attr(&ttl_for(&e), &attr(ino.0, &e))
             }
             Err(err) => reply.error(self.fail("setattr", &path, &err)),
@@ -319,6 +346,7 @@ impl Filesystem for RegFs {
         match self.view.unlink(&path) {
             Ok(()) => {
                 self.inodes.detach(parent.0, name);
+                self.changed(parent);
                 reply.ok()
             }
             Err(err) => reply.error(self.fail("unlink", &path, &err)),
@@ -333,6 +361,7 @@ impl Filesystem for RegFs {
         match self.view.rmdir(&path) {
             Ok(()) => {
                 self.inodes.detach(parent.0, name);
+                self.changed(parent);
                 reply.ok()
             }
             Err(err) => reply.error(self.fail("rmdir", &path, &err)),
@@ -371,6 +400,8 @@ impl Filesystem for RegFs {
                         self.inodes.update(ino, e);
                     }
                 }
+                self.changed(parent);
+                self.changed(newparent);
                 reply.ok()
             }
             Err(err) => reply.error(self.fail("rename", &from, &err)),
@@ -389,6 +420,8 @@ impl Filesystem for RegFs {
                     self.inodes.update(ino.0, src);
                 }
                 let new_ino = self.inodes.intern(newparent.0, newname, e.clone());
+                self.changed(ino);
+                self.changed(newparent);
                 reply.entry(&ttl_for(&e), &attr(new_ino, &e), Generation(0));
             }
             Err(err) => reply.error(self.fail("link", &to, &err)),
@@ -405,6 +438,7 @@ impl Filesystem for RegFs {
         let res = if writes {
             self.view.open_write(&path, flags).map(|(f, e)| {
                 self.inodes.update(ino.0, e);
+                self.changed(ino);
                 f
             })
         } else {
@@ -559,7 +593,10 @@ impl Filesystem for RegFs {
             Err(e) => return reply.error(e),
         };
         match self.view.set_xattr(&path, name, value, flags) {
-            Ok(()) => reply.ok(),
+            Ok(()) => {
+                self.changed(ino);
+                reply.ok()
+            }
             Err(err) => reply.error(self.fail("setxattr", &path, &err)),
         }
     }
@@ -600,7 +637,10 @@ impl Filesystem for RegFs {
             Err(e) => return reply.error(e),
         };
         match self.view.remove_xattr(&path, name) {
-            Ok(()) => reply.ok(),
+            Ok(()) => {
+                self.changed(ino);
+                reply.ok()
+            }
             Err(err) => reply.error(self.fail("removexattr", &path, &err)),
         }
     }
@@ -623,6 +663,7 @@ impl Filesystem for RegFs {
         match res {
             Ok((f, e)) => {
                 let ino = self.inodes.intern(parent.0, name, e.clone());
+                self.changed(parent);
                 let fh = self.add_handle(Handle::File(Arc::new(f)));
                 reply.created(&ttl_for(&e), &attr(ino, &e), Generation(0), fh, FopenFlags::empty());
             }

@@ -167,3 +167,45 @@ pub fn shape(snap: &BTreeMap<PathBuf, Node>) -> Vec<String> {
         .map(|(p, n)| format!("{} {}", n.kind, p.display()))
         .collect()
 }
+
+/// An `ls -lR`-like listing of a mounted view: one line per entry with kind,
+/// mode, nlink, owner, size (not for directories), mtime and content hash or
+/// link target. Two views that list the same are the same to a user.
+pub fn listing(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    list_into(root, Path::new(""), &mut out);
+    out
+}
+
+fn list_into(root: &Path, rel: &Path, out: &mut Vec<String>) {
+    let p = root.join(rel);
+    let m = fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("lstat {}: {e}", p.display()));
+    let ft = m.file_type();
+    let (kind, extra) = if ft.is_dir() {
+        ('d', String::new())
+    } else if ft.is_symlink() {
+        ('l', format!("-> {}", fs::read_link(&p).expect("readlink").display()))
+    } else if ft.is_file() {
+        ('-', sha256_hex(&fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display())))[..12].to_string())
+    } else {
+        ('?', format!("rdev {}", m.rdev()))
+    };
+    let size = if kind == 'd' { String::from("-") } else { m.size().to_string() };
+    out.push(format!(
+        "{kind}{:04o} {} {}:{} {size} {}.{:09} {} {extra}",
+        m.mode() & 0o7777,
+        m.nlink(),
+        m.uid(),
+        m.gid(),
+        m.mtime(),
+        m.mtime_nsec(),
+        if rel.as_os_str().is_empty() { ".".into() } else { rel.display().to_string() },
+    ));
+    if kind == 'd' {
+        let mut names: Vec<_> = fs::read_dir(&p).expect("readdir").map(|e| e.expect("dirent").file_name()).collect();
+        names.sort();
+        for n in names {
+            list_into(root, &rel.join(n), out);
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! regfs against the kernel: the same layers listed through regfs (with a
+//! policy that hides nothing) and through `mount -t overlay` must look the
+//! same to the byte, and an upper written by either mounts in the other.
+//! Needs root for the kernel overlay mounts (CI runs it as root).
+
+mod support;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use support::mount::{KernelOverlay, Mount};
+use support::tree::{self, RepoSpec};
+
+const REPOS: &[RepoSpec] = &[
+    RepoSpec { name: "app", tags: &["1.0", "1.1"] },
+    RepoSpec { name: "team/web", tags: &["2024"] },
+    RepoSpec { name: "stale", tags: &["old"] },
+];
+
+struct Layers {
+    tmp: tempfile::TempDir,
+    lower: PathBuf,
+    upper: PathBuf,
+    transparent: PathBuf,
+}
+
+impl Layers {
+    fn new() -> Layers {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let lower = tmp.path().join("history");
+        tree::write_store(&lower, REPOS, "r1");
+        let upper = tmp.path().join("upper");
+        fs::create_dir_all(&upper).unwrap();
+        let transparent = tmp.path().join("transparent.json");
+        fs::write(&transparent, r#"{"hide_sections": []}"#).unwrap();
+        Layers { lower, upper, transparent, tmp }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    fn regfs(&self) -> Mount {
+        Mount::fuse(&[&self.lower], &self.upper, &self.path("mnt"), &["--policy", self.transparent.to_str().unwrap()])
+    }
+
+    fn kernel(&self) -> KernelOverlay {
+        // A fresh work dir each time: never share work between mounts.
+        let work = self.path(&format!("work-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&work);
+        KernelOverlay::mount(&[&self.lower], &self.upper, &work, &self.path("kmnt"))
+    }
+
+    fn listing_regfs(&self) -> Vec<String> {
+        let m = self.regfs();
+        let l = tree::listing(&m.mountpoint);
+        m.umount();
+        l
+    }
+
+    fn listing_kernel(&self) -> Vec<String> {
+        let k = self.kernel();
+        tree::listing(&k.mountpoint)
+    }
+}
+
+/// The same operations a registry and a person do, applied to a mounted view.
+fn mutate(v: &Path) {
+    let v2 = v.join("docker/registry/v2");
+    let hexes: Vec<_> = fs::read_dir(v2.join("blobs/sha256")).unwrap().map(|e| e.unwrap().path()).collect();
+    // Delete a lower blob dir (whiteout), rm -rf a lower repository.
+    fs::remove_dir_all(&hexes[0]).unwrap();
+    fs::remove_dir_all(v2.join("repositories/stale")).unwrap();
+    // Re-create a deleted lower name as a directory (opaque).
+    fs::create_dir_all(v2.join("repositories/stale/_layers")).unwrap();
+    fs::write(v2.join("repositories/stale/_layers/new"), b"new").unwrap();
+    // Replace a history _manifests tree with a fresh one (opaque dir again).
+    fs::remove_dir_all(v2.join("repositories/app/_manifests")).unwrap();
+    fs::create_dir_all(v2.join("repositories/app/_manifests/tags/2.0/current")).unwrap();
+    fs::write(v2.join("repositories/app/_manifests/tags/2.0/current/link"), b"sha256:x").unwrap();
+    // Copy-up by append, a new file, a rename across directories, a symlink.
+    let blob = fs::read_dir(&hexes[1]).unwrap().next().unwrap().unwrap().path().join("data");
+    fs::OpenOptions::new().append(true).open(&blob).unwrap().write_all(b"+").unwrap();
+    fs::create_dir_all(v2.join("repositories/app/_uploads/u1")).unwrap();
+    fs::write(v2.join("repositories/app/_uploads/u1/data"), b"upload").unwrap();
+    fs::create_dir_all(v2.join("blobs/sha256/ff/ffnew")).unwrap();
+    fs::rename(v2.join("repositories/app/_uploads/u1/data"), v2.join("blobs/sha256/ff/ffnew/data")).unwrap();
+    std::os::unix::fs::symlink("blobs", v2.join("link-to-blobs")).unwrap();
+}
+
+#[test]
+fn untouched_layers_list_the_same_as_kernel_overlay() {
+    let l = Layers::new();
+    let ours = l.listing_regfs();
+    let kernel = l.listing_kernel();
+    assert_eq!(ours, kernel);
+    assert!(ours.len() > 50, "the sample is not trivial: {} entries", ours.len());
+}
+
+#[test]
+fn an_upper_written_by_regfs_mounts_in_the_kernel_showing_the_same_view() {
+    let l = Layers::new();
+    let m = l.regfs();
+    mutate(&m.mountpoint);
+    let ours = tree::listing(&m.mountpoint);
+    m.umount();
+    let kernel = l.listing_kernel();
+    assert_eq!(ours, kernel);
+    // And regfs reads its own upper back the same after a remount.
+    assert_eq!(l.listing_regfs(), ours);
+}
+
+#[test]
+fn an_upper_written_by_the_kernel_mounts_in_regfs_showing_the_same_view() {
+    let l = Layers::new();
+    let kernel = {
+        let k = l.kernel();
+        mutate(&k.mountpoint);
+        tree::listing(&k.mountpoint)
+    };
+    assert_eq!(l.listing_regfs(), kernel);
+}
