@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs the FUSE view suite as an ordinary user (mounts through fusermount3,
+# whiteouts and opaque markers in the user.overlay.* namespace). Needs root
+# to create the user; the test binaries are built as the caller and copied
+# where the user can run them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+user="${REGFS_TEST_USER:-regfs-ci}"
+suites=(fuse_view)
+
+id "$user" >/dev/null 2>&1 || useradd --create-home --shell /bin/sh "$user"
+chmod 0666 /dev/fuse
+
+stage="$(mktemp -d /tmp/regfs-unpriv.XXXXXX)"
+trap 'rm -rf "$stage"' EXIT
+cargo build --locked
+cp target/debug/regfs "$stage/regfs"
+for suite in "${suites[@]}"; do
+    exe="$(cargo test --locked --no-run --test "$suite" --message-format=json 2>/dev/null \
+        | python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        print(m["executable"])')"
+    [ -n "$exe" ] || { echo "test-unprivileged: no test binary for $suite" >&2; exit 1; }
+    cp "$exe" "$stage/$suite"
+done
+mkdir -p "$stage/tmp"
+chmod -R a+rX "$stage"
+chown "$user" "$stage/tmp"
+
+for suite in "${suites[@]}"; do
+    echo "test-unprivileged: $suite as $user"
+    runuser -u "$user" -- env -i PATH=/usr/local/bin:/usr/bin:/bin HOME="$stage/tmp" TMPDIR="$stage/tmp" \
+        XDG_RUNTIME_DIR="$stage/tmp" REGFS_BIN="$stage/regfs" \
+        "$stage/$suite" --test-threads=2
+done

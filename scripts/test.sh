@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole test suite: unit and integration tests (real FUSE mounts, kernel
+# overlay mounts, the real docker-registry and skopeo), then, when run as root,
+# the FUSE suite again as an unprivileged user through fusermount3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo test --locked --all-targets -- --test-threads="${REGFS_TEST_THREADS:-2}"
+
+if [ "$(id -u)" = 0 ]; then
+    scripts/test-unprivileged.sh
+else
+    echo "test: not root: the kernel overlay tests ran as this user and the unprivileged pass is this run"
+fi
