@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 user="${REGFS_TEST_USER:-regfs-ci}"
-suites=(fuse_view)
+suites=(fuse_view userns)
 
 id "$user" >/dev/null 2>&1 || useradd --create-home --shell /bin/sh "$user"
 chmod 0666 /dev/fuse

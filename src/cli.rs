@@ -65,6 +65,15 @@ struct MountArgs {
     /// mount. Needs `user_allow_other` in /etc/fuse.conf when not root.
     #[arg(long)]
     allow_other: bool,
+    /// Front end: `kernel` materialises the policy as overlayfs whiteouts in
+    /// upper and mounts overlayfs (root only); `fuse` works unprivileged;
+    /// `auto` uses the kernel where permitted and says which it chose.
+    #[arg(long, value_enum, default_value_t = mount::Mode::Auto)]
+    mode: mount::Mode,
+    /// overlayfs work dir for kernel mode; must be on upper's filesystem.
+    /// Default: `.<upper name>.regfs-work` beside upper.
+    #[arg(long, value_name = "DIR")]
+    work: Option<PathBuf>,
     /// Internal: the daemon writes this file once the mount is ready.
     #[arg(long, hide = true, value_name = "FILE")]
     ready_file: Option<PathBuf>,
@@ -106,6 +115,8 @@ pub fn main() -> i32 {
                 mountpoint: a.mountpoint,
                 threads: a.threads,
                 allow_other: a.allow_other,
+                mode: a.mode,
+                work: a.work,
             };
             if a.foreground {
                 mount::mount_foreground(&req, a.ready_file.as_deref())

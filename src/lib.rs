@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod fuse;
+pub mod kernel;
 pub mod layout;
 pub mod mount;
 pub mod sys;

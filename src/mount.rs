@@ -17,6 +17,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::fuse::RegFs;
+use crate::kernel;
 use crate::layout;
 use crate::sys;
 use crate::view::{Policy, View, XattrNs, policy};
@@ -31,6 +32,22 @@ pub struct MountRequest {
     pub mountpoint: PathBuf,
     pub threads: usize,
     pub allow_other: bool,
+    pub mode: Mode,
+    /// overlayfs work dir for kernel mode (default: beside upper).
+    pub work: Option<PathBuf>,
+}
+
+/// Which front end serves the view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Kernel overlayfs where this process may mount it, FUSE otherwise.
+    #[default]
+    Auto,
+    /// FUSE (unprivileged, through fusermount3 when not root).
+    Fuse,
+    /// Native kernel overlayfs: the policy is materialised as whiteouts first.
+    Kernel,
 }
 
 /// Layers checked and made absolute, plus the policy they are seen through.
@@ -169,6 +186,12 @@ struct MountState {
     upper: PathBuf,
     lowers: Vec<PathBuf>,
     log: PathBuf,
+    #[serde(default = "fuse_mode")]
+    mode: Mode,
+}
+
+fn fuse_mode() -> Mode {
+    Mode::Fuse
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -188,8 +211,18 @@ fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
 /// `regfs mount` without `--foreground`: start the daemon, wait until ready.
 pub fn mount_background(req: &MountRequest, args: &[std::ffi::OsString]) -> Result<()> {
     // Check everything here first, so mistakes come back on the terminal.
-    check_layers(&req.lowers, &req.upper, req.keep.as_deref(), req.policy.as_deref())?;
+    let layers = check_layers(&req.lowers, &req.upper, req.keep.as_deref(), req.policy.as_deref())?;
     let mp = check_mountpoint(&req.mountpoint)?;
+    check_no_overlap(&layers, &mp)?;
+    if choose_mode(req.mode) == Mode::Kernel {
+        match mount_kernel(req, &layers, &mp) {
+            Ok(()) => return Ok(()),
+            Err(e) if req.mode == Mode::Auto && is_permission_error(&e) => {
+                tracing::info!("mode: fuse (kernel overlay not permitted here: {e:#})");
+            }
+            Err(e) => return Err(e),
+        }
+    }
     let files = state_files(&mp)?;
     let _ = fs::remove_file(&files.ready);
     let log = File::create(&files.log).with_context(|| format!("creating {}", files.log.display()))?;
@@ -259,17 +292,43 @@ pub fn lock_upper(upper: &Path, what: &str) -> Result<UpperLock> {
             upper.display()
         );
     }
+    check_no_kernel_mount(upper, what)?;
     Ok(UpperLock { _dir: dir })
+}
+
+fn check_no_kernel_mount(upper: &Path, what: &str) -> Result<()> {
+    if let Some(mp) = kernel::overlay_using_upper(upper) {
+        bail!(
+            "upper {} is in use by the kernel overlay mounted on {}; {what} needs it to itself: \
+             run `regfs umount {}` first",
+            upper.display(),
+            mp.display(),
+            mp.display()
+        );
+    }
+    Ok(())
 }
 
 /// `regfs mount --foreground`: mount, serve until unmounted or signalled.
 pub fn mount_foreground(req: &MountRequest, ready_file: Option<&Path>) -> Result<()> {
     let layers = check_layers(&req.lowers, &req.upper, req.keep.as_deref(), req.policy.as_deref())?;
     let mp = check_mountpoint(&req.mountpoint)?;
-    for l in layers.lowers.iter().chain([&layers.upper]) {
-        if mp.starts_with(l) || l.starts_with(&mp) {
-            bail!("mountpoint {} overlaps layer {}: mount it somewhere else", mp.display(), l.display());
+    check_no_overlap(&layers, &mp)?;
+    if choose_mode(req.mode) == Mode::Kernel {
+        match mount_kernel(req, &layers, &mp) {
+            Ok(()) => {
+                if let Some(r) = ready_file {
+                    write_atomic(r, b"ready")?;
+                }
+                return serve_kernel_until_signal(&mp);
+            }
+            Err(e) if req.mode == Mode::Auto && is_permission_error(&e) => {
+                tracing::info!("mode: fuse (kernel overlay not permitted here: {e:#})");
+            }
+            Err(e) => return Err(e),
         }
+    } else {
+        tracing::info!("mode: fuse");
     }
     let files = state_files(&mp)?;
     let _lock = lock_upper(&layers.upper, "a mount")?;
@@ -301,6 +360,7 @@ pub fn mount_foreground(req: &MountRequest, ready_file: Option<&Path>) -> Result
         upper: layers.upper.clone(),
         lowers: layers.lowers.clone(),
         log: files.log.clone(),
+        mode: Mode::Fuse,
     };
     write_atomic(&files.state, &serde_json::to_vec_pretty(&state)?)?;
     if let Some(r) = ready_file {
@@ -338,6 +398,12 @@ pub fn umount(mountpoint: &Path, timeout: Option<Duration>) -> Result<()> {
     let mp = normalize_mountpoint(mountpoint)?;
     let files = state_files(&mp)?;
     let state = read_state(&files.state);
+    if let Some(st) = state.as_ref().filter(|st| st.mode == Mode::Kernel) {
+        sys::umount(&mp, false).map_err(|e| unmount_error(&mp, e))?;
+        let _ = fs::remove_file(&files.state);
+        eprintln!("regfs: unmounted kernel overlay {} (upper {})", mp.display(), st.upper.display());
+        return Ok(());
+    }
     unmount_path(&mp)?;
     let Some(state) = state else {
         eprintln!("regfs: unmounted {} (no regfs daemon was recorded for it)", mp.display());
@@ -371,17 +437,13 @@ pub fn umount(mountpoint: &Path, timeout: Option<Duration>) -> Result<()> {
 /// dead mount (ENOTCONN) is detached lazily.
 fn unmount_path(mp: &Path) -> Result<()> {
     if sys::geteuid() == 0 {
-        match sys::umount(mp, false) {
-            Ok(()) => return Ok(()),
+        return match sys::umount(mp, false) {
+            Ok(()) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-                return sys::umount(mp, true).with_context(|| format!("detaching dead mount {}", mp.display()));
+                sys::umount(mp, true).with_context(|| format!("detaching dead mount {}", mp.display()))
             }
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => bail!("{} is not mounted", mp.display()),
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                bail!("{} is busy (a process has a file or its cwd there); stop it and retry", mp.display())
-            }
-            Err(e) => return Err(e).with_context(|| format!("unmounting {}", mp.display())),
-        }
+            Err(e) => Err(unmount_error(mp, e)),
+        };
     }
     let out = Command::new("fusermount3")
         .arg("-u")
@@ -399,4 +461,85 @@ fn unmount_path(mp: &Path) -> Result<()> {
         }
     }
     bail!("fusermount3 -u {} failed: {}", mp.display(), msg.trim())
+}
+
+fn unmount_error(mp: &Path, e: io::Error) -> anyhow::Error {
+    match e.raw_os_error() {
+        Some(libc::EINVAL) => anyhow!("{} is not mounted", mp.display()),
+        Some(libc::EBUSY) => anyhow!("{} is busy (a process has a file or its cwd there); stop it and retry", mp.display()),
+        _ => anyhow::Error::new(e).context(format!("unmounting {}", mp.display())),
+    }
+}
+
+fn check_no_overlap(layers: &Layers, mp: &Path) -> Result<()> {
+    for l in layers.lowers.iter().chain([&layers.upper]) {
+        if mp.starts_with(l) || l.starts_with(mp) {
+            bail!("mountpoint {} overlaps layer {}: mount it somewhere else", mp.display(), l.display());
+        }
+    }
+    Ok(())
+}
+
+/// `auto` picks the kernel where this process may mount overlayfs (root, or
+/// root of a user namespace); a refusal then falls back to FUSE.
+fn choose_mode(mode: Mode) -> Mode {
+    match mode {
+        Mode::Auto if sys::geteuid() == 0 => Mode::Kernel,
+        Mode::Auto => Mode::Fuse,
+        m => m,
+    }
+}
+
+fn is_permission_error(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>().and_then(|e| e.raw_os_error()).is_some_and(|c| c == libc::EPERM || c == libc::EACCES)
+    })
+}
+
+/// Materialises the policy into upper and mounts kernel overlayfs.
+fn mount_kernel(req: &MountRequest, layers: &Layers, mp: &Path) -> Result<()> {
+    // Held only while materialising: the kernel keeps no lock of its own
+    // beyond the mountinfo entry that check_no_kernel_mount reads.
+    let _lock = lock_upper(&layers.upper, "a kernel mount")?;
+    let work = req.work.clone().unwrap_or_else(|| kernel::default_workdir(&layers.upper));
+    let work = kernel::prepare_workdir(&layers.upper, &work)?;
+    let view = layers.view()?;
+    let done = kernel::materialise(&view).context("materialising the policy as whiteouts in upper")?;
+    tracing::info!(
+        hidden = done.hidden,
+        whiteouts = done.whiteouts,
+        opaque = done.opaque,
+        seconds = done.elapsed.as_secs_f64(),
+        "policy materialised"
+    );
+    kernel::mount_overlay(&layers.lowers, &layers.upper, &work, mp).map_err(|e| {
+        let hint = match e.raw_os_error() {
+            Some(libc::EBUSY) => " (upper or work dir is in use by another mount)",
+            Some(libc::EPERM) => " (needs CAP_SYS_ADMIN: run as root or use --mode fuse)",
+            _ => "",
+        };
+        anyhow::Error::new(e).context(format!("mount -t overlay on {}{hint}", mp.display()))
+    })?;
+    tracing::info!("mode: kernel overlayfs");
+    let files = state_files(mp)?;
+    let state = MountState {
+        pid: std::process::id(),
+        mountpoint: mp.to_path_buf(),
+        upper: layers.upper.clone(),
+        lowers: layers.lowers.clone(),
+        log: files.log.clone(),
+        mode: Mode::Kernel,
+    };
+    write_atomic(&files.state, &serde_json::to_vec_pretty(&state)?)?;
+    eprintln!("regfs: mounted {} (kernel overlayfs, upper {})", mp.display(), layers.upper.display());
+    Ok(())
+}
+
+/// `--foreground` in kernel mode: the kernel serves; wait for a signal, then unmount.
+fn serve_kernel_until_signal(mp: &Path) -> Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGHUP])?;
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!(signal = sig, "signal received: unmounting");
+    }
+    umount(mp, None)
 }

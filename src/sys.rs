@@ -251,3 +251,12 @@ pub fn lseek(fd: std::os::fd::RawFd, offset: i64, whence: i32) -> io::Result<i64
     let r = unsafe { libc::lseek(fd, offset as libc::off_t, whence) };
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as i64) }
 }
+
+/// Whether this process runs in a user namespace other than the initial one
+/// (its uid map is not the identity over the whole range).
+pub fn in_user_namespace() -> bool {
+    match std::fs::read_to_string("/proc/self/uid_map") {
+        Ok(map) => map.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"],
+        Err(_) => false,
+    }
+}

@@ -30,6 +30,9 @@ struct Fixture {
     mnt: PathBuf,
     store: Store,
     before: std::collections::BTreeMap<PathBuf, tree::Node>,
+    /// Upper right after the first mount: empty in FUSE mode; in kernel mode
+    /// the policy's materialised whiteouts.
+    baseline: std::cell::RefCell<Option<Vec<String>>>,
 }
 
 impl Fixture {
@@ -40,11 +43,23 @@ impl Fixture {
         let before = tree::snapshot(&lower);
         let upper = tmp.path().join("upper");
         let mnt = tmp.path().join("mnt");
-        Fixture { lower, upper, mnt, store, before, _tmp: tmp }
+        Fixture { lower, upper, mnt, store, before, baseline: Default::default(), _tmp: tmp }
     }
 
     fn mount(&self, extra: &[&str]) -> Mount {
-        Mount::fuse(&[&self.lower], &self.upper, &self.mnt, extra)
+        let m = Mount::fuse(&[&self.lower], &self.upper, &self.mnt, extra);
+        self.baseline.borrow_mut().get_or_insert_with(|| tree::shape(&tree::snapshot(&self.upper)));
+        m
+    }
+
+    fn baseline(&self) -> Vec<String> {
+        self.baseline.borrow().clone().unwrap_or_default()
+    }
+
+    /// The non-directory entries of upper that the test's own writes made.
+    fn upper_written(&self) -> Vec<String> {
+        let base = self.baseline();
+        self.upper_shape().into_iter().filter(|l| !l.starts_with("d ") && !base.contains(l)).collect()
     }
 
     fn v2(&self) -> PathBuf {
@@ -58,6 +73,10 @@ impl Fixture {
     fn upper_shape(&self) -> Vec<String> {
         tree::shape(&tree::snapshot(&self.upper))
     }
+}
+
+fn kernel_mode() -> bool {
+    support::mount::test_mode() == "kernel"
 }
 
 fn names(dir: &Path) -> Vec<String> {
@@ -103,7 +122,12 @@ fn policy_hides_manifests_and_uploads_but_keeps_blobs_and_layers() {
         assert_eq!(&fs::read(fx.mnt.join(blob_rel(hex))).expect("blob"), data, "blob {hex}");
     }
     drop(m);
-    assert_eq!(fx.upper_shape(), Vec::<String>::new(), "reading must not write upper");
+    assert_eq!(fx.upper_shape(), fx.baseline(), "reading must not write upper");
+    if kernel_mode() {
+        assert!(fx.baseline().contains(&"c docker/registry/v2/repositories/team/api/_manifests".to_string()));
+    } else {
+        assert_eq!(fx.baseline(), Vec::<String>::new(), "FUSE hides by policy alone");
+    }
     fx.assert_lower_unchanged();
 }
 
@@ -122,8 +146,8 @@ fn stat_is_exact_and_inodes_are_stable() {
         assert!(seen_inos.insert(b.ino()), "two paths share an inode number");
     }
     // A lower-only directory keeps its own nlink and times.
-    let rel = "docker/registry/v2/repositories/team";
-    let (a, b) = (fs::metadata(fx.lower.join(rel)).unwrap(), fs::metadata(fx.mnt.join(rel)).unwrap());
+    let rel = format!("docker/registry/v2/blobs/sha256/{}", &fx.store.blobs.keys().next().unwrap()[..2]);
+    let (a, b) = (fs::metadata(fx.lower.join(&rel)).unwrap(), fs::metadata(fx.mnt.join(&rel)).unwrap());
     assert_eq!((a.mode(), a.nlink(), a.mtime()), (b.mode(), b.nlink(), b.mtime()));
     // readdir lists each name once, and its inode numbers match lookup's.
     let dir = fx.v2().join("blobs/sha256");
@@ -186,17 +210,15 @@ fn registry_style_writes_go_to_upper() {
     assert_eq!(names(&v2.join("repositories/app/_manifests/tags")), ["2.0"]);
     m.umount();
 
-    let upper = fx.upper_shape();
     let expected_files = [
         format!("f docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]),
         format!("f docker/registry/v2/repositories/app/_layers/sha256/{hex}/link"),
         "f docker/registry/v2/repositories/app/_manifests/tags/2.0/current/link".to_string(),
         "l docker/registry/v2/sym".to_string(),
     ];
-    let files: Vec<_> = upper.iter().filter(|l| !l.starts_with("d ")).cloned().collect();
     let mut expected: Vec<_> = expected_files.to_vec();
     expected.sort();
-    assert_eq!(files, expected, "upper holds exactly what was written");
+    assert_eq!(fx.upper_written(), expected, "upper holds exactly what was written");
     // The registry recreated _manifests over a hidden lower one: it is opaque
     // in upper, so kernel overlay shows it the same way.
     let manifests = fx.upper.join("docker/registry/v2/repositories/app/_manifests");
@@ -204,7 +226,7 @@ fn registry_style_writes_go_to_upper() {
     // _uploads/new-uuid was created and removed; the hidden lower _uploads
     // gets a whiteout so it stays gone under kernel overlay too.
     let uploads = fx.upper.join("docker/registry/v2/repositories/app/_uploads");
-    assert!(is_opaque(&uploads) || names(&uploads).is_empty(), "{upper:?}");
+    assert!(is_opaque(&uploads) || names(&uploads).is_empty(), "{:?}", fx.upper_shape());
     fx.assert_lower_unchanged();
 }
 
@@ -341,9 +363,15 @@ fn keep_file_hides_stale_repositories() {
     fs::create_dir_all(repos.join("stale/_layers/sha256")).unwrap();
     assert_eq!(names(&repos.join("stale/_layers/sha256")), Vec::<String>::new());
     m.umount();
-    // Hiding is virtual: nothing was written for the hidden repositories.
+    // Hiding is virtual in FUSE mode: nothing is written for hidden
+    // repositories. Kernel mode needs exactly one whiteout for each.
     let upper = fx.upper_shape();
-    assert!(upper.iter().all(|l| !l.contains("team/web")), "{upper:?}");
+    let marks: Vec<_> = upper.iter().filter(|l| l.contains("team/web")).collect();
+    if kernel_mode() {
+        assert_eq!(marks, ["c docker/registry/v2/repositories/team/web"], "{upper:?}");
+    } else {
+        assert!(marks.is_empty(), "{upper:?}");
+    }
     fx.assert_lower_unchanged();
 }
 

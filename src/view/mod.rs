@@ -40,9 +40,11 @@ pub enum XattrNs {
 }
 
 impl XattrNs {
-    /// The namespace the current process can write: trusted needs CAP_SYS_ADMIN.
+    /// The namespace the current process can write: trusted needs
+    /// CAP_SYS_ADMIN in the initial user namespace; root of a user namespace
+    /// writes user.* (what overlay with `userxattr` reads there).
     pub fn for_current_user() -> XattrNs {
-        if sys::geteuid() == 0 { XattrNs::Trusted } else { XattrNs::User }
+        if sys::geteuid() == 0 && !sys::in_user_namespace() { XattrNs::Trusted } else { XattrNs::User }
     }
     fn opaque(self) -> &'static str {
         match self {
@@ -544,6 +546,31 @@ impl View {
         Ok(())
     }
 
+    /// Hides whatever the lowers hold at `rel` by a mark in upper, as kernel
+    /// overlay needs it: a whiteout where upper has nothing, the opaque xattr
+    /// on an upper directory. The parent must be visible in the view.
+    pub fn hide_in_upper(&self, rel: &Path) -> io::Result<Hidden> {
+        let _g = self.lock();
+        let up = self.layer_path(UPPER, rel);
+        match lstat(&up)? {
+            Some(m) if m.is_dir() => {
+                if self.is_opaque(&up)? {
+                    Ok(Hidden::Already)
+                } else {
+                    self.set_opaque(&up)?;
+                    Ok(Hidden::Opaque)
+                }
+            }
+            // A whiteout or an upper file already covers the lowers.
+            Some(_) => Ok(Hidden::Already),
+            None => {
+                self.ensure_upper_dir(Self::parent_of(rel)?)?;
+                self.make_whiteout(rel)?;
+                Ok(Hidden::Whiteout)
+            }
+        }
+    }
+
     pub fn unlink(&self, rel: &Path) -> io::Result<()> {
         let _g = self.lock();
         let e = self.resolve_existing(rel)?;
@@ -580,6 +607,19 @@ impl View {
         } else {
             self.unlink(rel)
         }
+    }
+
+    /// Removes `rel` and everything below it in one step: the upper part is
+    /// deleted and, where a lower holds the name, one whiteout hides the rest.
+    /// The same end state as [`View::remove_all`] without visiting every
+    /// entry (GC removes whole history repositories this way).
+    pub fn remove_tree(&self, rel: &Path) -> io::Result<()> {
+        if rel.as_os_str().is_empty() {
+            return Err(errno(libc::EBUSY));
+        }
+        let _g = self.lock();
+        let Some(e) = self.resolve(rel)? else { return Ok(()) };
+        self.remove_and_whiteout(rel, &e)
     }
 
     /// rename(2) through the view. Directories that have anything in a lower
@@ -700,6 +740,14 @@ impl View {
     }
 }
 
+/// What [`View::hide_in_upper`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hidden {
+    Whiteout,
+    Opaque,
+    Already,
+}
+
 /// A setattr request, in view terms.
 #[derive(Debug, Default)]
 pub struct AttrChange {
@@ -722,7 +770,13 @@ fn copy_file_data(src: &Path, dst: &Path, mode: u32) -> io::Result<()> {
 /// Owner (where permitted), mode and times of `meta` onto `dst`.
 fn copy_attrs(meta: &Metadata, dst: &Path) -> io::Result<()> {
     if sys::geteuid() == 0 {
-        std::os::unix::fs::lchown(dst, Some(meta.uid()), Some(meta.gid()))?;
+        if let Err(e) = std::os::unix::fs::lchown(dst, Some(meta.uid()), Some(meta.gid())) {
+            // In a user namespace, ids outside its map cannot be given
+            // (EINVAL): the copy keeps the namespace root's ownership.
+            if !(sys::in_user_namespace() && matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EPERM))) {
+                return Err(e);
+            }
+        }
     }
     if !meta.file_type().is_symlink() {
         fs::set_permissions(dst, fs::Permissions::from_mode(meta.mode() & 0o7777))?;

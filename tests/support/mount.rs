@@ -15,6 +15,13 @@ pub fn regfs(args: &[&std::ffi::OsStr]) -> Output {
     Command::new(regfs_bin()).args(args).output().expect("running the regfs binary")
 }
 
+/// The front end the mount-based suites run against: `REGFS_TEST_MODE`
+/// (`fuse` or `kernel`), `fuse` by default. scripts/test.sh runs the view
+/// suite in both.
+pub fn test_mode() -> String {
+    std::env::var("REGFS_TEST_MODE").unwrap_or_else(|_| "fuse".into())
+}
+
 pub fn is_root() -> bool {
     regfs::sys::geteuid() == 0
 }
@@ -43,7 +50,11 @@ impl Mount {
         for l in lowers {
             cmd.arg("--lower").arg(l);
         }
-        cmd.arg("--upper").arg(upper).args(extra).arg(mp);
+        cmd.arg("--upper").arg(upper);
+        if !extra.contains(&"--mode") {
+            cmd.arg("--mode").arg(test_mode());
+        }
+        cmd.args(extra).arg(mp);
         let out = cmd.output().expect("running regfs mount");
         if out.status.success() {
             Ok(Mount { mountpoint: mp.to_path_buf(), active: true })

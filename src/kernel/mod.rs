@@ -1,0 +1,248 @@
+//! The kernel front end: materialise the policy into upper as overlayfs
+//! whiteouts, then let the kernel serve the view at native speed.
+//!
+//! The FUSE front end hides by policy at lookup time; the kernel knows only
+//! whiteouts and opaque directories. Materialising writes one mark per hidden
+//! history entry (each `_manifests`, `_uploads` and stale repository), so its
+//! cost is proportional to what is hidden, and the marks are the same ones the
+//! FUSE front end writes itself: one upper format for both modes.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::layout::{self, Place};
+use crate::sys;
+use crate::view::{Hidden, View};
+
+/// What materialising did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Materialised {
+    pub hidden: usize,
+    pub whiteouts: usize,
+    pub opaque: usize,
+    pub already: usize,
+    #[serde(serialize_with = "as_secs")]
+    pub elapsed: Duration,
+}
+
+fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+/// Threads used to walk the history and write marks.
+fn workers() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 8)
+}
+
+/// Every path the policy hides in any lower, topmost hidden level only (what
+/// lies below a hidden directory needs no mark of its own). Sorted.
+pub fn hidden_paths(view: &View) -> io::Result<BTreeSet<PathBuf>> {
+    let repos = layout::repositories_root();
+    // Work items: the directories directly under each lower's repositories/.
+    let mut items = Vec::new();
+    for lower in view.lower_roots() {
+        match fs::read_dir(lower.join(&repos)) {
+            Ok(rd) => {
+                for de in rd {
+                    items.push(repos.join(de?.file_name()));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    items.sort();
+    items.dedup();
+    let out = Mutex::new(BTreeSet::new());
+    let next = AtomicUsize::new(0);
+    let failure: Mutex<Option<io::Error>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..workers() {
+            s.spawn(|| {
+                let mut found = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(rel) = items.get(i) else { break };
+                    if let Err(e) = collect(view, rel, &mut found) {
+                        *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                        break;
+                    }
+                }
+                out.lock().unwrap_or_else(|p| p.into_inner()).extend(found);
+            });
+        }
+    });
+    if let Some(e) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    Ok(out.into_inner().unwrap_or_else(|p| p.into_inner()))
+}
+
+/// Collects hidden paths at or below `rel` (under `repositories/`).
+fn collect(view: &View, rel: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
+    if view.policy().hides_lower(rel) {
+        out.push(rel.to_path_buf());
+        return Ok(());
+    }
+    // Sections are hidden or visible as a whole: only repository and
+    // namespace directories need a look inside.
+    if !matches!(layout::classify(rel), Place::RepoOrNamespace { .. }) {
+        return Ok(());
+    }
+    let mut names = BTreeSet::new();
+    for lower in view.lower_roots() {
+        match fs::read_dir(lower.join(rel)) {
+            Ok(rd) => {
+                for de in rd {
+                    let de = de?;
+                    if de.file_type()?.is_dir() {
+                        names.insert(de.file_name());
+                    }
+                }
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    for name in names {
+        collect(view, &rel.join(name), out)?;
+    }
+    Ok(())
+}
+
+/// Writes a whiteout (or opaque mark) in upper for every hidden history path.
+pub fn materialise(view: &View) -> io::Result<Materialised> {
+    let start = Instant::now();
+    let paths: Vec<PathBuf> = hidden_paths(view)?.into_iter().collect();
+    let counts = Mutex::new(Materialised { hidden: paths.len(), ..Materialised::default() });
+    let next = AtomicUsize::new(0);
+    let failure: Mutex<Option<io::Error>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..workers() {
+            s.spawn(|| {
+                let mut local = Materialised::default();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(rel) = paths.get(i) else { break };
+                    match view.hide_in_upper(rel) {
+                        Ok(Hidden::Whiteout) => local.whiteouts += 1,
+                        Ok(Hidden::Opaque) => local.opaque += 1,
+                        Ok(Hidden::Already) => local.already += 1,
+                        Err(e) => {
+                            let e = io::Error::new(e.kind(), format!("hiding {}: {e}", rel.display()));
+                            *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                            break;
+                        }
+                    }
+                }
+                let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
+                c.whiteouts += local.whiteouts;
+                c.opaque += local.opaque;
+                c.already += local.already;
+            });
+        }
+    });
+    if let Some(e) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    let mut done = counts.into_inner().unwrap_or_else(|p| p.into_inner());
+    done.elapsed = start.elapsed();
+    Ok(done)
+}
+
+/// The default work directory: beside upper, so it is on the same filesystem.
+pub fn default_workdir(upper: &Path) -> PathBuf {
+    let name = upper.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "upper".into());
+    upper.with_file_name(format!(".{name}.regfs-work"))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("work dir {work} is on another filesystem than upper {upper}; overlayfs needs both on one (pass --work DIR next to the upper)")]
+    WorkOtherFs { work: PathBuf, upper: PathBuf },
+    #[error("work dir {work} lies inside upper {upper}; put it beside the upper")]
+    WorkInsideUpper { work: PathBuf, upper: PathBuf },
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// Creates the work dir if needed and checks it can serve `upper`.
+pub fn prepare_workdir(upper: &Path, work: &Path) -> Result<PathBuf, KernelError> {
+    fs::create_dir_all(work)?;
+    let work = fs::canonicalize(work)?;
+    if work.starts_with(upper) || upper.starts_with(&work) {
+        return Err(KernelError::WorkInsideUpper { work, upper: upper.to_path_buf() });
+    }
+    if fs::metadata(&work)?.dev() != fs::metadata(upper)?.dev() {
+        return Err(KernelError::WorkOtherFs { work, upper: upper.to_path_buf() });
+    }
+    Ok(work)
+}
+
+/// The overlay mount data string. Lowers are listed topmost first, as
+/// overlayfs expects; `:` and `,` in paths are escaped.
+pub fn overlay_options(lowers: &[PathBuf], upper: &Path, work: &Path, userxattr: bool) -> String {
+    let esc = |p: &Path| p.display().to_string().replace('\\', "\\\\").replace(':', "\\:").replace(',', "\\,");
+    let lowerdir: Vec<String> = lowers.iter().map(|l| esc(l)).collect();
+    // redirect_dir and metacopy off: renaming a merged directory gives EXDEV
+    // and copy-up copies data, exactly as the FUSE front end does, so both
+    // modes read and write one upper format. `userxattr` already implies
+    // redirect_dir=nofollow (creates no redirects) and refuses `off`.
+    let mut data = format!("lowerdir={},upperdir={},workdir={}", lowerdir.join(":"), esc(upper), esc(work));
+    if userxattr {
+        data.push_str(",userxattr,metacopy=off,index=off");
+    } else {
+        data.push_str(",redirect_dir=off,metacopy=off,index=off");
+    }
+    data
+}
+
+/// Mounts the overlay; the caller has materialised the policy first.
+pub fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, mountpoint: &Path) -> io::Result<()> {
+    let data = overlay_options(lowers, upper, work, sys::in_user_namespace());
+    sys::mount("regfs", mountpoint, "overlay", &data)
+}
+
+/// The mountpoint of a kernel overlay mount that uses `upper` as its
+/// upperdir, from /proc/self/mountinfo. overlayfs itself only warns about a
+/// shared upper with `index=off`, so regfs checks before every use.
+pub fn overlay_using_upper(upper: &Path) -> Option<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = format!("upperdir={}", upper.display());
+    info.lines().find_map(|line| {
+        let (pre, post) = line.split_once(" - ")?;
+        let mut post = post.split(' ');
+        if post.next()? != "overlay" {
+            return None;
+        }
+        let opts = post.nth(1)?;
+        let uses = opts.split(',').any(|o| unescape_mountinfo(o) == want);
+        if !uses {
+            return None;
+        }
+        Some(PathBuf::from(unescape_mountinfo(pre.split(' ').nth(4)?)))
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
