@@ -31,9 +31,13 @@ const TTL_UPPER: Duration = Duration::from_secs(1);
 /// History entries never change while mounted: let the kernel keep them.
 const TTL_LOWER: Duration = Duration::from_secs(3600);
 
+type Listing = Vec<(u64, FileType, std::ffi::OsString)>;
+
 enum Handle {
     File(Arc<File>),
-    Dir(Arc<Vec<(u64, FileType, std::ffi::OsString)>>),
+    /// Listed on the first readdir: with FOPEN_CACHE_DIR the kernel often
+    /// answers from its cache and never asks.
+    Dir(Arc<OnceLock<Listing>>),
 }
 
 pub struct RegFs {
@@ -203,6 +207,22 @@ impl RegFs {
         let p = self.view.layer_path(UPPER, path);
         std::os::unix::fs::lchown(&p, Some(req.uid()), Some(req.gid()))?;
         self.view.refresh(path, &e)
+    }
+
+    /// The merged listing of directory `ino`, with `.` and `..`.
+    fn listing(&self, ino: INodeNo) -> Result<Listing, Errno> {
+        let (path, e) = self.fresh(ino)?;
+        let items = self.view.list(&path, &e).map_err(|err| self.fail("readdir", &path, &err))?;
+        let parent_ino = self.inodes.parent_of(ino.0).unwrap_or(ROOT);
+        let mut listing = Vec::with_capacity(items.len() + 2);
+        listing.push((ino.0, FileType::Directory, ".".into()));
+        listing.push((parent_ino, FileType::Directory, "..".into()));
+        for item in items {
+            let kind = file_type(&item.entry.meta);
+            let child = self.inodes.intern(ino.0, &item.name, item.entry);
+            listing.push((child, kind, item.name));
+        }
+        Ok(listing)
     }
 
     fn add_handle(&self, h: Handle) -> FileHandle {
@@ -535,33 +555,29 @@ impl Filesystem for RegFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let (path, e) = match self.fresh(ino) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
-        if !e.is_dir() {
-            return reply.error(Errno::ENOTDIR);
+        match self.node(ino) {
+            Ok((_, e)) if !e.is_dir() => reply.error(Errno::ENOTDIR),
+            // Every change to a directory goes through this filesystem, and
+            // the kernel drops its cached listing on each: it may keep it.
+            Ok(_) => reply.opened(
+                self.add_handle(Handle::Dir(Arc::new(OnceLock::new()))),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Err(e) => reply.error(e),
         }
-        let items = match self.view.list(&path, &e) {
-            Ok(items) => items,
-            Err(err) => return reply.error(self.fail("opendir", &path, &err)),
-        };
-        let parent_ino = self.inodes.parent_of(ino.0).unwrap_or(ROOT);
-        let mut listing = Vec::with_capacity(items.len() + 2);
-        listing.push((ino.0, FileType::Directory, ".".into()));
-        listing.push((parent_ino, FileType::Directory, "..".into()));
-        for item in items {
-            let kind = file_type(&item.entry.meta);
-            let child = self.inodes.intern(ino.0, &item.name, item.entry);
-            listing.push((child, kind, item.name));
-        }
-        reply.opened(self.add_handle(Handle::Dir(Arc::new(listing))), FopenFlags::empty());
     }
 
-    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let listing = match self.handles.get(&fh.0).as_deref() {
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let cell = match self.handles.get(&fh.0).as_deref() {
             Some(Handle::Dir(l)) => l.clone(),
             _ => return reply.error(Errno::EBADF),
+        };
+        let listing = match cell.get() {
+            Some(l) => l,
+            None => match self.listing(ino) {
+                Ok(l) => cell.get_or_init(|| l),
+                Err(e) => return reply.error(e),
+            },
         };
         for (i, (ino, kind, name)) in listing.iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {
