@@ -35,9 +35,6 @@ type Listing = Vec<(u64, FileType, std::ffi::OsString)>;
 
 enum Handle {
     File(Arc<File>),
-    /// Listed on the first readdir: with FOPEN_CACHE_DIR the kernel often
-    /// answers from its cache and never asks.
-    Dir(Arc<OnceLock<Listing>>),
 }
 
 pub struct RegFs {
@@ -49,6 +46,10 @@ pub struct RegFs {
     chown_new: bool,
     /// Set once the session exists; used to drop stale kernel attributes.
     notifier: Arc<OnceLock<fuser::Notifier>>,
+    /// The last listing of each directory read, for readdir continuations.
+    listings: DashMap<u64, Arc<Listing>>,
+    /// Whether the kernel can do without opendir (FUSE_NO_OPENDIR_SUPPORT).
+    no_opendir: bool,
 }
 
 fn io_errno(e: &io::Error) -> Errno {
@@ -128,6 +129,8 @@ impl RegFs {
             next_fh: AtomicU64::new(1),
             chown_new: sys::geteuid() == 0,
             notifier,
+            listings: DashMap::new(),
+            no_opendir: false,
         })
     }
 
@@ -136,6 +139,7 @@ impl RegFs {
     /// although the kernel saw no change to them: drop its cached attributes
     /// for `ino` and every ancestor. Only attributes (offset -1), no pages.
     fn changed(&self, ino: INodeNo) {
+        self.listings.remove(&ino.0);
         let Some(notifier) = self.notifier.get() else { return };
         let mut cur = ino.0;
         for _ in 0..4096 {
@@ -234,12 +238,20 @@ impl RegFs {
     fn file(&self, fh: FileHandle) -> Result<Arc<File>, Errno> {
         match self.handles.get(&fh.0).as_deref() {
             Some(Handle::File(f)) => Ok(f.clone()),
-            _ => Err(Errno::EBADF),
+            None => Err(Errno::EBADF),
         }
     }
 }
 
 impl Filesystem for RegFs {
+    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> io::Result<()> {
+        self.no_opendir = config.capabilities().contains(fuser::InitFlags::FUSE_NO_OPENDIR_SUPPORT);
+        if self.no_opendir {
+            let _ = config.add_capabilities(fuser::InitFlags::FUSE_NO_OPENDIR_SUPPORT);
+        }
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let (dir, dir_entry) = match self.node(parent) {
             Ok(n) => n,
@@ -555,27 +567,32 @@ impl Filesystem for RegFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.no_opendir {
+            // The kernel then stops sending opendir/releasedir and caches
+            // listings (FOPEN_KEEP_CACHE|FOPEN_CACHE_DIR) on its own.
+            return reply.error(Errno::ENOSYS);
+        }
         match self.node(ino) {
             Ok((_, e)) if !e.is_dir() => reply.error(Errno::ENOTDIR),
             // Every change to a directory goes through this filesystem, and
             // the kernel drops its cached listing on each: it may keep it.
-            Ok(_) => reply.opened(
-                self.add_handle(Handle::Dir(Arc::new(OnceLock::new()))),
-                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-            ),
+            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(e),
         }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let cell = match self.handles.get(&fh.0).as_deref() {
-            Some(Handle::Dir(l)) => l.clone(),
-            _ => return reply.error(Errno::EBADF),
-        };
-        let listing = match cell.get() {
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        // A read from the start lists afresh; later pages continue the same
+        // listing, so a directory read in several calls is consistent.
+        let cached = if offset == 0 { None } else { self.listings.get(&ino.0).map(|l| l.clone()) };
+        let listing = match cached {
             Some(l) => l,
             None => match self.listing(ino) {
-                Ok(l) => cell.get_or_init(|| l),
+                Ok(l) => {
+                    let l = Arc::new(l);
+                    self.listings.insert(ino.0, l.clone());
+                    l
+                }
                 Err(e) => return reply.error(e),
             },
         };
@@ -587,8 +604,7 @@ impl Filesystem for RegFs {
         reply.ok();
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
-        self.handles.remove(&fh.0);
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
         reply.ok();
     }
 
