@@ -8,3 +8,4 @@ pub mod oci;
 pub mod registry;
 pub mod mount;
 pub mod tree;
+pub mod release;

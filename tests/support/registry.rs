@@ -14,9 +14,11 @@
 //!   where it saw each digest; a blob missing from the target repo may be mounted
 //!   (`POST …/uploads/?mount=…&from=<other repo>`) instead of uploaded, and is then
 //!   reported as skipped. A mount that fails falls back to a normal upload.
+//!   `release::SkopeoCache` gives a test a private cache (via [`skopeo_copy_env`]).
 
 use crate::support::oci::ImageRef;
 use std::collections::BTreeSet;
+use std::ffi::OsStr;
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -465,6 +467,17 @@ impl fmt::Debug for CopyOutput {
 /// `--preserve-digests` keeps uncompressed layers as they are (without it skopeo
 /// gzips them on push); `--debug` is what lets [`count_skipped`] tell reused blobs apart.
 pub fn skopeo_copy(src: &str, dst: &str, extra_args: &[&str]) -> Result<CopyOutput, CopyOutput> {
+    skopeo_copy_env(src, dst, extra_args, &[])
+}
+
+/// [`skopeo_copy`] with extra environment variables for skopeo (see
+/// `release::SkopeoCache` for a private blob-info cache).
+pub fn skopeo_copy_env(
+    src: &str,
+    dst: &str,
+    extra_args: &[&str],
+    env: &[(&str, &OsStr)],
+) -> Result<CopyOutput, CopyOutput> {
     let skopeo = require_tool("skopeo");
     let mut args = vec![
         "--insecure-policy",
@@ -486,6 +499,7 @@ pub fn skopeo_copy(src: &str, dst: &str, extra_args: &[&str]) -> Result<CopyOutp
     let started = Instant::now();
     let output = Command::new(&skopeo)
         .args(&args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("running `{command}`: {e}"));
