@@ -167,6 +167,7 @@ impl StoreKind {
 struct Outcome {
     kind: StoreKind,
     catalog_before_push: Vec<String>,
+    catalog_after_push: Vec<String>,
     pushes: Vec<CopyOutput>,
     push_time: Duration,
     written: StoreFiles,
@@ -202,6 +203,12 @@ fn run(kind: StoreKind, fx: &Fixture) -> Outcome {
     assert_blob_answers(&registry, kind.history(fx), &fx.release, kind);
     let catalog_before_push = registry::catalog(&registry);
     let (pushes, push_time) = release::push_release(&registry, &fx.release, &cache);
+    // Listings read in the same session as the writes (no stale caches):
+    // new repositories appear, and only the release's tags are there.
+    let catalog_after_push = registry::catalog(&registry);
+    for image in &fx.release {
+        assert_eq!(release::tags(&registry, &image.repo), [image.tag.clone()], "{kind:?}: tags of {}", image.repo);
+    }
     release::assert_clean_log(&registry);
     registry.stop();
     opened.close();
@@ -218,7 +225,7 @@ fn run(kind: StoreKind, fx: &Fixture) -> Outcome {
     registry.stop();
     opened.close();
 
-    Outcome { kind, catalog_before_push, pushes, push_time, written, catalog_served_again, pulled }
+    Outcome { kind, catalog_before_push, catalog_after_push, pushes, push_time, written, catalog_served_again, pulled }
 }
 
 /// Panics listing only the differences between two sets.
@@ -309,13 +316,17 @@ fn release_push_on_regfs_reuses_history_like_kernel_overlay() {
     assert_reuse(&regfs, &fx.history, &fx.release);
     assert_reuse(&kernel, &fx.history, &fx.release);
 
-    // The history's repositories are all there before the push; served again
-    // with --keep only the release's are (the kernel mount has no --keep).
+    // The history's repositories are all there before the push, and the new
+    // one after it; served again with --keep only the release's are (the
+    // kernel mount has no --keep).
+    let all_repos = sorted(fx.history_repos().into_iter().chain(fx.release_repos()));
     assert_eq!(regfs.catalog_before_push, fx.history_repos());
     assert_eq!(kernel.catalog_before_push, fx.history_repos());
     assert_eq!(empty.catalog_before_push, Vec::<String>::new());
+    assert_eq!(regfs.catalog_after_push, all_repos);
+    assert_eq!(kernel.catalog_after_push, all_repos);
+    assert_eq!(empty.catalog_after_push, fx.release_repos());
     assert_eq!(regfs.catalog_served_again, fx.release_repos());
-    let all_repos = sorted(fx.history_repos().into_iter().chain(fx.release_repos()));
     assert_eq!(kernel.catalog_served_again, all_repos);
     assert_eq!(empty.catalog_served_again, fx.release_repos());
 

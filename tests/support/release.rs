@@ -172,6 +172,20 @@ pub fn pull_release(registry: &Registry, images: &[ImageRef], out_root: &Path, c
     })
 }
 
+/// `GET /v2/<repo>/tags/list`, sorted; panics on a non-200.
+pub fn tags(registry: &Registry, repo: &str) -> Vec<String> {
+    let path = format!("/v2/{repo}/tags/list");
+    let response = registry.request("GET", &path, &[]);
+    let body = String::from_utf8_lossy(&response.body);
+    assert_eq!(response.status, 200, "GET {path}: {body}");
+    let value: serde_json::Value =
+        serde_json::from_slice(&response.body).unwrap_or_else(|e| panic!("GET {path}: bad JSON ({e}): {body}"));
+    let mut tags: Vec<String> =
+        value["tags"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(str::to_string)).collect();
+    tags.sort();
+    tags
+}
+
 /// Panics with the log lines if the registry logged an error other than a
 /// client's 4xx (a HEAD of a missing blob logs `level=error` too) or answered
 /// a 5xx.
