@@ -207,7 +207,7 @@ fn run(kind: StoreKind, fx: &Fixture) -> Outcome {
     // new repositories appear, and only the release's tags are there.
     let catalog_after_push = registry::catalog(&registry);
     for image in &fx.release {
-        assert_eq!(release::tags(&registry, &image.repo), [image.tag.clone()], "{kind:?}: tags of {}", image.repo);
+        assert_eq!(release::tags(&registry, &image.repo), std::slice::from_ref(&image.tag), "{kind:?}: tags of {}", image.repo);
     }
     release::assert_clean_log(&registry);
     registry.stop();
