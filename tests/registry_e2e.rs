@@ -90,6 +90,8 @@ enum StoreKind {
     Kernel,
     /// `regfs mount --mode fuse` over the history.
     Regfs,
+    /// `regfs mount --mode kernel` over the history (policy materialised by regfs).
+    RegfsKernel,
 }
 
 /// An open store: the registry rootdirectory and what keeps it mounted.
@@ -117,6 +119,7 @@ impl StoreKind {
             StoreKind::Empty => "empty",
             StoreKind::Kernel => "kernel-overlay",
             StoreKind::Regfs => "regfs",
+            StoreKind::RegfsKernel => "regfs-kernel",
         }
     }
 
@@ -152,8 +155,9 @@ impl StoreKind {
                 let work = dir.join(format!("work-{phase}"));
                 (mnt.clone(), Opened::Kernel(KernelOverlay::mount(&[history], &upper, &work, &mnt)))
             }
-            StoreKind::Regfs => {
-                let mut extra = vec!["--mode", "fuse"];
+            StoreKind::Regfs | StoreKind::RegfsKernel => {
+                let mode = if self == StoreKind::Regfs { "fuse" } else { "kernel" };
+                let mut extra = vec!["--mode", mode];
                 if let Some(keep) = keep {
                     extra.extend(["--keep", keep.to_str().expect("UTF-8 temp path")]);
                 }
@@ -274,7 +278,8 @@ fn release_push_on_regfs_reuses_history_like_kernel_overlay() {
     let history_before = tree::snapshot(&fx.history_root);
     assert!(fx.release.iter().any(ImageRef::is_index) && fx.release.iter().any(|i| i.repo.contains('/')));
 
-    let [empty, kernel, regfs] = [StoreKind::Empty, StoreKind::Kernel, StoreKind::Regfs].map(|kind| run(kind, &fx));
+    let [empty, kernel, regfs, regfs_kernel] =
+        [StoreKind::Empty, StoreKind::Kernel, StoreKind::Regfs, StoreKind::RegfsKernel].map(|kind| run(kind, &fx));
 
     // The history is byte-for-byte what the history registry left.
     let history_after = tree::snapshot(&fx.history_root);
@@ -298,6 +303,9 @@ fn release_push_on_regfs_reuses_history_like_kernel_overlay() {
     );
     assert_same_set("files written", "regfs upper", &regfs.written.files, "expected", &expected_over_history);
     assert!(regfs.written.whiteouts.is_empty(), "a pure push whited out {:#?}", regfs.written.whiteouts);
+    // regfs in kernel mode: the same files; its whiteouts are the policy's.
+    assert_same_set("files written", "regfs-kernel upper", &regfs_kernel.written.files, "expected", &expected_over_history);
+    assert_eq!(regfs_kernel.written.blobs(), regfs.written.blobs());
     let expected_from_scratch = release::expected_push_files(&[], &fx.release);
     assert_same_set("files written", "empty store", &empty.written.files, "expected", &expected_from_scratch);
     let history_blobs: BTreeSet<String> = fx.history.iter().flat_map(ImageRef::blob_digests).collect();
@@ -314,6 +322,7 @@ fn release_push_on_regfs_reuses_history_like_kernel_overlay() {
 
     // The registry answered "exists" for every reused blob, as skopeo saw it.
     assert_reuse(&regfs, &fx.history, &fx.release);
+    assert_reuse(&regfs_kernel, &fx.history, &fx.release);
     assert_reuse(&kernel, &fx.history, &fx.release);
 
     // The history's repositories are all there before the push, and the new
@@ -327,12 +336,15 @@ fn release_push_on_regfs_reuses_history_like_kernel_overlay() {
     assert_eq!(kernel.catalog_after_push, all_repos);
     assert_eq!(empty.catalog_after_push, fx.release_repos());
     assert_eq!(regfs.catalog_served_again, fx.release_repos());
+    assert_eq!(regfs_kernel.catalog_before_push, fx.history_repos());
+    assert_eq!(regfs_kernel.catalog_after_push, all_repos);
+    assert_eq!(regfs_kernel.catalog_served_again, fx.release_repos());
     assert_eq!(kernel.catalog_served_again, all_repos);
     assert_eq!(empty.catalog_served_again, fx.release_repos());
 
     // Every image comes back whole from every store.
     let expected_pulls: Vec<Pulled> = fx.release.iter().map(Pulled::expected).collect();
-    for outcome in [&empty, &kernel, &regfs] {
+    for outcome in [&empty, &kernel, &regfs, &regfs_kernel] {
         assert_eq!(outcome.pulled, expected_pulls, "{:?}: pulled images", outcome.kind);
     }
 
@@ -344,7 +356,7 @@ fn release_push_on_regfs_reuses_history_like_kernel_overlay() {
         new_blobs.len(),
         release::PARALLEL_COPIES
     );
-    for (label, outcome) in [("(a) empty store", &empty), ("(b) kernel overlay over r1", &kernel), ("(c) regfs over r1", &regfs)] {
+    for (label, outcome) in [("(a) empty store", &empty), ("(b) kernel overlay over r1", &kernel), ("(c) regfs over r1", &regfs), ("(d) regfs kernel mode", &regfs_kernel)] {
         let (skipped, uploaded) = skopeo_totals(&outcome.pushes);
         eprintln!("  {label:<28} {:>8.2?}  skipped {skipped:>3}, uploaded {uploaded:>3}", outcome.push_time);
     }
