@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::export::ExportOptions;
+use crate::gc::GcOptions;
 use crate::mount::{self, MountRequest};
 
 #[derive(Parser, Debug)]
@@ -35,16 +37,25 @@ enum Command {
     Mount(MountArgs),
     /// Unmount a regfs view and wait for its daemon to finish.
     Umount(UmountArgs),
+    /// Garbage-collect the view, registry-aware, without mounting it:
+    /// unreferenced blobs, dangling links, stale repositories and uploads go
+    /// (upper files deleted, history entries whited out, history untouched).
+    Gc(GcArgs),
+    /// Write the view as an uncompressed, deterministic tar rooted like a
+    /// registry rootdirectory (docker/registry/v2/...): the release package.
+    Export(ExportArgs),
 }
 
+/// The layers of a view: what mount, gc and export take.
 #[derive(Args, Debug)]
-struct MountArgs {
+struct LayerArgs {
     /// A history registry rootdirectory (holds docker/registry/v2). Repeat for
     /// several; the first is the topmost. Opened read-only, never written.
     #[arg(long = "lower", value_name = "DIR", required = true)]
     lowers: Vec<PathBuf>,
-    /// The writable layer for this release (created if missing). Kept in the
-    /// kernel overlayfs format: whiteouts are 0/0 character devices.
+    /// The writable layer for this release (mount creates it if missing; gc
+    /// and export need one no mount is using). Kept in the kernel overlayfs
+    /// format: whiteouts are 0/0 character devices.
     #[arg(long, value_name = "DIR")]
     upper: PathBuf,
     /// Keep only these history repositories visible: one `repo` or `repo:tag`
@@ -55,6 +66,55 @@ struct MountArgs {
     /// {"hide_sections": ["_manifests", "_uploads"], "keep": ["team/app"]}
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
+}
+
+impl LayerArgs {
+    fn check(&self) -> anyhow::Result<mount::Layers> {
+        if !self.upper.is_dir() {
+            anyhow::bail!(
+                "--upper {}: no such directory (gc and export work on the upper of an earlier mount)",
+                self.upper.display()
+            );
+        }
+        mount::check_layers(&self.lowers, &self.upper, self.keep.as_deref(), self.policy.as_deref())
+    }
+}
+
+#[derive(Args, Debug)]
+struct GcArgs {
+    #[command(flatten)]
+    layers: LayerArgs,
+    /// Roots are tagged manifests only: untagged ones go too (children of a
+    /// kept manifest list or index always stay).
+    #[arg(long)]
+    delete_untagged: bool,
+    /// Print every path that would be deleted, delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the plan and report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct ExportArgs {
+    #[command(flatten)]
+    layers: LayerArgs,
+    /// The tar to write (atomically: a temporary file beside it is renamed).
+    #[arg(short = 'o', long = "output", value_name = "FILE.tar")]
+    output: PathBuf,
+    /// Check every blob's sha256 against its digest while writing.
+    #[arg(long)]
+    verify: bool,
+    /// Keep real mtimes and owners (the tar is then not reproducible).
+    #[arg(long)]
+    keep_times: bool,
+}
+
+#[derive(Args, Debug)]
+struct MountArgs {
+    #[command(flatten)]
+    layers: LayerArgs,
     /// Stay in the foreground (Ctrl-C or SIGTERM unmounts cleanly).
     #[arg(long)]
     foreground: bool,
@@ -74,6 +134,14 @@ struct MountArgs {
     /// Default: `.<upper name>.regfs-work` beside upper.
     #[arg(long, value_name = "DIR")]
     work: Option<PathBuf>,
+    /// On unmount, garbage-collect the view and export it to this tar (as
+    /// `regfs gc` then `regfs export -o FILE.tar`); `regfs umount` reports
+    /// the outcome. The directory must exist.
+    #[arg(long, value_name = "FILE.tar")]
+    export: Option<PathBuf>,
+    /// With --export: the on-unmount gc deletes untagged manifests too.
+    #[arg(long, requires = "export")]
+    delete_untagged: bool,
     /// Internal: the daemon writes this file once the mount is ready.
     #[arg(long, hide = true, value_name = "FILE")]
     ready_file: Option<PathBuf>,
@@ -101,6 +169,12 @@ fn init_tracing(verbose: u8) {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
+/// `--export` needs the FUSE daemon (it runs gc and export when the session
+/// ends), so `--mode auto` means FUSE with it.
+fn export_mode(mode: mount::Mode, export: bool) -> mount::Mode {
+    if export && mode == mount::Mode::Auto { mount::Mode::Fuse } else { mode }
+}
+
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
@@ -108,16 +182,25 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Mount(a) => {
             let req = MountRequest {
-                lowers: a.lowers,
-                upper: a.upper,
-                keep: a.keep,
-                policy: a.policy,
+                lowers: a.layers.lowers,
+                upper: a.layers.upper,
+                keep: a.layers.keep,
+                policy: a.layers.policy,
                 mountpoint: a.mountpoint,
                 threads: a.threads,
                 allow_other: a.allow_other,
-                mode: a.mode,
+                mode: export_mode(a.mode, a.export.is_some()),
                 work: a.work,
+                export: a.export,
+                delete_untagged: a.delete_untagged,
             };
+            if req.export.is_some() && req.mode == mount::Mode::Kernel {
+                eprintln!(
+                    "regfs: error: --export runs in the FUSE daemon when it unmounts; a kernel overlay mount has \
+                     no daemon: use --mode fuse (or auto), or run `regfs gc` and `regfs export` after `regfs umount`"
+                );
+                return 2;
+            }
             if a.foreground {
                 mount::mount_foreground(&req, a.ready_file.as_deref())
             } else {
@@ -126,6 +209,12 @@ pub fn main() -> i32 {
             }
         }
         Command::Umount(a) => mount::umount(&a.mountpoint, a.timeout.map(Duration::from_secs)),
+        Command::Gc(a) => a.layers.check().and_then(|layers| {
+            crate::gc::command(&layers, &GcOptions { delete_untagged: a.delete_untagged }, a.dry_run, a.json)
+        }),
+        Command::Export(a) => a.layers.check().and_then(|layers| {
+            crate::export::command(&layers, &a.output, &ExportOptions { verify: a.verify, keep_times: a.keep_times })
+        }),
     };
     match result {
         Ok(()) => 0,

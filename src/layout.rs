@@ -133,7 +133,7 @@ pub fn layer_link(repo: &str, d: &Digest) -> PathBuf {
 }
 
 pub fn revisions_dir(repo: &str) -> PathBuf {
-    repo_dir(repo).join(MANIFESTS).join("revisions/sha256")
+    revisions_parent(repo).join("sha256")
 }
 
 pub fn revision_link(repo: &str, d: &Digest) -> PathBuf {
@@ -154,6 +154,91 @@ pub fn tag_index_dir(repo: &str, tag: &str) -> PathBuf {
 
 pub fn uploads_dir(repo: &str) -> PathBuf {
     repo_dir(repo).join(UPLOADS)
+}
+
+/// The file that holds a link's digest, in every link directory.
+pub const LINK: &str = "link";
+/// The file that holds a blob's bytes, in every blob directory.
+pub const DATA: &str = "data";
+
+/// The digest a blob directory `blobs/sha256/<prefix>/<hex>` stands for:
+/// `hex` must be a valid digest and `prefix` its first two characters.
+pub fn blob_dir_digest(prefix: &str, hex: &str) -> Result<Digest, DigestError> {
+    let d = Digest::from_hex(hex)?;
+    if prefix != &d.hex()[..2] {
+        return Err(DigestError::Hex(format!("{prefix}/{hex}: not filed under its first two hex digits")));
+    }
+    Ok(d)
+}
+
+/// The blob whose data file `rel` is (`docker/registry/v2/blobs/sha256/<xx>/<hex>/data`), if it is one.
+pub fn blob_of_data_path(rel: &Path) -> Option<Digest> {
+    let rest = rel.strip_prefix(blobs_root()).ok()?;
+    let mut comps = rest.components().map(|c| c.as_os_str().to_str());
+    let (Some(Some(prefix)), Some(Some(hex)), Some(Some(DATA)), None) =
+        (comps.next(), comps.next(), comps.next(), comps.next())
+    else {
+        return None;
+    };
+    blob_dir_digest(prefix, hex).ok()
+}
+
+/// A section directory of a repository (`<repo>/_layers`, ...).
+pub fn section_dir(repo: &str, section: Section) -> PathBuf {
+    repo_dir(repo).join(section.name())
+}
+
+/// `<repo>/_layers/sha256/<hex>`: the directory of one layer link.
+pub fn layer_link_dir(repo: &str, d: &Digest) -> PathBuf {
+    layers_dir(repo).join(d.hex())
+}
+
+/// `<repo>/_manifests/revisions/sha256/<hex>`: the directory of one revision link.
+pub fn revision_dir(repo: &str, d: &Digest) -> PathBuf {
+    revisions_dir(repo).join(d.hex())
+}
+
+/// `<repo>/_manifests/revisions`.
+pub fn revisions_parent(repo: &str) -> PathBuf {
+    section_dir(repo, Section::Manifests).join("revisions")
+}
+
+/// `<repo>/_manifests/tags/<tag>`.
+pub fn tag_dir(repo: &str, tag: &str) -> PathBuf {
+    tags_dir(repo).join(tag)
+}
+
+/// `<repo>/_manifests/tags/<tag>/index/sha256/<hex>`: one entry of a tag's history.
+pub fn tag_index_entry_dir(repo: &str, tag: &str, d: &Digest) -> PathBuf {
+    tag_index_dir(repo, tag).join(d.hex())
+}
+
+/// Whether a directory under `repositories/` may be (or hold) a repository:
+/// the registry's walk skips every `_`-name that is not a section.
+pub fn may_hold_repos(name: &str) -> bool {
+    !name.starts_with('_')
+}
+
+/// The directories every registry store has, whatever it holds: the root,
+/// `docker`, `docker/registry`, `v2`, `blobs`, `blobs/sha256`, `repositories`.
+pub fn skeleton_dirs() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut p = PathBuf::new();
+    out.push(p.clone());
+    for c in Path::new(V2).components() {
+        p.push(c);
+        out.push(p.clone());
+    }
+    out.push(Path::new(V2).join("blobs"));
+    out.push(blobs_root());
+    out.push(repositories_root());
+    out
+}
+
+/// The directories of a repository that stay, even empty, while it has
+/// manifests: `_layers`, `_manifests`, `_manifests/revisions`, `_manifests/tags`.
+pub fn live_repo_dirs(repo: &str) -> [PathBuf; 4] {
+    [section_dir(repo, Section::Layers), section_dir(repo, Section::Manifests), revisions_parent(repo), tags_dir(repo)]
 }
 
 /// The parts of a repository directory a registry keeps.
@@ -303,6 +388,28 @@ mod tests {
             classify(Path::new("docker/registry/v2/repositories/team/app/_manifests/tags")),
             Place::InSection { repo: vec!["team", "app"], section: Section::Manifests }
         );
+    }
+
+    #[test]
+    fn blob_paths() {
+        let d = Digest::parse(&format!("sha256:{HEX}")).unwrap();
+        assert_eq!(blob_dir_digest("01", HEX), Ok(d));
+        assert!(blob_dir_digest("02", HEX).is_err());
+        assert!(blob_dir_digest("01", &HEX.to_uppercase()).is_err());
+        assert_eq!(blob_of_data_path(&blob_data(&d)), Some(d));
+        assert_eq!(blob_of_data_path(&blob_dir(&d)), None);
+        assert_eq!(blob_of_data_path(&blob_dir(&d).join("data/x")), None);
+        assert_eq!(blob_of_data_path(&layer_link("a", &d)), None);
+        assert_eq!(
+            tag_index_entry_dir("a", "v1", &d),
+            PathBuf::from(format!("docker/registry/v2/repositories/a/_manifests/tags/v1/index/sha256/{HEX}"))
+        );
+        assert_eq!(
+            revision_dir("a", &d),
+            PathBuf::from(format!("docker/registry/v2/repositories/a/_manifests/revisions/sha256/{HEX}"))
+        );
+        assert!(skeleton_dirs().contains(&PathBuf::from("docker/registry")));
+        assert!(skeleton_dirs().contains(&PathBuf::new()));
     }
 
     #[test]

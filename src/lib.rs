@@ -5,7 +5,9 @@
 //! the only `unsafe`.
 
 pub mod cli;
+pub mod export;
 pub mod fuse;
+pub mod gc;
 pub mod kernel;
 pub mod layout;
 pub mod mount;

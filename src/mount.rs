@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::export::{self, ExportOptions};
 use crate::fuse::RegFs;
+use crate::gc::{self, GcOptions};
 use crate::kernel;
 use crate::layout;
 use crate::sys;
@@ -35,6 +37,11 @@ pub struct MountRequest {
     pub mode: Mode,
     /// overlayfs work dir for kernel mode (default: beside upper).
     pub work: Option<PathBuf>,
+    /// On unmount: gc, then export the view to this tar (FUSE mode: the
+    /// daemon runs it after the session ends).
+    pub export: Option<PathBuf>,
+    /// The on-unmount gc deletes untagged manifests too.
+    pub delete_untagged: bool,
 }
 
 /// Which front end serves the view.
@@ -212,6 +219,9 @@ fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
 pub fn mount_background(req: &MountRequest, args: &[std::ffi::OsString]) -> Result<()> {
     // Check everything here first, so mistakes come back on the terminal.
     let layers = check_layers(&req.lowers, &req.upper, req.keep.as_deref(), req.policy.as_deref())?;
+    if let Some(out) = &req.export {
+        export::check_target(out, &layers)?;
+    }
     let mp = check_mountpoint(&req.mountpoint)?;
     check_no_overlap(&layers, &mp)?;
     if choose_mode(req.mode) == Mode::Kernel {
@@ -312,6 +322,7 @@ fn check_no_kernel_mount(upper: &Path, what: &str) -> Result<()> {
 /// `regfs mount --foreground`: mount, serve until unmounted or signalled.
 pub fn mount_foreground(req: &MountRequest, ready_file: Option<&Path>) -> Result<()> {
     let layers = check_layers(&req.lowers, &req.upper, req.keep.as_deref(), req.policy.as_deref())?;
+    let export_to = req.export.as_deref().map(|out| export::check_target(out, &layers)).transpose()?;
     let mp = check_mountpoint(&req.mountpoint)?;
     check_no_overlap(&layers, &mp)?;
     if choose_mode(req.mode) == Mode::Kernel {
@@ -337,7 +348,7 @@ pub fn mount_foreground(req: &MountRequest, ready_file: Option<&Path>) -> Result
     sys::set_umask(0);
     let view = Arc::new(layers.view()?);
     let notifier = Arc::new(std::sync::OnceLock::new());
-    let fs_impl = RegFs::new(view, notifier.clone()).context("reading the layer roots")?;
+    let fs_impl = RegFs::new(Arc::clone(&view), notifier.clone()).context("reading the layer roots")?;
 
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -381,16 +392,60 @@ pub fn mount_foreground(req: &MountRequest, ready_file: Option<&Path>) -> Result
     });
     let served = session.run();
     sig_handle.close();
-    let outcome = served.context("serving the FUSE session");
     tracing::info!(mountpoint = %mp.display(), "unmounted");
+    // The upper lock is still held: the release work runs without re-locking.
+    let outcome = served.context("serving the FUSE session").and_then(|()| match &export_to {
+        Some(out) => release_on_unmount(&view, &layers, req, out).map(|done| format!("unmounted cleanly; {done}")),
+        None => Ok("unmounted cleanly".to_string()),
+    });
     let status = match &outcome {
-        Ok(()) => ExitStatus { code: 0, message: "unmounted cleanly".into() },
+        Ok(message) => ExitStatus { code: 0, message: message.clone() },
         Err(e) => ExitStatus { code: 1, message: format!("{e:#}") },
     };
     write_atomic(&files.status, &serde_json::to_vec(&status)?)?;
     let _ = fs::remove_file(&files.state);
     let _ = fs::remove_file(&files.ready);
-    outcome
+    outcome.map(|_| ())
+}
+
+/// The `--export` hook: gc, then export, on the view the daemon served and
+/// still holds the upper lock for. The same functions `regfs gc` and
+/// `regfs export` run, so a failure can be finished by hand.
+fn release_on_unmount(view: &View, layers: &Layers, req: &MountRequest, out: &Path) -> Result<String> {
+    let mut layer_args = String::new();
+    for l in &layers.lowers {
+        layer_args += &format!(" --lower {}", l.display());
+    }
+    layer_args += &format!(" --upper {}", layers.upper.display());
+    for (flag, file) in [("--keep", &req.keep), ("--policy", &req.policy)] {
+        if let Some(f) = file {
+            layer_args += &format!(" {flag} {}", f.display());
+        }
+    }
+    let untagged = if req.delete_untagged { " --delete-untagged" } else { "" };
+    let gc_cmd = format!("regfs gc{layer_args}{untagged}");
+    let export_cmd = format!("regfs export{layer_args} -o {}", out.display());
+    let (_, report) = gc::run(view, &GcOptions { delete_untagged: req.delete_untagged }, false).with_context(|| {
+        format!(
+            "the gc after unmount failed and nothing was exported; the upper {} is intact (gc deletes \
+             nothing before its plan is complete, and each deletion is whole). Fix the cause, then run by \
+             hand:\n  {gc_cmd}\n  {export_cmd}\nerror",
+            layers.upper.display()
+        )
+    })?;
+    for w in &report.warnings {
+        tracing::warn!("gc: {w}");
+    }
+    let exported = export::export(view, out, &ExportOptions::default()).with_context(|| {
+        format!(
+            "the export after unmount failed ({}; no tar was written to {}); the upper {} is intact. Fix \
+             the cause, then run by hand:\n  {export_cmd}\nerror",
+            report.summary(),
+            out.display(),
+            layers.upper.display()
+        )
+    })?;
+    Ok(format!("{}; {}", report.summary(), exported.summary()))
 }
 
 /// `regfs umount MOUNTPOINT`: unmount, wait for the daemon, report its status.

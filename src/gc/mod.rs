@@ -1,0 +1,524 @@
+//! Registry-aware garbage collection of a view: mark, then sweep.
+//!
+//! GC works on the layers through the view core, without FUSE, so it runs
+//! offline, after a crash or after a kernel-mode mount. Every deletion goes
+//! through the view: upper files are deleted, lower entries get whiteouts,
+//! lowers are never written.
+//!
+//! **Mark.** Repositories are the directories under `repositories/` that
+//! hold a section (`_layers`, `_manifests` or `_uploads`). The roots are
+//! every manifest revision of every repository or, with `delete_untagged`,
+//! the revisions a tag's `current/link` names. From each root GC follows
+//! references recursively (see [`manifest`]): config and layers, child
+//! manifests of a list or index (kept even when untagged: the stock tool's
+//! `-m` bug of deleting them does not exist here), `subject`, schema1
+//! `fsLayers`. A marked foreign layer without data is fine; another marked
+//! blob without data is a warning.
+//!
+//! **Sweep.** Deleted: unmarked blobs (and blob directories without data);
+//! `_layers` links whose blob is unmarked or has no data; revisions of
+//! unmarked manifests and their tag history entries; tags whose `current`
+//! names no kept revision of their repository; repositories left without a
+//! revision (stale: not pushed in this release), whole; every `_uploads`;
+//! directories left empty, except the store skeleton and the section
+//! directories of live repositories.
+//!
+//! **Safety.** The plan is computed completely before anything is deleted.
+//! A link that is not exactly `sha256:<64 lowercase hex>` (or names another
+//! digest than its directory), a manifest that does not parse or does not
+//! hash to its digest, a manifest a root or index names whose data is
+//! missing, or anything unexpected in the blob store stops GC with an error
+//! naming the file by its view path.
+
+pub mod manifest;
+mod report;
+mod scan;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::layout::{self, Digest, Section};
+use crate::mount::{self, Layers};
+use crate::view::View;
+pub use report::{KindReport, Report, Tally, human_bytes};
+use scan::{BlobScan, RepoScan, Scanner};
+
+/// What a GC run may delete beyond garbage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GcOptions {
+    /// Roots are tagged manifests only: untagged ones (and what only they
+    /// reference) go, except children of a kept list or index.
+    pub delete_untagged: bool,
+}
+
+/// What one planned deletion removes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// A blob directory (`blobs/sha256/<xx>/<hex>`).
+    Blob,
+    /// A `_layers/sha256/<hex>` link directory.
+    LayerLink,
+    /// A manifest revision (`_manifests/revisions/sha256/<hex>`).
+    Manifest,
+    /// A tag history entry (`_manifests/tags/<tag>/index/sha256/<hex>`).
+    TagHistory,
+    /// A whole tag directory.
+    Tag,
+    /// A section of a stale repository (`_layers`, `_manifests`).
+    Repository,
+    /// A repository's `_uploads`.
+    Upload,
+    /// A directory left empty.
+    EmptyDir,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 8] = [
+        Kind::Blob,
+        Kind::LayerLink,
+        Kind::Manifest,
+        Kind::TagHistory,
+        Kind::Tag,
+        Kind::Repository,
+        Kind::Upload,
+        Kind::EmptyDir,
+    ];
+
+    /// The name used in plans and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Blob => "blob",
+            Kind::LayerLink => "layer_link",
+            Kind::Manifest => "manifest",
+            Kind::TagHistory => "tag_history",
+            Kind::Tag => "tag",
+            Kind::Repository => "repository",
+            Kind::Upload => "upload",
+            Kind::EmptyDir => "empty_dir",
+        }
+    }
+
+    /// The name used in human reports.
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Blob => "blobs",
+            Kind::LayerLink => "layer links",
+            Kind::Manifest => "manifests (revisions)",
+            Kind::TagHistory => "tag history entries",
+            Kind::Tag => "tags",
+            Kind::Repository => "repositories",
+            Kind::Upload => "uploads",
+            Kind::EmptyDir => "empty directories",
+        }
+    }
+}
+
+impl Serialize for Kind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+fn lossy<S: serde::Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&p.display())
+}
+
+/// One path the sweep removes (with everything below it).
+#[derive(Clone, Debug, Serialize)]
+pub struct Deletion {
+    pub kind: Kind,
+    /// View path, relative to the registry root.
+    #[serde(serialize_with = "lossy")]
+    pub path: PathBuf,
+    /// The repository it belongs to, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+    /// Files removed and their bytes.
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// A complete GC plan: nothing is deleted until it exists.
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    pub delete_untagged: bool,
+    /// In sweep order: contents first, then empty directories deepest first.
+    pub deletions: Vec<Deletion>,
+    /// What stays, per kind (repositories: the live ones).
+    pub kept: BTreeMap<Kind, Tally>,
+    /// Manifests read and parsed while marking.
+    pub manifests_read: u64,
+    pub warnings: Vec<String>,
+}
+
+/// Why GC stopped before deleting anything.
+#[derive(Debug, thiserror::Error)]
+pub enum GcError {
+    #[error("{path}: {msg}")]
+    Bad { path: String, msg: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn bad(path: &Path, msg: impl Into<String>) -> GcError {
+    GcError::Bad { path: path.display().to_string(), msg: msg.into() }
+}
+
+/// A manifest to read while marking.
+#[derive(Clone, Debug)]
+struct Pending {
+    digest: Digest,
+    /// Who names it (a link file or a manifest), for error messages.
+    origin: String,
+    /// Whether its data must be present (roots and index children).
+    required: bool,
+}
+
+struct Marks {
+    marked: HashSet<Digest>,
+    /// Manifests read and parsed.
+    read: HashSet<Digest>,
+    warnings: Vec<String>,
+}
+
+fn read_manifest(blobs: &HashMap<Digest, BlobScan>, p: &Pending) -> Result<Option<manifest::Refs>, GcError> {
+    let path = layout::blob_data(&p.digest);
+    let Some((size, real)) = blobs.get(&p.digest).and_then(|b| b.data.as_ref()) else {
+        if p.required {
+            return Err(bad(&path, format!("manifest {} named by {} has no data in the store", p.digest, p.origin)));
+        }
+        return Ok(None);
+    };
+    if *size > manifest::MAX_MANIFEST_BYTES {
+        return Err(bad(&path, format!("{size} bytes: too large to be a manifest (named by {})", p.origin)));
+    }
+    let bytes = fs::read(real).map_err(|source| GcError::Io { path: path.display().to_string(), source })?;
+    if Digest::of(&bytes) != p.digest {
+        return Err(bad(&path, format!("the data does not hash to {} (corrupt blob; named by {})", p.digest, p.origin)));
+    }
+    manifest::references(&bytes)
+        .map(Some)
+        .map_err(|e| bad(&path, format!("manifest named by {} does not parse: {e}", p.origin)))
+}
+
+/// Marks everything reachable from `roots`, level by level; each level's
+/// manifests are read in parallel, errors reported in a stable order.
+fn mark(blobs: &HashMap<Digest, BlobScan>, roots: Vec<Pending>) -> Result<Marks, GcError> {
+    let mut marked = HashSet::new();
+    let mut read = HashSet::new();
+    let mut absent = HashSet::new();
+    let mut warned = HashSet::new();
+    let mut warnings = Vec::new();
+    let mut frontier = roots;
+    while !frontier.is_empty() {
+        let mut level: BTreeMap<Digest, Pending> = BTreeMap::new();
+        for p in frontier {
+            if read.contains(&p.digest) || (!p.required && absent.contains(&p.digest)) {
+                continue;
+            }
+            let slot = level.entry(p.digest).or_insert_with(|| p.clone());
+            slot.required |= p.required;
+        }
+        let level: Vec<Pending> = level.into_values().collect();
+        let results: Vec<_> = level.par_iter().map(|p| read_manifest(blobs, p)).collect();
+        let mut next = Vec::new();
+        for (p, result) in level.iter().zip(results) {
+            marked.insert(p.digest);
+            let Some(refs) = result? else {
+                absent.insert(p.digest);
+                warnings.push(format!("{}: names subject {}, which is not in the store", p.origin, p.digest));
+                continue;
+            };
+            read.insert(p.digest);
+            let at = layout::blob_data(&p.digest).display().to_string();
+            if refs.is_empty() {
+                warnings.push(format!(
+                    "{at}: manifest ({}) references nothing GC knows how to follow",
+                    refs.media_type.as_deref().unwrap_or("no mediaType")
+                ));
+            }
+            for b in &refs.blobs {
+                marked.insert(b.digest);
+                let has_data = blobs.get(&b.digest).is_some_and(|s| s.data.is_some());
+                if !b.foreign && !has_data && warned.insert(b.digest) {
+                    warnings.push(format!("{at}: references blob {}, which has no data in the store", b.digest));
+                }
+            }
+            for m in &refs.manifests {
+                next.push(Pending { digest: m.digest, origin: at.clone(), required: true });
+            }
+            if let Some(s) = refs.subject {
+                next.push(Pending { digest: s.digest, origin: at.clone(), required: false });
+            }
+        }
+        frontier = next;
+    }
+    Ok(Marks { marked, read, warnings })
+}
+
+/// Builds the plan; reads the view, writes nothing.
+pub fn plan(view: &View, opts: &GcOptions) -> Result<Plan, GcError> {
+    let sc = Scanner::new(view);
+    let (repos, blobs) = rayon::join(|| sc.repositories(), || sc.blobs());
+    let mut repos = repos?;
+    let blobs: HashMap<Digest, BlobScan> = blobs?.into_iter().map(|b| (b.digest, b)).collect();
+    // Layer links matter only where manifests are: the rest goes whole.
+    let scanned: Vec<_> = repos
+        .par_iter_mut()
+        .map(|r| {
+            let with_layers = r.has(Section::Manifests);
+            sc.scan_repo(r, with_layers)
+        })
+        .collect();
+    scanned.into_iter().collect::<Result<(), _>>()?;
+
+    let (mut roots, mut others) = (Vec::new(), Vec::new());
+    for r in &repos {
+        let tagged: HashSet<Digest> = r.tags.iter().filter_map(|t| t.current).collect();
+        for rev in r.revisions.iter().filter(|rev| rev.present) {
+            let origin = rev.dir.join(layout::LINK).display().to_string();
+            let p = Pending { digest: rev.digest, origin, required: true };
+            if !opts.delete_untagged || tagged.contains(&rev.digest) { roots.push(p) } else { others.push(p) }
+        }
+    }
+    let marks = mark(&blobs, roots)?;
+    // Revisions that are not roots are read and parsed all the same: a bad
+    // one stops GC in both modes, whether or not it would be deleted.
+    others.retain(|p| !marks.read.contains(&p.digest));
+    let checked: Vec<_> = others.par_iter().map(|p| read_manifest(&blobs, p)).collect();
+    let manifests_read = (marks.read.len() + checked.len()) as u64;
+    checked.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let mut b = PlanBuilder::default();
+    for blob in blobs.values() {
+        match &blob.data {
+            Some((size, _)) if marks.marked.contains(&blob.digest) => b.keep(Kind::Blob, *size),
+            data => b.delete(Kind::Blob, layout::blob_dir(&blob.digest), None, data.as_ref().map_or((0, 0), |d| (1, d.0))),
+        }
+    }
+    let has_data = |d: &Digest| blobs.get(d).is_some_and(|s| s.data.is_some());
+    for r in &repos {
+        b.repo(r, &marks.marked, &has_data);
+    }
+    let PlanBuilder { mut deletions, kept, mut protected } = b;
+    protected.extend(layout::skeleton_dirs());
+
+    // Sizes of whole directories going away.
+    let sized: Vec<_> = deletions
+        .par_iter_mut()
+        .filter(|d| matches!(d.kind, Kind::Tag | Kind::Repository | Kind::Upload))
+        .map(|d| sc.usage(&d.path).map(|(f, by)| (d.files, d.bytes) = (f, by)))
+        .collect();
+    sized.into_iter().collect::<Result<(), _>>()?;
+    deletions.sort_by(|a, b| a.path.cmp(&b.path));
+    let empty = empty_dirs(&sc, &deletions, &protected)?;
+    deletions.extend(empty);
+    Ok(Plan {
+        delete_untagged: opts.delete_untagged,
+        deletions,
+        kept,
+        manifests_read,
+        warnings: marks.warnings,
+    })
+}
+
+#[derive(Default)]
+struct PlanBuilder {
+    deletions: Vec<Deletion>,
+    kept: BTreeMap<Kind, Tally>,
+    /// Directories never removed even when empty.
+    protected: HashSet<PathBuf>,
+}
+
+impl PlanBuilder {
+    fn keep(&mut self, kind: Kind, bytes: u64) {
+        self.kept.entry(kind).or_default().add(1, bytes);
+    }
+
+    fn delete(&mut self, kind: Kind, path: PathBuf, repo: Option<&str>, (files, bytes): (u64, u64)) {
+        self.deletions.push(Deletion { kind, path, repo: repo.map(str::to_string), files, bytes });
+    }
+
+    /// Decides a repository's links, tags and sections.
+    fn repo(&mut self, r: &RepoScan, marked: &HashSet<Digest>, has_data: &dyn Fn(&Digest) -> bool) {
+        let name = Some(r.name.as_str());
+        let kept_revs: HashSet<Digest> =
+            r.revisions.iter().filter(|l| l.present && marked.contains(&l.digest)).map(|l| l.digest).collect();
+        if r.has(Section::Uploads) {
+            self.delete(Kind::Upload, layout::section_dir(&r.name, Section::Uploads), name, (0, 0));
+        }
+        if kept_revs.is_empty() {
+            // Stale: nothing of it was pushed in this release.
+            for s in [Section::Layers, Section::Manifests] {
+                if r.has(s) {
+                    self.delete(Kind::Repository, layout::section_dir(&r.name, s), name, (0, 0));
+                }
+            }
+            return;
+        }
+        self.protected.extend(layout::live_repo_dirs(&r.name));
+        let mut repo_bytes = 0;
+        for l in &r.revisions {
+            if kept_revs.contains(&l.digest) {
+                self.keep(Kind::Manifest, l.bytes);
+                repo_bytes += l.bytes;
+            } else {
+                self.delete(Kind::Manifest, l.dir.clone(), name, (l.present as u64, l.bytes));
+            }
+        }
+        for t in &r.tags {
+            if !t.current.is_some_and(|c| kept_revs.contains(&c)) {
+                self.delete(Kind::Tag, t.dir.clone(), name, (0, 0));
+                continue;
+            }
+            self.keep(Kind::Tag, t.current_bytes);
+            repo_bytes += t.current_bytes;
+            for h in &t.history {
+                if h.present && marked.contains(&h.digest) {
+                    self.keep(Kind::TagHistory, h.bytes);
+                    repo_bytes += h.bytes;
+                } else {
+                    self.delete(Kind::TagHistory, h.dir.clone(), name, (h.present as u64, h.bytes));
+                }
+            }
+        }
+        for l in &r.layer_links {
+            if l.present && marked.contains(&l.digest) && has_data(&l.digest) {
+                self.keep(Kind::LayerLink, l.bytes);
+                repo_bytes += l.bytes;
+            } else {
+                self.delete(Kind::LayerLink, l.dir.clone(), name, (l.present as u64, l.bytes));
+            }
+        }
+        self.keep(Kind::Repository, repo_bytes);
+    }
+}
+
+/// Directories the deletions leave empty (and ones already empty), deepest
+/// first. Only ancestors of deletions and directories the scan found empty
+/// are candidates; the skeleton and live repositories' sections stay.
+fn empty_dirs(sc: &Scanner, deletions: &[Deletion], protected: &HashSet<PathBuf>) -> Result<Vec<Deletion>, GcError> {
+    let deleted: HashSet<&Path> = deletions.iter().map(|d| d.path.as_path()).collect();
+    let mut candidates: BTreeSet<PathBuf> = sc.empty_dirs().into_iter().collect();
+    for d in deletions {
+        for a in d.path.ancestors().skip(1) {
+            if protected.contains(a) {
+                break;
+            }
+            candidates.insert(a.to_path_buf());
+        }
+    }
+    candidates.retain(|c| !protected.contains(c) && !c.ancestors().any(|a| deleted.contains(a)));
+    let mut memo = HashMap::new();
+    let mut out = Vec::new();
+    for c in &candidates {
+        if prunable(sc, c, &deleted, &candidates, &mut memo)? {
+            out.push(Deletion { kind: Kind::EmptyDir, path: c.clone(), repo: None, files: 0, bytes: 0 });
+        }
+    }
+    out.sort_by(|a, b| b.path.components().count().cmp(&a.path.components().count()).then_with(|| a.path.cmp(&b.path)));
+    Ok(out)
+}
+
+fn prunable(
+    sc: &Scanner,
+    dir: &Path,
+    deleted: &HashSet<&Path>,
+    candidates: &BTreeSet<PathBuf>,
+    memo: &mut HashMap<PathBuf, bool>,
+) -> Result<bool, GcError> {
+    if let Some(v) = memo.get(dir) {
+        return Ok(*v);
+    }
+    let mut empty = true;
+    for name in sc.names(dir)? {
+        let child = dir.join(name);
+        if deleted.contains(child.as_path()) {
+            continue;
+        }
+        if candidates.contains(&child) && prunable(sc, &child, deleted, candidates, memo)? {
+            continue;
+        }
+        empty = false;
+        break;
+    }
+    memo.insert(dir.to_path_buf(), empty);
+    Ok(empty)
+}
+
+/// Carries out a plan through the view. Each deletion is whole (one
+/// `remove_tree` or `rmdir`), so a failure part way leaves a consistent
+/// view and re-running GC finishes the job.
+pub fn sweep(view: &View, plan: &Plan) -> Result<()> {
+    let total = plan.deletions.len();
+    for (i, d) in plan.deletions.iter().enumerate() {
+        tracing::debug!(kind = ?d.kind, path = %d.path.display(), "gc: deleting");
+        let done = match d.kind {
+            Kind::EmptyDir => view.rmdir(&d.path),
+            _ => view.remove_tree(&d.path),
+        };
+        match done {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(anyhow!(
+                    "deleting {}: {e}; gc stopped part way ({i} of {total} deletions done, each one whole): \
+                     fix the cause and re-run `regfs gc` to finish",
+                    d.path.display()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Plans and, unless `dry_run`, sweeps. The caller holds the upper lock
+/// (`regfs gc` takes it; the on-unmount hook runs inside the daemon that does).
+pub fn run(view: &View, opts: &GcOptions, dry_run: bool) -> Result<(Plan, Report)> {
+    let started = Instant::now();
+    let plan = plan(view, opts).map_err(|e| {
+        anyhow!(e).context("gc stopped before deleting anything (fix or move the named file, then re-run)")
+    })?;
+    let planned = started.elapsed();
+    if !dry_run {
+        sweep(view, &plan)?;
+    }
+    let report = Report::new(&plan, dry_run, planned, started.elapsed() - planned);
+    tracing::info!(
+        deleted = plan.deletions.len(),
+        bytes = report.deleted_bytes(),
+        dry_run,
+        ms = started.elapsed().as_millis() as u64,
+        "gc done"
+    );
+    Ok((plan, report))
+}
+
+/// `regfs gc`: locks upper, runs, prints the plan (dry run) and the report.
+pub fn command(layers: &Layers, opts: &GcOptions, dry_run: bool, json: bool) -> Result<()> {
+    let _lock = mount::lock_upper(&layers.upper, "regfs gc")?;
+    let view = layers.view()?;
+    let (plan, report) = run(&view, opts, dry_run)?;
+    let mut out = io::stdout().lock();
+    if json {
+        let doc = serde_json::json!({ "plan": plan.deletions, "report": report });
+        serde_json::to_writer_pretty(&mut out, &doc).context("writing the JSON report")?;
+        writeln!(out)?;
+    } else {
+        if dry_run {
+            report::write_plan(&mut out, &plan)?;
+        }
+        report.write_human(&mut out)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,339 @@
+//! Reading the registry tree through the view: repositories, their links,
+//! and the blob store. Nothing here writes.
+//!
+//! Every directory listed is remembered (name lists only), so the planner
+//! can tell which directories GC leaves empty without listing them again.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rayon::prelude::*;
+
+use super::GcError;
+use crate::layout::{self, Digest, Section};
+use crate::view::{DirItem, Entry, View};
+
+/// A link directory (`.../sha256/<hex>`) and what its `link` file says.
+#[derive(Clone, Debug)]
+pub struct LinkRef {
+    pub digest: Digest,
+    /// View path of the `<hex>` directory.
+    pub dir: PathBuf,
+    /// False when the directory holds no `link` file (left over, useless).
+    pub present: bool,
+    /// Size of the link file.
+    pub bytes: u64,
+}
+
+/// One tag of a repository.
+#[derive(Clone, Debug)]
+pub struct TagScan {
+    pub dir: PathBuf,
+    /// What `current/link` names; `None` when there is none.
+    pub current: Option<Digest>,
+    pub current_bytes: u64,
+    /// `index/sha256/<hex>` entries: the manifests the tag named over time.
+    pub history: Vec<LinkRef>,
+}
+
+/// A directory of the view and its resolved entry: where lookups start, so
+/// the scan never resolves a deep path from the root again.
+pub type At = (PathBuf, Entry);
+
+/// One repository: a directory under `repositories/` with a section.
+#[derive(Clone, Debug, Default)]
+pub struct RepoScan {
+    pub name: String,
+    /// The sections present, with their directories.
+    pub sections: Vec<(Section, At)>,
+    pub revisions: Vec<LinkRef>,
+    pub tags: Vec<TagScan>,
+    pub layer_links: Vec<LinkRef>,
+}
+
+impl RepoScan {
+    pub fn has(&self, s: Section) -> bool {
+        self.section(s).is_some()
+    }
+
+    fn section(&self, s: Section) -> Option<&At> {
+        self.sections.iter().find(|(x, _)| *x == s).map(|(_, at)| at)
+    }
+}
+
+/// One blob directory of the store.
+#[derive(Clone, Debug)]
+pub struct BlobScan {
+    pub digest: Digest,
+    /// Size and real path of the data file; `None` when there is none.
+    pub data: Option<(u64, PathBuf)>,
+}
+
+pub struct Scanner<'v> {
+    view: &'v View,
+    listings: Mutex<HashMap<PathBuf, Vec<OsString>>>,
+}
+
+/// Largest link file read: a valid one is 71 bytes.
+const MAX_LINK_BYTES: u64 = 4096;
+
+fn bad(path: &Path, msg: impl Into<String>) -> GcError {
+    GcError::Bad { path: path.display().to_string(), msg: msg.into() }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> GcError + '_ {
+    move |source| GcError::Io { path: path.display().to_string(), source }
+}
+
+/// The UTF-8 name of a listed item; registries only create UTF-8 names.
+fn utf8<'a>(dir: &Path, item: &'a DirItem) -> Result<&'a str, GcError> {
+    item.name.to_str().ok_or_else(|| bad(&dir.join(&item.name), "not a UTF-8 name; a registry never creates one"))
+}
+
+impl<'v> Scanner<'v> {
+    pub fn new(view: &'v View) -> Scanner<'v> {
+        Scanner { view, listings: Mutex::new(HashMap::new()) }
+    }
+
+    /// Resolves a path that must be a directory if it exists.
+    pub fn dir(&self, rel: &Path) -> Result<Option<Entry>, GcError> {
+        match self.view.resolve(rel).map_err(io_err(rel))? {
+            Some(e) if e.is_dir() => Ok(Some(e)),
+            Some(_) => Err(bad(rel, "expected a directory, found a file")),
+            None => Ok(None),
+        }
+    }
+
+    /// Resolves `target` by lookups from `from`, an ancestor already
+    /// resolved. `None` when it does not exist; an error when a step on the
+    /// way is not a directory.
+    fn descend(&self, from: &At, target: &Path) -> Result<Option<At>, GcError> {
+        let tail = target.strip_prefix(&from.0).map_err(|_| bad(target, "internal: not below the scan's position"))?;
+        let (mut rel, mut e) = from.clone();
+        for c in tail.components() {
+            if !e.is_dir() {
+                return Err(bad(&rel, "expected a directory, found a file"));
+            }
+            match self.view.lookup(&rel, &e, c.as_os_str()).map_err(io_err(&rel))? {
+                Some(next) => e = next,
+                None => return Ok(None),
+            }
+            rel.push(c);
+        }
+        if !e.is_dir() {
+            return Err(bad(&rel, "expected a directory, found a file"));
+        }
+        Ok(Some((rel, e)))
+    }
+
+    /// Lists a directory of the view, remembering the names.
+    pub fn list(&self, rel: &Path, e: &Entry) -> Result<Vec<DirItem>, GcError> {
+        let mut items = self.view.list(rel, e).map_err(io_err(rel))?;
+        items.sort_by(|a, b| a.name.cmp(&b.name));
+        let names = items.iter().map(|i| i.name.clone()).collect();
+        self.listings.lock().unwrap_or_else(|p| p.into_inner()).insert(rel.to_path_buf(), names);
+        Ok(items)
+    }
+
+    /// The names in a directory: remembered from the scan, or listed now.
+    pub fn names(&self, rel: &Path) -> Result<Vec<OsString>, GcError> {
+        if let Some(n) = self.listings.lock().unwrap_or_else(|p| p.into_inner()).get(rel) {
+            return Ok(n.clone());
+        }
+        match self.dir(rel)? {
+            Some(e) => Ok(self.list(rel, &e)?.into_iter().map(|i| i.name).collect()),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Directories the scan found empty.
+    pub fn empty_dirs(&self) -> Vec<PathBuf> {
+        let l = self.listings.lock().unwrap_or_else(|p| p.into_inner());
+        l.iter().filter(|(_, n)| n.is_empty()).map(|(p, _)| p.clone()).collect()
+    }
+
+    /// Reads the `link` file in directory `dir`. `expect` is the digest the
+    /// directory name stands for: the file must name exactly that.
+    fn read_link(&self, dir: &Path, dir_entry: &Entry, expect: Option<&Digest>) -> Result<Option<(Digest, u64)>, GcError> {
+        let rel = dir.join(layout::LINK);
+        let Some(e) = self.view.lookup(dir, dir_entry, layout::LINK.as_ref()).map_err(io_err(&rel))? else {
+            return Ok(None);
+        };
+        if !e.meta.is_file() {
+            return Err(bad(&rel, "a link must be a regular file"));
+        }
+        if e.meta.len() > MAX_LINK_BYTES {
+            return Err(bad(&rel, format!("a link holds 71 bytes, this one {}", e.meta.len())));
+        }
+        let real = self.view.real_path(&rel, &e);
+        // Sized from the lookup: one read(2) for a link, not a probe loop.
+        let mut content = vec![0; e.meta.len() as usize];
+        fs::File::open(&real).and_then(|mut f| f.read_exact(&mut content)).map_err(io_err(&rel))?;
+        let d = layout::parse_link(&content).map_err(|err| bad(&rel, format!("bad link: {err}")))?;
+        if let Some(x) = expect.filter(|x| **x != d) {
+            return Err(bad(&rel, format!("the link names {d} but is filed under {x}")));
+        }
+        Ok(Some((d, content.len() as u64)))
+    }
+
+    /// Lists `<dir>/<hex>/link` entries (`_layers/sha256`, `revisions/sha256`,
+    /// a tag's `index/sha256`): every name must be a digest directory.
+    fn links(&self, from: &At, dir: &Path) -> Result<Vec<LinkRef>, GcError> {
+        let Some((_, e)) = self.descend(from, dir)? else { return Ok(Vec::new()) };
+        let items = self.list(dir, &e)?;
+        items
+            .par_iter()
+            .map(|item| {
+                let rel = dir.join(&item.name);
+                let name = utf8(dir, item)?;
+                let d = Digest::from_hex(name).map_err(|_| {
+                    bad(&rel, "unexpected entry: only sha256 digest directories (64 lowercase hex) belong here")
+                })?;
+                if !item.entry.is_dir() {
+                    return Err(bad(&rel, "a link directory must be a directory"));
+                }
+                let link = self.read_link(&rel, &item.entry, Some(&d))?;
+                Ok(LinkRef { digest: d, dir: rel, present: link.is_some(), bytes: link.map_or(0, |l| l.1) })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .collect()
+    }
+
+    /// Every repository of the view, sorted by name (not yet scanned).
+    pub fn repositories(&self) -> Result<Vec<RepoScan>, GcError> {
+        let root = layout::repositories_root();
+        let mut out = Vec::new();
+        let Some(e) = self.dir(&root)? else { return Ok(out) };
+        let mut stack = vec![(root, e, String::new())];
+        while let Some((rel, entry, name)) = stack.pop() {
+            let mut sections = Vec::new();
+            for item in self.list(&rel, &entry)? {
+                let Some(n) = item.name.to_str() else { continue };
+                if !item.entry.is_dir() {
+                    continue;
+                }
+                if let Some(s) = Section::from_name(n) {
+                    if !name.is_empty() {
+                        sections.push((s, (rel.join(&item.name), item.entry)));
+                    }
+                } else if layout::may_hold_repos(n) {
+                    let child = if name.is_empty() { n.to_string() } else { format!("{name}/{n}") };
+                    stack.push((rel.join(&item.name), item.entry, child));
+                }
+            }
+            if !sections.is_empty() {
+                out.push(RepoScan { name, sections, ..RepoScan::default() });
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Reads a repository's revisions and tags and, when `with_layers`, its
+    /// layer links.
+    pub fn scan_repo(&self, repo: &mut RepoScan, with_layers: bool) -> Result<(), GcError> {
+        if let Some(m) = repo.section(Section::Manifests) {
+            let m = m.clone();
+            repo.revisions = self.links(&m, &layout::revisions_dir(&repo.name))?;
+            repo.tags = self.tags(&m, &repo.name)?;
+        }
+        if let Some(l) = repo.section(Section::Layers).filter(|_| with_layers) {
+            repo.layer_links = self.links(l, &layout::layers_dir(&repo.name))?;
+        }
+        Ok(())
+    }
+
+    fn tags(&self, manifests: &At, repo: &str) -> Result<Vec<TagScan>, GcError> {
+        let dir = layout::tags_dir(repo);
+        let Some((_, e)) = self.descend(manifests, &dir)? else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        for item in self.list(&dir, &e)? {
+            let name = utf8(&dir, &item)?.to_string();
+            let tag_dir = layout::tag_dir(repo, &name);
+            if !item.entry.is_dir() {
+                return Err(bad(&tag_dir, "a tag must be a directory"));
+            }
+            let tag: At = (tag_dir.clone(), item.entry);
+            let current_link = layout::tag_current_link(repo, &name);
+            let current = match current_link.parent() {
+                Some(p) => match self.descend(&tag, p)? {
+                    Some((_, ce)) => self.read_link(p, &ce, None)?,
+                    None => None,
+                },
+                None => None,
+            };
+            out.push(TagScan {
+                history: self.links(&tag, &layout::tag_index_dir(repo, &name))?,
+                current: current.map(|c| c.0),
+                current_bytes: current.map_or(0, |c| c.1),
+                dir: tag_dir,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every blob directory of the store. Anything else under
+    /// `blobs/sha256` is an error: GC does not guess what it is.
+    pub fn blobs(&self) -> Result<Vec<BlobScan>, GcError> {
+        let root = layout::blobs_root();
+        let Some(e) = self.dir(&root)? else { return Ok(Vec::new()) };
+        let prefixes = self.list(&root, &e)?;
+        let per_prefix: Vec<Vec<BlobScan>> = prefixes
+            .par_iter()
+            .map(|p| {
+                let prel = root.join(&p.name);
+                let prefix = utf8(&root, p)?;
+                if !p.entry.is_dir() {
+                    return Err(bad(&prel, "unexpected file in the blob store"));
+                }
+                self.list(&prel, &p.entry)?
+                    .iter()
+                    .map(|item| {
+                        let rel = prel.join(&item.name);
+                        let digest = layout::blob_dir_digest(prefix, utf8(&prel, item)?)
+                            .map_err(|err| bad(&rel, format!("not a blob directory: {err}")))?;
+                        if !item.entry.is_dir() {
+                            return Err(bad(&rel, "a blob must be a directory"));
+                        }
+                        let data_rel = rel.join(layout::DATA);
+                        let data = match self.view.lookup(&rel, &item.entry, layout::DATA.as_ref()).map_err(io_err(&data_rel))? {
+                            Some(d) if d.meta.is_file() => Some((d.meta.len(), self.view.real_path(&data_rel, &d))),
+                            Some(_) => return Err(bad(&data_rel, "blob data must be a regular file")),
+                            None => None,
+                        };
+                        Ok(BlobScan { digest, data })
+                    })
+                    .collect()
+            })
+            // In order, so the first bad entry reported is always the same one.
+            .collect::<Vec<_>>()
+            .into_iter()
+            .collect::<Result<_, _>>()?;
+        Ok(per_prefix.into_iter().flatten().collect())
+    }
+
+    /// Files and bytes below `rel` (or of `rel` itself), through the view.
+    pub fn usage(&self, rel: &Path) -> Result<(u64, u64), GcError> {
+        match self.view.resolve(rel).map_err(io_err(rel))? {
+            Some(e) => self.usage_of(rel, &e),
+            None => Ok((0, 0)),
+        }
+    }
+
+    fn usage_of(&self, rel: &Path, e: &Entry) -> Result<(u64, u64), GcError> {
+        if !e.is_dir() {
+            return Ok((1, if e.meta.is_file() { e.meta.len() } else { 0 }));
+        }
+        let mut total = (0, 0);
+        for item in self.view.list(rel, e).map_err(io_err(rel))? {
+            let (f, b) = self.usage_of(&rel.join(&item.name), &item.entry)?;
+            total = (total.0 + f, total.1 + b);
+        }
+        Ok(total)
+    }
+}
