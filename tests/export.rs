@@ -103,6 +103,22 @@ fn export_is_deterministic_and_serves_every_image() {
 }
 
 #[test]
+fn long_paths_round_trip_through_gnu_tar() {
+    let work = tempfile::tempdir().unwrap();
+    let empty = empty_root(&work.path().join("empty"));
+    let s = fixtures::StoreWriter::new(&work.path().join("store"));
+    let repo = ["a", "b", "c"].map(|c| c.repeat(80)).join("/");
+    let (m, _, _) = s.image(&repo, "v1", &[]);
+    s.tag(&repo, "v1", &m);
+    let tar = work.path().join("long.tar");
+    regfs_ok("export", &[&empty], &s.root, &["-o", tar.to_str().unwrap()]);
+    assert!(tar_entries(&tar).iter().any(|(p, _)| p.as_os_str().len() > 300), "no path over 300 bytes");
+    let unpacked = work.path().join("unpacked");
+    untar(&tar, &unpacked);
+    assert_eq!(snapshot(&unpacked.join("docker")), snapshot(&s.root.join("docker")), "the tar round-trips the store");
+}
+
+#[test]
 fn verify_catches_a_corrupt_blob_and_nothing_is_left() {
     let work = tempfile::tempdir().unwrap();
     let empty = empty_root(&work.path().join("empty"));

@@ -198,7 +198,9 @@ impl<W: Write> TarWriter<'_, W> {
     }
 
     fn header(&self, meta: &Metadata, ty: tar::EntryType, size: u64) -> tar::Header {
-        let mut h = tar::Header::new_gnu();
+        // ustar: paths up to 255 bytes fit the header (name + prefix); longer
+        // ones get a GNU long-name entry, which GNU tar and Go read.
+        let mut h = tar::Header::new_ustar();
         h.set_entry_type(ty);
         h.set_size(size);
         h.set_mode(meta.mode() & 0o7777);
