@@ -9,7 +9,7 @@ cargo test --locked --all-targets -- --test-threads="${REGFS_TEST_THREADS:-2}"
 
 if [ "$(id -u)" = 0 ]; then
     # The view suite again, served by the kernel (policy materialised as whiteouts).
-    REGFS_TEST_MODE=kernel cargo test --locked --test fuse_view -- --test-threads=2
+    REGFS_TEST_MODE=kernel cargo test --locked --test fuse_view --test export -- --test-threads=2
     scripts/test-unprivileged.sh
 else
     echo "test: not root: the kernel overlay tests ran as this user and the unprivileged pass is this run"

@@ -44,6 +44,91 @@ enum Command {
     /// Write the view as an uncompressed, deterministic tar rooted like a
     /// registry rootdirectory (docker/registry/v2/...): the release package.
     Export(ExportArgs),
+    /// The whole release in one command: mount the view, run the stock
+    /// registry on it, copy every image with skopeo, unmount, gc, tar.
+    Release(ReleaseArgs),
+    /// Show what a view over these lowers would show and hide, without
+    /// mounting (check a --keep list or policy before a release).
+    Plan(PlanArgs),
+    /// Fold a finished release's new blobs and _layers links into the
+    /// history store, so the next release reuses them. The only command
+    /// that writes history; it only adds, verified, and can be re-run.
+    Absorb(AbsorbArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "Example:\n  regfs release --history /srv/history --images images.list \\\n    \
+--from oci:/build/layouts -o release-42.tar --jobs 8")]
+struct ReleaseArgs {
+    /// A history registry rootdirectory (repeatable, first is topmost).
+    #[arg(long = "history", value_name = "DIR", required = true)]
+    histories: Vec<PathBuf>,
+    /// The release: one `repo:tag` per line, `#` comments. Only these
+    /// repositories of the history stay visible.
+    #[arg(long, value_name = "FILE")]
+    images: PathBuf,
+    /// Where images come from: `docker://HOST[/PREFIX]` (image
+    /// docker://HOST/PREFIX/repo:tag) or `oci:DIR` (the OCI layout DIR/repo,
+    /// tag as its ref name).
+    #[arg(long, value_name = "SOURCE")]
+    from: String,
+    /// The release tar to write.
+    #[arg(short = 'o', long = "output", value_name = "FILE.tar")]
+    output: PathBuf,
+    /// Where upper, mountpoint and logs go (default: FILE.tar.work beside
+    /// the tar). Kept after the run for inspection.
+    #[arg(long, value_name = "DIR")]
+    workdir: Option<PathBuf>,
+    /// Image copies at once.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    jobs: usize,
+    /// Front end for the view (see `regfs mount --help`).
+    #[arg(long, value_enum, default_value_t = mount::Mode::Auto)]
+    mode: mount::Mode,
+    /// GC roots are tagged manifests only.
+    #[arg(long)]
+    delete_untagged: bool,
+    /// Print the closing summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// The registry binary (default: `registry` or `docker-registry` on PATH).
+    #[arg(long, value_name = "PATH")]
+    registry_bin: Option<PathBuf>,
+    /// Retries of a failed image copy before the release fails.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    retries: u32,
+    /// Verify TLS of a docker:// source (off for a plain-HTTP loopback registry).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    src_tls_verify: bool,
+}
+
+#[derive(Args, Debug)]
+struct PlanArgs {
+    /// A history registry rootdirectory (repeatable, first is topmost).
+    #[arg(long = "lower", value_name = "DIR", required = true)]
+    lowers: Vec<PathBuf>,
+    /// Keep list, as for `regfs mount --keep`.
+    #[arg(long, value_name = "FILE")]
+    keep: Option<PathBuf>,
+    /// Policy file, as for `regfs mount --policy`.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct AbsorbArgs {
+    /// The history store to add to (a registry rootdirectory).
+    #[arg(long, value_name = "DIR")]
+    history: PathBuf,
+    /// The finished release's upper (after its gc; no mount may use it).
+    #[arg(long, value_name = "DIR")]
+    upper: PathBuf,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// The layers of a view: what mount, gc and export take.
@@ -169,11 +254,6 @@ fn init_tracing(verbose: u8) {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
-/// `--export` needs the FUSE daemon (it runs gc and export when the session
-/// ends), so `--mode auto` means FUSE with it.
-fn export_mode(mode: mount::Mode, export: bool) -> mount::Mode {
-    if export && mode == mount::Mode::Auto { mount::Mode::Fuse } else { mode }
-}
 
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
@@ -189,18 +269,11 @@ pub fn main() -> i32 {
                 mountpoint: a.mountpoint,
                 threads: a.threads,
                 allow_other: a.allow_other,
-                mode: export_mode(a.mode, a.export.is_some()),
+                mode: a.mode,
                 work: a.work,
                 export: a.export,
                 delete_untagged: a.delete_untagged,
             };
-            if req.export.is_some() && req.mode == mount::Mode::Kernel {
-                eprintln!(
-                    "regfs: error: --export runs in the FUSE daemon when it unmounts; a kernel overlay mount has \
-                     no daemon: use --mode fuse (or auto), or run `regfs gc` and `regfs export` after `regfs umount`"
-                );
-                return 2;
-            }
             if a.foreground {
                 mount::mount_foreground(&req, a.ready_file.as_deref())
             } else {
@@ -215,6 +288,23 @@ pub fn main() -> i32 {
         Command::Export(a) => a.layers.check().and_then(|layers| {
             crate::export::command(&layers, &a.output, &ExportOptions { verify: a.verify, keep_times: a.keep_times })
         }),
+        Command::Release(a) => crate::release::run(&crate::release::ReleaseRequest {
+            histories: a.histories,
+            images: a.images,
+            from: a.from,
+            output: a.output,
+            workdir: a.workdir,
+            jobs: a.jobs,
+            mode: a.mode,
+            delete_untagged: a.delete_untagged,
+            json: a.json,
+            registry_bin: a.registry_bin,
+            retries: a.retries,
+            src_tls_verify: a.src_tls_verify,
+        })
+        .map(|_| ()),
+        Command::Plan(a) => crate::plan::command(&a.lowers, a.keep.as_deref(), a.policy.as_deref(), a.json),
+        Command::Absorb(a) => crate::absorb::command(&a.history, &a.upper, a.json),
     };
     match result {
         Ok(()) => 0,

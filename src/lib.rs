@@ -4,6 +4,7 @@
 //! front end, GC and export; [`layout`] knows registry paths; [`sys`] holds
 //! the only `unsafe`.
 
+pub mod absorb;
 pub mod cli;
 pub mod export;
 pub mod fuse;
@@ -11,5 +12,7 @@ pub mod gc;
 pub mod kernel;
 pub mod layout;
 pub mod mount;
+pub mod plan;
+pub mod release;
 pub mod sys;
 pub mod view;

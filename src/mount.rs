@@ -68,22 +68,7 @@ pub struct Layers {
 /// Checks the layers and loads the policy. Creates upper if it is missing;
 /// never writes anything else.
 pub fn check_layers(lowers: &[PathBuf], upper: &Path, keep: Option<&Path>, policy_file: Option<&Path>) -> Result<Layers> {
-    let mut abs_lowers = Vec::new();
-    for l in lowers {
-        let c = fs::canonicalize(l).with_context(|| format!("--lower {}: cannot open", l.display()))?;
-        if !c.is_dir() {
-            bail!("--lower {}: not a directory", l.display());
-        }
-        if !c.join(layout::V2).is_dir() {
-            bail!(
-                "--lower {}: not a registry rootdirectory (no {} inside); pass the directory a \
-                 registry's storage.filesystem.rootdirectory names",
-                l.display(),
-                layout::V2
-            );
-        }
-        abs_lowers.push(c);
-    }
+    let abs_lowers = check_lowers(lowers)?;
     // Resolved before anything is created, so a bad upper writes nothing.
     let up = resolve_maybe_missing(upper).with_context(|| format!("--upper {}: bad path", upper.display()))?;
     for l in &abs_lowers {
@@ -143,6 +128,27 @@ fn resolve_maybe_missing(p: &Path) -> io::Result<PathBuf> {
     Ok(out)
 }
 
+/// Checks each lower is a registry rootdirectory; returns them canonical.
+pub fn check_lowers(lowers: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut abs_lowers = Vec::new();
+    for l in lowers {
+        let c = fs::canonicalize(l).with_context(|| format!("--lower {}: cannot open", l.display()))?;
+        if !c.is_dir() {
+            bail!("--lower {}: not a directory", l.display());
+        }
+        if !c.join(layout::V2).is_dir() {
+            bail!(
+                "--lower {}: not a registry rootdirectory (no {} inside); pass the directory a \
+                 registry's storage.filesystem.rootdirectory names",
+                l.display(),
+                layout::V2
+            );
+        }
+        abs_lowers.push(c);
+    }
+    Ok(abs_lowers)
+}
+
 /// An absolute mountpoint path without touching the mount itself (a dead
 /// FUSE mount answers ENOTCONN to stat).
 pub fn normalize_mountpoint(mp: &Path) -> Result<PathBuf> {
@@ -195,6 +201,30 @@ struct MountState {
     log: PathBuf,
     #[serde(default = "fuse_mode")]
     mode: Mode,
+    /// What `regfs umount` runs after unmounting a kernel mount (a FUSE
+    /// daemon runs it itself).
+    #[serde(default)]
+    finish: Option<Finish>,
+}
+
+/// The on-unmount release work: gc, then export to `export`.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct Finish {
+    keep: Option<PathBuf>,
+    policy: Option<PathBuf>,
+    export: PathBuf,
+    delete_untagged: bool,
+}
+
+impl Finish {
+    fn of(req: &MountRequest) -> Option<Finish> {
+        req.export.as_ref().map(|export| Finish {
+            keep: req.keep.as_ref().map(|k| std::path::absolute(k).unwrap_or_else(|_| k.clone())),
+            policy: req.policy.as_ref().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
+            export: std::path::absolute(export).unwrap_or_else(|_| export.clone()),
+            delete_untagged: req.delete_untagged,
+        })
+    }
 }
 
 fn fuse_mode() -> Mode {
@@ -372,6 +402,7 @@ pub fn mount_foreground(req: &MountRequest, ready_file: Option<&Path>) -> Result
         lowers: layers.lowers.clone(),
         log: files.log.clone(),
         mode: Mode::Fuse,
+        finish: None,
     };
     write_atomic(&files.state, &serde_json::to_vec_pretty(&state)?)?;
     if let Some(r) = ready_file {
@@ -395,7 +426,10 @@ pub fn mount_foreground(req: &MountRequest, ready_file: Option<&Path>) -> Result
     tracing::info!(mountpoint = %mp.display(), "unmounted");
     // The upper lock is still held: the release work runs without re-locking.
     let outcome = served.context("serving the FUSE session").and_then(|()| match &export_to {
-        Some(out) => release_on_unmount(&view, &layers, req, out).map(|done| format!("unmounted cleanly; {done}")),
+        Some(out) => {
+            let finish = Finish::of(req).unwrap_or(Finish { keep: None, policy: None, export: out.clone(), delete_untagged: false });
+            release_on_unmount(&view, &layers, &finish).map(|done| format!("unmounted cleanly; {done}"))
+        }
         None => Ok("unmounted cleanly".to_string()),
     });
     let status = match &outcome {
@@ -411,7 +445,8 @@ pub fn mount_foreground(req: &MountRequest, ready_file: Option<&Path>) -> Result
 /// The `--export` hook: gc, then export, on the view the daemon served and
 /// still holds the upper lock for. The same functions `regfs gc` and
 /// `regfs export` run, so a failure can be finished by hand.
-fn release_on_unmount(view: &View, layers: &Layers, req: &MountRequest, out: &Path) -> Result<String> {
+fn release_on_unmount(view: &View, layers: &Layers, req: &Finish) -> Result<String> {
+    let out = &req.export;
     let mut layer_args = String::new();
     for l in &layers.lowers {
         layer_args += &format!(" --lower {}", l.display());
@@ -456,7 +491,17 @@ pub fn umount(mountpoint: &Path, timeout: Option<Duration>) -> Result<()> {
     if let Some(st) = state.as_ref().filter(|st| st.mode == Mode::Kernel) {
         sys::umount(&mp, false).map_err(|e| unmount_error(&mp, e))?;
         let _ = fs::remove_file(&files.state);
-        eprintln!("regfs: unmounted kernel overlay {} (upper {})", mp.display(), st.upper.display());
+        let Some(finish) = &st.finish else {
+            eprintln!("regfs: unmounted kernel overlay {} (upper {})", mp.display(), st.upper.display());
+            return Ok(());
+        };
+        // No daemon in kernel mode: the release work runs here, the same way.
+        let layers = check_layers(&st.lowers, &st.upper, finish.keep.as_deref(), finish.policy.as_deref())?;
+        let _lock = lock_upper(&layers.upper, "the on-unmount gc and export")?;
+        let view = layers.view()?;
+        let done = release_on_unmount(&view, &layers, finish)
+            .with_context(|| format!("{}: unmounted, but the release work failed", mp.display()))?;
+        eprintln!("regfs: {}: unmounted cleanly; {done}", mp.display());
         return Ok(());
     }
     unmount_path(&mp)?;
@@ -584,6 +629,7 @@ fn mount_kernel(req: &MountRequest, layers: &Layers, mp: &Path) -> Result<()> {
         lowers: layers.lowers.clone(),
         log: files.log.clone(),
         mode: Mode::Kernel,
+        finish: Finish::of(req),
     };
     write_atomic(&files.state, &serde_json::to_vec_pretty(&state)?)?;
     eprintln!("regfs: mounted {} (kernel overlayfs, upper {})", mp.display(), layers.upper.display());

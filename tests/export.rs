@@ -195,10 +195,10 @@ fn mount_runs_gc_and_export_on_unmount() {
     let tar = out_dir.join("release-2.tar");
 
     // The target directory is checked when mounting, not after the push.
-    let early = Mount::try_fuse(&[&history], &upper, &mp, &["--mode", "fuse", "--export", "/nonexistent/x.tar"]);
+    let early = Mount::try_fuse(&[&history], &upper, &mp, &["--export", "/nonexistent/x.tar"]);
     assert!(early.as_ref().is_err_and(|e| e.contains("does not exist")), "{:?}", early.err());
 
-    let mnt = Mount::fuse(&[&history], &upper, &mp, &["--mode", "fuse", "--export", tar.to_str().unwrap()]);
+    let mnt = Mount::fuse(&[&history], &upper, &mp, &["--export", tar.to_str().unwrap()]);
     // Release 2 ships images 0..=4: image 5's repository is stale.
     let shipped: Vec<&oci::ImageRef> = r2.iter().take(5).collect();
     let registry = Registry::start(&mp);
@@ -234,7 +234,7 @@ fn unmount_failures_are_reported_and_leave_upper_intact() {
     let out_dir = work.path().join("out");
     fs::create_dir(&out_dir).unwrap();
     let tar = out_dir.join("x.tar");
-    let extra = ["--mode", "fuse", "--export", tar.to_str().unwrap()];
+    let extra = ["--export", tar.to_str().unwrap()];
 
     // gc fails on a bad link written through the mount: nothing deleted, nothing exported.
     let mnt = Mount::fuse(&[&lower], &upper, &work.path().join("mnt"), &extra);

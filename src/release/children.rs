@@ -1,0 +1,203 @@
+//! The child processes of a release: the stock registry and skopeo copies.
+//! Every child is killed when its handle drops, so none outlives regfs.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+use crate::sys;
+
+/// Finds an executable on PATH.
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// `--registry-bin`, else `registry` or `docker-registry` from PATH.
+pub fn find_registry(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        if !p.is_file() {
+            bail!("--registry-bin {}: no such file", p.display());
+        }
+        return Ok(p.to_path_buf());
+    }
+    on_path("registry").or_else(|| on_path("docker-registry")).ok_or_else(|| {
+        anyhow!("no registry binary: install docker-registry (Debian) or put `registry` on PATH, or pass --registry-bin")
+    })
+}
+
+/// The registry's config: storage on the mount, no blob descriptor cache
+/// (it would go stale under GC), no upload purging, deletes enabled.
+fn registry_config(root: &Path, addr: SocketAddr) -> String {
+    let root = serde_json::to_string(&root.to_string_lossy()).unwrap_or_else(|_| "\"/\"".into());
+    format!(
+        "version: 0.1\nlog:\n  level: info\n  formatter: text\nstorage:\n  filesystem:\n    rootdirectory: {root}\n  \
+         delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: {addr}\n  \
+         secret: regfs-release\n"
+    )
+}
+
+/// A stock registry serving the mounted view on a free loopback port.
+pub struct RegistryChild {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl RegistryChild {
+    pub async fn start(binary: &Path, root: &Path, workdir: &Path) -> Result<RegistryChild> {
+        let config = workdir.join("registry.yml");
+        let log = workdir.join("registry.log");
+        for attempt in 1..=3 {
+            let addr = {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free loopback port")?;
+                l.local_addr()?
+            };
+            std::fs::write(&config, registry_config(root, addr)).with_context(|| format!("writing {}", config.display()))?;
+            let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+            let child = Command::new(binary)
+                .arg("serve")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(out.try_clone()?)
+                .stderr(out)
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("starting {}", binary.display()))?;
+            let mut reg = RegistryChild { child, addr, log: log.clone() };
+            match reg.wait_ready(Duration::from_secs(20)).await {
+                Ok(()) => return Ok(reg),
+                Err(e) if attempt < 3 && reg.log_text().contains("address already in use") => {
+                    tracing::debug!(error = %e, "registry port taken, retrying");
+                    let _ = reg.stop().await;
+                }
+                Err(e) => {
+                    let _ = reg.stop().await;
+                    return Err(e.context(format!("registry log {}:\n{}", log.display(), reg.log_tail())));
+                }
+            }
+        }
+        bail!("the registry could not bind a loopback port")
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn log_tail(&self) -> String {
+        let text = self.log_text();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("the registry exited ({status}) before answering");
+            }
+            if http_status(self.addr, "/v2/").await.is_ok_and(|s| s == 200) {
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                bail!("the registry did not answer GET /v2/ within {} s", timeout.as_secs());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after a grace period.
+    pub async fn stop(&mut self) -> Result<()> {
+        if let Some(pid) = self.child.id() {
+            let _ = sys::kill(pid, libc::SIGTERM);
+            if tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.is_ok() {
+                return Ok(());
+            }
+        }
+        self.child.kill().await.context("killing the registry")
+    }
+}
+
+/// `GET path` over HTTP/1.0; the status code.
+async fn http_status(addr: SocketAddr, path: &str) -> Result<u16> {
+    let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await??;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
+    let mut head = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut head)).await??;
+    let text = String::from_utf8_lossy(&head);
+    text.get(9..12).and_then(|c| c.parse().ok()).ok_or_else(|| anyhow!("bad HTTP answer {text:?}"))
+}
+
+/// How one image copy ended.
+pub enum CopyOutcome {
+    Copied { attempts: u32, seconds: f64 },
+    Failed { attempts: u32, message: String },
+}
+
+/// skopeo, as the release runs it.
+#[derive(Clone)]
+pub struct Skopeo {
+    binary: PathBuf,
+    src_tls_verify: bool,
+}
+
+impl Skopeo {
+    pub fn find(src_tls_verify: bool) -> Result<Skopeo> {
+        let binary = on_path("skopeo").ok_or_else(|| anyhow!("skopeo not found on PATH: install it (Debian: apt-get install skopeo)"))?;
+        Ok(Skopeo { binary, src_tls_verify })
+    }
+
+    /// One `skopeo copy`, retried up to `retries` more times.
+    pub async fn copy_with_retries(&self, src: &str, dst: &str, retries: u32) -> CopyOutcome {
+        let start = Instant::now();
+        let mut last = String::new();
+        for attempt in 1..=retries + 1 {
+            match self.copy(src, dst).await {
+                Ok(()) => return CopyOutcome::Copied { attempts: attempt, seconds: start.elapsed().as_secs_f64() },
+                Err(e) => {
+                    last = format!("{e:#}");
+                    tracing::warn!(src, attempt, error = %last, "image copy failed");
+                    if attempt <= retries {
+                        tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+                    }
+                }
+            }
+        }
+        CopyOutcome::Failed { attempts: retries + 1, message: last }
+    }
+
+    async fn copy(&self, src: &str, dst: &str) -> Result<()> {
+        let mut cmd = Command::new(&self.binary);
+        // --preserve-digests: the release must hold the very bytes that were
+        // built (skopeo would otherwise recompress uncompressed layers).
+        cmd.args(["--insecure-policy", "copy", "--all", "--preserve-digests", "--dest-tls-verify=false"]);
+        if src.starts_with("docker://") {
+            cmd.arg(format!("--src-tls-verify={}", self.src_tls_verify));
+        }
+        let out = cmd
+            .arg(src)
+            .arg(dst)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .with_context(|| format!("running {}", self.binary.display()))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        bail!("skopeo copy {src} {dst}: {}: {}", out.status, stderr.trim())
+    }
+}

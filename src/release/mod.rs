@@ -1,0 +1,506 @@
+//! `regfs release`: the whole release in one command.
+//!
+//! mount the curated view (only the listed repositories stay visible) →
+//! start the stock registry on it → copy every image with skopeo, N at a
+//! time → stop the registry → unmount → GC → tar. Children never outlive the
+//! command; on Ctrl-C or any failure the upper is left for inspection and no
+//! tar is written. The history is only ever read.
+
+mod children;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Serialize;
+
+use crate::layout;
+use crate::mount::{self, Mode};
+use crate::view::{UPPER, View, policy};
+use children::{CopyOutcome, RegistryChild, Skopeo};
+
+/// What `regfs release` was asked to do.
+#[derive(Clone, Debug)]
+pub struct ReleaseRequest {
+    pub histories: Vec<PathBuf>,
+    pub images: PathBuf,
+    pub from: String,
+    pub output: PathBuf,
+    pub workdir: Option<PathBuf>,
+    pub jobs: usize,
+    pub mode: Mode,
+    pub delete_untagged: bool,
+    pub json: bool,
+    pub registry_bin: Option<PathBuf>,
+    pub retries: u32,
+    pub src_tls_verify: bool,
+}
+
+/// One `repo:tag` line of an images list.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct ImageName {
+    pub repo: String,
+    pub tag: String,
+}
+
+impl std::fmt::Display for ImageName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.repo, self.tag)
+    }
+}
+
+/// Parses an images list: `repo:tag` per line, `#` comments, blank lines.
+pub fn parse_images(text: &str, path: &Path) -> Result<Vec<ImageName>> {
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let at = |msg: String| anyhow!("{}:{}: {msg}", path.display(), i + 1);
+        let repo = policy::repo_of_image_ref(line);
+        let tag = line.get(repo.len() + 1..).unwrap_or("");
+        if !layout::valid_repo_name(repo) {
+            return Err(at(format!("{line:?}: {repo:?} is not a repository name")));
+        }
+        if tag.is_empty() || !valid_tag(tag) {
+            return Err(at(format!("{line:?}: expected repo:tag with a tag of [A-Za-z0-9_.-], at most 128 characters")));
+        }
+        let img = ImageName { repo: repo.to_string(), tag: tag.to_string() };
+        if !seen.insert(img.clone()) {
+            return Err(at(format!("{img} is listed twice")));
+        }
+        out.push(img);
+    }
+    if out.is_empty() {
+        bail!("{}: no images listed (expected repo:tag lines)", path.display());
+    }
+    Ok(out)
+}
+
+/// A registry tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+fn valid_tag(tag: &str) -> bool {
+    let b = tag.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(c))
+}
+
+/// Where the release's images come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// `docker://host[:port][/prefix]`: image `docker://host/prefix/repo:tag`.
+    Docker(String),
+    /// `oci:DIR`: image `repo:tag` is the OCI layout `DIR/repo`, ref name `tag`.
+    Oci(PathBuf),
+}
+
+pub fn parse_source(s: &str) -> Result<Source> {
+    if let Some(rest) = s.strip_prefix("docker://") {
+        let rest = rest.trim_end_matches('/');
+        if rest.is_empty() {
+            bail!("--from {s}: name a registry, e.g. docker://registry.example.com");
+        }
+        Ok(Source::Docker(rest.to_string()))
+    } else if let Some(dir) = s.strip_prefix("oci:") {
+        let dir = PathBuf::from(dir);
+        if !dir.is_dir() {
+            bail!("--from {s}: {} is not a directory of OCI layouts", dir.display());
+        }
+        Ok(Source::Oci(dir))
+    } else {
+        bail!("--from {s}: expected docker://HOST[/PREFIX] or oci:DIR")
+    }
+}
+
+impl Source {
+    fn reference(&self, img: &ImageName) -> String {
+        match self {
+            Source::Docker(prefix) => format!("docker://{prefix}/{}:{}", img.repo, img.tag),
+            Source::Oci(dir) => format!("oci:{}:{}", dir.join(&img.repo).display(), img.tag),
+        }
+    }
+}
+
+/// Seconds per phase, in order.
+#[derive(Debug, Default, Serialize)]
+pub struct Phases(Vec<(String, f64)>);
+
+impl Phases {
+    fn add(&mut self, name: &str, since: Instant) {
+        self.0.push((name.to_string(), since.elapsed().as_secs_f64()));
+    }
+}
+
+/// Where the release's blobs came from, counted after GC.
+#[derive(Debug, Default, Serialize)]
+pub struct BlobOrigins {
+    pub uploaded: u64,
+    pub uploaded_bytes: u64,
+    pub reused: u64,
+    pub reused_bytes: u64,
+}
+
+/// The closing summary (also the `--json` document).
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub images: usize,
+    pub copied: usize,
+    pub copy_attempts: u32,
+    pub mode: String,
+    pub blobs: BlobOrigins,
+    pub gc: crate::gc::Report,
+    pub tar: PathBuf,
+    pub tar_bytes: u64,
+    pub tar_sha256: String,
+    pub upper: PathBuf,
+    pub phases: Phases,
+}
+
+/// Progress for a person on a terminal, plain log lines otherwise.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress { bar: None }
+    }
+
+    fn phase(&mut self, name: &str, total: Option<u64>) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+        if std::io::stderr().is_terminal() {
+            let bar = match total {
+                Some(n) => indicatif::ProgressBar::new(n).with_style(
+                    indicatif::ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} {msg}")
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                        .progress_chars("=> "),
+                ),
+                None => indicatif::ProgressBar::new_spinner(),
+            };
+            bar.set_prefix(name.to_string());
+            bar.enable_steady_tick(Duration::from_millis(120));
+            self.bar = Some(bar);
+        } else {
+            eprintln!("regfs release: {name}...");
+        }
+    }
+
+    fn step(&self, msg: &str) {
+        match &self.bar {
+            Some(b) => {
+                b.inc(1);
+                b.set_message(msg.to_string());
+            }
+            None => eprintln!("regfs release:   {msg}"),
+        }
+    }
+
+    fn done(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// The working directory's layout.
+struct Work {
+    upper: PathBuf,
+    mnt: PathBuf,
+    keep: PathBuf,
+    dir: PathBuf,
+}
+
+fn prepare_work(req: &ReleaseRequest, images: &[ImageName]) -> Result<Work> {
+    let dir = match &req.workdir {
+        Some(d) => d.clone(),
+        None => {
+            let name = req.output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "release".into());
+            req.output.with_file_name(format!("{name}.work"))
+        }
+    };
+    let upper = dir.join("upper");
+    if upper.exists() && fs::read_dir(&upper).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        bail!(
+            "work dir {} already holds an upper from an earlier run; remove it (or pass another --workdir) \
+             so this release starts clean",
+            dir.display()
+        );
+    }
+    let mnt = dir.join("mnt");
+    for d in [&dir, &upper, &mnt] {
+        fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let keep = dir.join("keep.list");
+    let repos: BTreeSet<&str> = images.iter().map(|i| i.repo.as_str()).collect();
+    let text: String = repos.iter().map(|r| format!("{r}\n")).collect();
+    fs::write(&keep, text).with_context(|| format!("writing {}", keep.display()))?;
+    Ok(Work { upper, mnt, keep, dir })
+}
+
+fn mount_view(req: &ReleaseRequest, work: &Work) -> Result<()> {
+    let mreq = mount::MountRequest {
+        lowers: req.histories.clone(),
+        upper: work.upper.clone(),
+        keep: Some(work.keep.clone()),
+        policy: None,
+        mountpoint: work.mnt.clone(),
+        threads: 4,
+        allow_other: false,
+        mode: req.mode,
+        work: None,
+        export: None,
+        delete_untagged: false,
+    };
+    let mut args: Vec<std::ffi::OsString> = vec!["mount".into()];
+    for h in &req.histories {
+        args.push("--lower".into());
+        args.push(h.into());
+    }
+    for (flag, val) in [("--upper", &work.upper), ("--keep", &work.keep)] {
+        args.push(flag.into());
+        args.push(val.into());
+    }
+    args.push("--mode".into());
+    args.push(mode_name(req.mode).into());
+    args.push(work.mnt.clone().into());
+    mount::mount_background(&mreq, &args)
+}
+
+fn mode_name(m: Mode) -> &'static str {
+    match m {
+        Mode::Auto => "auto",
+        Mode::Fuse => "fuse",
+        Mode::Kernel => "kernel",
+    }
+}
+
+/// Counts the release's blobs by where their data lives: upper (uploaded in
+/// this release) or a history layer (reused).
+fn blob_origins(view: &View) -> Result<BlobOrigins> {
+    let mut o = BlobOrigins::default();
+    let root = layout::blobs_root();
+    let Some(blobs) = view.resolve(&root)? else { return Ok(o) };
+    for prefix in view.list(&root, &blobs)? {
+        let prel = root.join(&prefix.name);
+        for blob in view.list(&prel, &prefix.entry)? {
+            let data = prel.join(&blob.name).join(layout::DATA);
+            if let Some(e) = view.resolve(&data)? {
+                if e.top() == UPPER {
+                    o.uploaded += 1;
+                    o.uploaded_bytes += e.meta.len();
+                } else {
+                    o.reused += 1;
+                    o.reused_bytes += e.meta.len();
+                }
+            }
+        }
+    }
+    Ok(o)
+}
+
+/// Runs the release; prints the summary. Returns the summary for tests.
+pub fn run(req: &ReleaseRequest) -> Result<Summary> {
+    let images = parse_images(
+        &fs::read_to_string(&req.images).with_context(|| format!("--images {}: cannot read", req.images.display()))?,
+        &req.images,
+    )?;
+    let source = parse_source(&req.from)?;
+    if req.jobs == 0 {
+        bail!("--jobs must be at least 1");
+    }
+    if let Some(parent) = req.output.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            bail!("-o {}: directory {} does not exist", req.output.display(), parent.display());
+        }
+    }
+    // Fail before mounting when the tools are missing.
+    let registry_bin = children::find_registry(req.registry_bin.as_deref())?;
+    let skopeo = Skopeo::find(req.src_tls_verify)?;
+    mount::check_lowers(&req.histories)?;
+    let work = prepare_work(req, &images)?;
+    let mut phases = Phases::default();
+    let mut progress = Progress::new();
+
+    let t = Instant::now();
+    progress.phase("mount", None);
+    mount_view(req, &work)?;
+    phases.add("mount", t);
+    let mode = if crate::kernel::overlay_using_upper(&fs::canonicalize(&work.upper)?).is_some() { "kernel" } else { "fuse" };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let pushed = runtime.block_on(push_all(req, &registry_bin, &skopeo, &source, &images, &work, &mut phases, &mut progress));
+    progress.done();
+    // Unmount whatever happened; a failed push keeps upper for inspection.
+    let t = Instant::now();
+    let unmounted = mount::umount(&work.mnt, None);
+    phases.add("unmount", t);
+    let attempts = match pushed {
+        Ok(a) => a,
+        Err(e) => {
+            if let Err(u) = unmounted {
+                eprintln!("regfs release: also failed to unmount {}: {u:#}", work.mnt.display());
+            }
+            return Err(e.context(format!("release failed: no tar written; upper kept in {}", work.upper.display())));
+        }
+    };
+    unmounted?;
+
+    let layers = mount::check_layers(&req.histories, &work.upper, Some(&work.keep), None)?;
+    let _lock = mount::lock_upper(&layers.upper, "the release GC")?;
+    let view = layers.view()?;
+    let t = Instant::now();
+    progress.phase("gc", None);
+    let (_, gc_report) = crate::gc::run(&view, &crate::gc::GcOptions { delete_untagged: req.delete_untagged }, false)?;
+    phases.add("gc", t);
+    let blobs = blob_origins(&view)?;
+    let t = Instant::now();
+    progress.phase("export", None);
+    let tar = crate::export::export(&view, &req.output, &crate::export::ExportOptions::default())
+        .with_context(|| format!("writing {}", req.output.display()))?;
+    let tar_sha256 = sha256_file(&req.output)?;
+    phases.add("export", t);
+    progress.done();
+
+    let summary = Summary {
+        images: images.len(),
+        copied: images.len(),
+        copy_attempts: attempts,
+        mode: mode.to_string(),
+        blobs,
+        gc: gc_report,
+        tar: req.output.clone(),
+        tar_bytes: tar.tar_bytes,
+        tar_sha256,
+        upper: work.upper.clone(),
+        phases,
+    };
+    print_summary(&summary, req.json)?;
+    let _ = work.dir;
+    Ok(summary)
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::Digest as _;
+    use std::io::Read;
+    let mut f = fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn push_all(
+    req: &ReleaseRequest,
+    registry_bin: &Path,
+    skopeo: &Skopeo,
+    source: &Source,
+    images: &[ImageName],
+    work: &Work,
+    phases: &mut Phases,
+    progress: &mut Progress,
+) -> Result<u32> {
+    let t = Instant::now();
+    progress.phase("registry", None);
+    let mut registry = RegistryChild::start(registry_bin, &work.mnt, &work.dir).await?;
+    phases.add("registry start", t);
+
+    let t = Instant::now();
+    progress.phase("push", Some(images.len() as u64));
+    let outcome = tokio::select! {
+        r = copy_images(req, skopeo, source, images, registry.addr(), progress) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted (Ctrl-C): copies stopped")),
+    };
+    phases.add("push", t);
+    let t = Instant::now();
+    let stopped = registry.stop().await;
+    phases.add("registry stop", t);
+    let attempts = outcome?;
+    stopped?;
+    Ok(attempts)
+}
+
+async fn copy_images(
+    req: &ReleaseRequest,
+    skopeo: &Skopeo,
+    source: &Source,
+    images: &[ImageName],
+    dest: std::net::SocketAddr,
+    progress: &Progress,
+) -> Result<u32> {
+    let limit = Arc::new(tokio::sync::Semaphore::new(req.jobs));
+    let mut set = tokio::task::JoinSet::new();
+    for img in images {
+        let (limit, skopeo, img) = (limit.clone(), skopeo.clone(), img.clone());
+        let src = source.reference(&img);
+        let dst = format!("docker://{dest}/{}:{}", img.repo, img.tag);
+        let retries = req.retries;
+        set.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            let outcome = skopeo.copy_with_retries(&src, &dst, retries).await;
+            (img, outcome)
+        });
+    }
+    let mut attempts = 0;
+    let mut failures = Vec::new();
+    while let Some(joined) = set.join_next().await {
+        let (img, outcome) = joined.context("an image copy task failed")?;
+        match outcome {
+            CopyOutcome::Copied { attempts: a, seconds } => {
+                attempts += a;
+                progress.step(&format!("{img} ({seconds:.1} s{})", if a > 1 { format!(", {a} attempts") } else { String::new() }));
+            }
+            CopyOutcome::Failed { attempts: a, message } => {
+                attempts += a;
+                progress.step(&format!("{img} FAILED"));
+                failures.push(format!("{img} (after {a} attempts): {message}"));
+            }
+        }
+    }
+    if !failures.is_empty() {
+        bail!("{} of {} image copies failed:\n  {}", failures.len(), images.len(), failures.join("\n  "));
+    }
+    Ok(attempts)
+}
+
+fn print_summary(s: &Summary, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(s)?);
+        return Ok(());
+    }
+    use crate::gc::human_bytes;
+    println!("release {} ({} mode)", s.tar.display(), s.mode);
+    println!("  images copied   {}/{} ({} skopeo runs)", s.copied, s.images, s.copy_attempts);
+    println!(
+        "  blobs           {} uploaded ({}), {} reused from history ({})",
+        s.blobs.uploaded,
+        human_bytes(s.blobs.uploaded_bytes),
+        s.blobs.reused,
+        human_bytes(s.blobs.reused_bytes)
+    );
+    println!("  gc              {}", s.gc.summary());
+    println!("  tar             {} sha256:{}", human_bytes(s.tar_bytes), s.tar_sha256);
+    let phases: Vec<String> = s.phases.0.iter().map(|(n, t)| format!("{n} {t:.1}s")).collect();
+    println!("  time            {}", phases.join(", "));
+    println!("  upper           {}", s.upper.display());
+    Ok(())
+}
