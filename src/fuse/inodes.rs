@@ -1,31 +1,105 @@
 //! The inode table: a compact tree of (parent, name) records.
 //!
-//! No path string is stored per inode; paths are rebuilt from the parent
-//! chain when a request needs one. Inode numbers are never reused while the
-//! filesystem is mounted, so `stat` gives the same number for the same name.
+//! No path string and no metadata is stored per inode: a node is its parent,
+//! its name, the set of layers it was found in and whether it is a
+//! directory (about 40 bytes plus the name). Paths are rebuilt from the
+//! parent chain when a request needs one; attributes come from the layer
+//! file. Inode numbers are never reused while mounted, so `stat` gives the
+//! same number for the same name, and the table is a plain vector.
 
 use std::collections::HashMap;
-use std::ffi::{OsStr, OsString};
+use std::collections::hash_map::DefaultHasher;
+use std::ffi::OsStr;
+use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::RwLock;
 
-use crate::view::Entry;
+use crate::view::{Entry, LayerIdx};
 
 pub const ROOT: u64 = 1;
+
+/// The layers an entry was found in, as a bit set (bit i = layer i); lower
+/// indexes are higher layers, so ascending order is topmost first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stack(u64);
+
+impl Stack {
+    pub fn of(layers: &[LayerIdx]) -> Stack {
+        Stack(layers.iter().filter(|&&l| l < 64).fold(0, |m, &l| m | 1 << l))
+    }
+
+    pub fn layers(self) -> Vec<LayerIdx> {
+        (0..64).filter(|i| self.0 & (1 << i) != 0).collect()
+    }
+}
 
 #[derive(Debug)]
 struct Node {
     parent: u64,
-    name: OsString,
-    /// The view entry as last resolved; upper parts are refreshed on use.
-    entry: Entry,
+    name: Box<OsStr>,
+    stack: Stack,
+    dir: bool,
+}
+
+/// What the table knows of an inode.
+#[derive(Clone, Debug)]
+pub struct NodeInfo {
+    pub path: PathBuf,
+    pub layers: Vec<LayerIdx>,
+    pub dir: bool,
 }
 
 #[derive(Debug, Default)]
 struct Table {
-    nodes: HashMap<u64, Node>,
-    by_name: HashMap<(u64, OsString), u64>,
-    next: u64,
+    /// Indexed by inode number; slot 0 is unused.
+    nodes: Vec<Node>,
+    /// (parent, hash of name) → inode; names are checked on the node.
+    by_name: HashMap<(u64, u64), u64>,
+    /// The rare second name of a parent with an equal hash.
+    collisions: HashMap<(u64, Box<OsStr>), u64>,
+}
+
+fn name_hash(name: &OsStr) -> u64 {
+    let mut h = DefaultHasher::new();
+    name.hash(&mut h);
+    h.finish()
+}
+
+impl Table {
+    fn node(&self, ino: u64) -> Option<&Node> {
+        self.nodes.get(ino as usize).filter(|_| ino != 0)
+    }
+
+    fn find(&self, parent: u64, name: &OsStr) -> Option<u64> {
+        let ino = *self.by_name.get(&(parent, name_hash(name)))?;
+        if self.node(ino).is_some_and(|n| n.parent == parent && &*n.name == name) {
+            return Some(ino);
+        }
+        self.collisions.get(&(parent, Box::from(name))).copied()
+    }
+
+    fn unlink_name(&mut self, parent: u64, name: &OsStr) -> Option<u64> {
+        let key = (parent, name_hash(name));
+        if let Some(&ino) = self.by_name.get(&key) {
+            if self.node(ino).is_some_and(|n| n.parent == parent && &*n.name == name) {
+                self.by_name.remove(&key);
+                return Some(ino);
+            }
+        }
+        self.collisions.remove(&(parent, Box::from(name)))
+    }
+
+    fn link_name(&mut self, parent: u64, name: &OsStr, ino: u64) {
+        let key = (parent, name_hash(name));
+        match self.by_name.get(&key) {
+            Some(&other) if other != ino && self.node(other).is_some_and(|n| n.parent == parent) => {
+                self.collisions.insert((parent, Box::from(name)), ino);
+            }
+            _ => {
+                self.by_name.insert(key, ino);
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -34,9 +108,11 @@ pub struct Inodes {
 }
 
 impl Inodes {
-    pub fn new(root: Entry) -> Inodes {
-        let mut t = Table { next: ROOT + 1, ..Table::default() };
-        t.nodes.insert(ROOT, Node { parent: ROOT, name: OsString::new(), entry: root });
+    pub fn new(root: &Entry) -> Inodes {
+        let mut t = Table::default();
+        let placeholder = Node { parent: 0, name: Box::from(OsStr::new("")), stack: Stack::default(), dir: false };
+        t.nodes.push(placeholder);
+        t.nodes.push(Node { parent: ROOT, name: Box::from(OsStr::new("")), stack: Stack::of(&root.layers), dir: true });
         Inodes { table: RwLock::new(t) }
     }
 
@@ -48,14 +124,14 @@ impl Inodes {
         self.table.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The path (relative to the registry root) and cached entry of `ino`.
-    pub fn get(&self, ino: u64) -> Option<(PathBuf, Entry)> {
+    /// The path (relative to the registry root), layers and kind of `ino`.
+    pub fn get(&self, ino: u64) -> Option<NodeInfo> {
         let t = self.read();
-        let node = t.nodes.get(&ino)?;
+        let node = t.node(ino)?;
         let mut names: Vec<&OsStr> = Vec::new();
         let mut cur = ino;
         while cur != ROOT {
-            let n = t.nodes.get(&cur)?;
+            let n = t.node(cur)?;
             names.push(&n.name);
             cur = n.parent;
             if names.len() > 4096 {
@@ -63,68 +139,76 @@ impl Inodes {
             }
         }
         let path: PathBuf = names.iter().rev().collect();
-        Some((path, node.entry.clone()))
+        Some(NodeInfo { path, layers: node.stack.layers(), dir: node.dir })
     }
 
-    /// The inode for `name` in `parent`, created on first sight; its cached
-    /// entry is replaced with `entry`.
-    pub fn intern(&self, parent: u64, name: &OsStr, entry: Entry) -> u64 {
+    /// The inode for `name` in `parent`, created on first sight; its layers
+    /// and kind are set from `entry`.
+    pub fn intern(&self, parent: u64, name: &OsStr, entry: &Entry) -> u64 {
+        let (stack, dir) = (Stack::of(&entry.layers), entry.is_dir());
         let mut t = self.write();
-        let key = (parent, name.to_os_string());
-        if let Some(&ino) = t.by_name.get(&key) {
-            if let Some(node) = t.nodes.get_mut(&ino) {
-                node.entry = entry;
+        if let Some(ino) = t.find(parent, name) {
+            if let Some(n) = t.nodes.get_mut(ino as usize) {
+                n.stack = stack;
+                n.dir = dir;
             }
             return ino;
         }
-        let ino = t.next;
-        t.next += 1;
-        t.nodes.insert(ino, Node { parent, name: key.1.clone(), entry });
-        t.by_name.insert(key, ino);
+        let ino = t.nodes.len() as u64;
+        t.nodes.push(Node { parent, name: Box::from(name), stack, dir });
+        t.link_name(parent, name, ino);
         ino
     }
 
     /// The inode already known for `name` in `parent`, if any.
     pub fn find(&self, parent: u64, name: &OsStr) -> Option<u64> {
-        self.read().by_name.get(&(parent, name.to_os_string())).copied()
+        self.read().find(parent, name)
     }
 
-    /// Updates the cached entry of `ino`.
-    pub fn update(&self, ino: u64, entry: Entry) {
-        if let Some(node) = self.write().nodes.get_mut(&ino) {
-            node.entry = entry;
+    /// Updates the layers and kind of `ino`.
+    pub fn update(&self, ino: u64, entry: &Entry) {
+        if ino == 0 {
+            return;
+        }
+        if let Some(n) = self.write().nodes.get_mut(ino as usize) {
+            n.stack = Stack::of(&entry.layers);
+            n.dir = entry.is_dir();
         }
     }
 
     /// Forgets the name `name` in `parent` (unlink, rmdir). The inode stays
-    /// valid for open handles, detached from the tree.
+    /// valid for open handles, keeping its last path.
     pub fn detach(&self, parent: u64, name: &OsStr) {
-        let mut t = self.write();
-        if let Some(ino) = t.by_name.remove(&(parent, name.to_os_string())) {
-            if let Some(node) = t.nodes.get_mut(&ino) {
-                // A detached node keeps its last path for fstat on open handles.
-                node.parent = parent;
-            }
-        }
+        self.write().unlink_name(parent, name);
     }
 
     /// Moves the node named `name` in `parent` to `new_name` in `new_parent`,
     /// replacing whatever was there.
     pub fn rename(&self, parent: u64, name: &OsStr, new_parent: u64, new_name: &OsStr) {
         let mut t = self.write();
-        t.by_name.remove(&(new_parent, new_name.to_os_string()));
-        if let Some(ino) = t.by_name.remove(&(parent, name.to_os_string())) {
-            if let Some(node) = t.nodes.get_mut(&ino) {
-                node.parent = new_parent;
-                node.name = new_name.to_os_string();
+        t.unlink_name(new_parent, new_name);
+        if let Some(ino) = t.unlink_name(parent, name) {
+            if let Some(n) = t.nodes.get_mut(ino as usize) {
+                n.parent = new_parent;
+                n.name = Box::from(new_name);
             }
-            t.by_name.insert((new_parent, new_name.to_os_string()), ino);
+            t.link_name(new_parent, new_name, ino);
         }
     }
 
     /// The parent inode of `ino` (the root is its own parent).
     pub fn parent_of(&self, ino: u64) -> Option<u64> {
-        self.read().nodes.get(&ino).map(|n| n.parent)
+        self.read().node(ino).map(|n| n.parent)
     }
+}
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stacks_keep_layer_order() {
+        assert_eq!(Stack::of(&[0, 2, 5]).layers(), vec![0, 2, 5]);
+        assert_eq!(Stack::of(&[]).layers(), Vec::<usize>::new());
+    }
 }

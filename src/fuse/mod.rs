@@ -24,7 +24,7 @@ use fuser::{
 
 use crate::sys::{self, SetTime};
 use crate::view::{AttrChange, Entry, UPPER, View};
-use inodes::{Inodes, ROOT};
+use inodes::{Inodes, NodeInfo, ROOT};
 
 /// Attribute/entry cache time for entries that live in upper (they change).
 const TTL_UPPER: Duration = Duration::from_secs(1);
@@ -124,7 +124,7 @@ impl RegFs {
         let root = view.root()?;
         Ok(RegFs {
             view,
-            inodes: Inodes::new(root),
+            inodes: Inodes::new(&root),
             handles: DashMap::new(),
             next_fh: AtomicU64::new(1),
             chown_new: sys::geteuid() == 0,
@@ -156,16 +156,16 @@ impl RegFs {
         }
     }
 
-    fn node(&self, ino: INodeNo) -> Result<(PathBuf, Entry), Errno> {
+    fn node(&self, ino: INodeNo) -> Result<NodeInfo, Errno> {
         self.inodes.get(ino.0).ok_or(Errno::ESTALE)
     }
 
-    /// Resolves `ino` with fresh upper metadata.
+    /// Resolves `ino` with fresh metadata (upper may have changed).
     fn fresh(&self, ino: INodeNo) -> Result<(PathBuf, Entry), Errno> {
-        let (path, e) = self.node(ino)?;
-        let e = self.view.refresh(&path, &e).map_err(|err| self.fail("refresh", &path, &err))?;
-        self.inodes.update(ino.0, e.clone());
-        Ok((path, e))
+        let info = self.node(ino)?;
+        let e = self.view.stat_stack(&info.path, &info.layers).map_err(|err| self.fail("stat", &info.path, &err))?;
+        self.inodes.update(ino.0, &e);
+        Ok((info.path, e))
     }
 
     /// Logs a failed request and returns its errno. Expected misses
@@ -183,7 +183,7 @@ impl RegFs {
     }
 
     fn child_path(&self, parent: INodeNo, name: &OsStr) -> Result<(PathBuf, PathBuf), Errno> {
-        let (dir, _) = self.node(parent)?;
+        let dir = self.node(parent)?.path;
         if name.len() > 255 {
             return Err(Errno::ENAMETOOLONG);
         }
@@ -195,7 +195,7 @@ impl RegFs {
     fn created_entry(&self, req: &Request, parent: INodeNo, name: &OsStr, path: &Path, reply: ReplyEntry, res: io::Result<Entry>) {
         match res.and_then(|e| self.own(req, path, e)) {
             Ok(e) => {
-                let ino = self.inodes.intern(parent.0, name, e.clone());
+                let ino = self.inodes.intern(parent.0, name, &e);
                 self.changed(parent);
                 reply.entry(&ttl_for(&e), &attr(ino, &e), Generation(0));
             }
@@ -215,15 +215,16 @@ impl RegFs {
 
     /// The merged listing of directory `ino`, with `.` and `..`.
     fn listing(&self, ino: INodeNo) -> Result<Listing, Errno> {
-        let (path, e) = self.fresh(ino)?;
-        let items = self.view.list(&path, &e).map_err(|err| self.fail("readdir", &path, &err))?;
+        let info = self.node(ino)?;
+        let path = info.path;
+        let items = self.view.list_in(&path, &info.layers).map_err(|err| self.fail("readdir", &path, &err))?;
         let parent_ino = self.inodes.parent_of(ino.0).unwrap_or(ROOT);
         let mut listing = Vec::with_capacity(items.len() + 2);
         listing.push((ino.0, FileType::Directory, ".".into()));
         listing.push((parent_ino, FileType::Directory, "..".into()));
         for item in items {
             let kind = file_type(&item.entry.meta);
-            let child = self.inodes.intern(ino.0, &item.name, item.entry);
+            let child = self.inodes.intern(ino.0, &item.name, &item.entry);
             listing.push((child, kind, item.name));
         }
         Ok(listing)
@@ -253,16 +254,16 @@ impl Filesystem for RegFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let (dir, dir_entry) = match self.node(parent) {
-            Ok(n) => n,
+        let (dir, dir_layers) = match self.node(parent) {
+            Ok(n) => (n.path, n.layers),
             Err(e) => return reply.error(e),
         };
         if name.len() > 255 {
             return reply.error(Errno::ENAMETOOLONG);
         }
-        match self.view.lookup(&dir, &dir_entry, name) {
+        match self.view.lookup_in(&dir, &dir_layers, name) {
             Ok(Some(e)) => {
-                let ino = self.inodes.intern(parent.0, name, e.clone());
+                let ino = self.inodes.intern(parent.0, name, &e);
                 reply.entry(&ttl_for(&e), &attr(ino, &e), Generation(0));
             }
             Ok(None) => reply.error(Errno::ENOENT),
@@ -273,8 +274,8 @@ impl Filesystem for RegFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         // An open handle answers for itself (an unlinked file still has attributes).
         if let Some(f) = fh.and_then(|fh| self.file(fh).ok()) {
-            if let (Ok(meta), Ok((_, mut e))) = (f.metadata(), self.node(ino)) {
-                e.meta = meta;
+            if let (Ok(meta), Ok(info)) = (f.metadata(), self.node(ino)) {
+                let e = Entry { layers: info.layers, meta };
                 return reply.attr(&ttl_for(&e), &attr(ino.0, &e));
             }
         }
@@ -302,8 +303,8 @@ impl Filesystem for RegFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let (path, _) = match self.node(ino) {
-            Ok(n) => n,
+        let path = match self.node(ino) {
+            Ok(n) => n.path,
             Err(e) => return reply.error(e),
         };
         // ftruncate on an open (already copied-up) handle goes to that file.
@@ -333,7 +334,7 @@ impl Filesystem for RegFs {
         };
         match res {
             Ok(e) => {
-                self.inodes.update(ino.0, e.clone());
+                self.inodes.update(ino.0, &e);
                 self.changed(ino);
                 reply.attr(&ttl_for(&e), &attr(ino.0, &e))
             }
@@ -342,7 +343,7 @@ impl Filesystem for RegFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let (path, e) = match self.node(ino) {
+        let (path, e) = match self.fresh(ino) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
@@ -429,7 +430,7 @@ impl Filesystem for RegFs {
                 self.inodes.rename(parent.0, name, newparent.0, newname);
                 if let Some(ino) = self.inodes.find(newparent.0, newname) {
                     if let Ok(Some(e)) = self.view.resolve(&to) {
-                        self.inodes.update(ino, e);
+                        self.inodes.update(ino, &e);
                     }
                 }
                 self.changed(parent);
@@ -441,7 +442,7 @@ impl Filesystem for RegFs {
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        let paths = self.node(ino).and_then(|(from, _)| Ok((from, self.child_path(newparent, newname)?.1)));
+        let paths = self.node(ino).and_then(|n| Ok((n.path, self.child_path(newparent, newname)?.1)));
         let (from, to) = match paths {
             Ok(p) => p,
             Err(e) => return reply.error(e),
@@ -449,9 +450,9 @@ impl Filesystem for RegFs {
         match self.view.link(&from, &to) {
             Ok(e) => {
                 if let Ok(Some(src)) = self.view.resolve(&from) {
-                    self.inodes.update(ino.0, src);
+                    self.inodes.update(ino.0, &src);
                 }
-                let new_ino = self.inodes.intern(newparent.0, newname, e.clone());
+                let new_ino = self.inodes.intern(newparent.0, newname, &e);
                 self.changed(ino);
                 self.changed(newparent);
                 reply.entry(&ttl_for(&e), &attr(new_ino, &e), Generation(0));
@@ -469,7 +470,7 @@ impl Filesystem for RegFs {
         let writes = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         let res = if writes {
             self.view.open_write(&path, flags).map(|(f, e)| {
-                self.inodes.update(ino.0, e);
+                self.inodes.update(ino.0, &e);
                 self.changed(ino);
                 f
             })
@@ -573,7 +574,7 @@ impl Filesystem for RegFs {
             return reply.error(Errno::ENOSYS);
         }
         match self.node(ino) {
-            Ok((_, e)) if !e.is_dir() => reply.error(Errno::ENOTDIR),
+            Ok(n) if !n.dir => reply.error(Errno::ENOTDIR),
             // Every change to a directory goes through this filesystem, and
             // the kernel drops its cached listing on each: it may keep it.
             Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE),
@@ -596,10 +597,16 @@ impl Filesystem for RegFs {
                 Err(e) => return reply.error(e),
             },
         };
+        let mut full = false;
         for (i, (ino, kind, name)) in listing.iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {
+                full = true;
                 break;
             }
+        }
+        if !full {
+            // The reader got the end: keep no copy of a listing nobody reads.
+            self.listings.remove(&ino.0);
         }
         reply.ok();
     }
@@ -620,8 +627,8 @@ impl Filesystem for RegFs {
     }
 
     fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
-        let (path, _) = match self.node(ino) {
-            Ok(n) => n,
+        let path = match self.node(ino) {
+            Ok(n) => n.path,
             Err(e) => return reply.error(e),
         };
         match self.view.set_xattr(&path, name, value, flags) {
@@ -664,8 +671,8 @@ impl Filesystem for RegFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let (path, _) = match self.node(ino) {
-            Ok(n) => n,
+        let path = match self.node(ino) {
+            Ok(n) => n.path,
             Err(e) => return reply.error(e),
         };
         match self.view.remove_xattr(&path, name) {
@@ -694,7 +701,7 @@ impl Filesystem for RegFs {
             .and_then(|(f, e)| Ok((f, self.own(req, &path, e)?)));
         match res {
             Ok((f, e)) => {
-                let ino = self.inodes.intern(parent.0, name, e.clone());
+                let ino = self.inodes.intern(parent.0, name, &e);
                 self.changed(parent);
                 let fh = self.add_handle(Handle::File(Arc::new(f)));
                 reply.created(&ttl_for(&e), &attr(ino, &e), Generation(0), fh, FopenFlags::empty());

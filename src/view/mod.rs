@@ -231,6 +231,11 @@ impl View {
     /// merges with the directories below it until an opaque one. Policy hides
     /// the entry in every lower layer.
     pub fn lookup(&self, dir_rel: &Path, dir: &Entry, name: &OsStr) -> io::Result<Option<Entry>> {
+        self.lookup_in(dir_rel, &dir.layers, name)
+    }
+
+    /// [`View::lookup`] given only the directory's layer stack.
+    pub fn lookup_in(&self, dir_rel: &Path, dir_layers: &[LayerIdx], name: &OsStr) -> io::Result<Option<Entry>> {
         if is_internal_name(name) || name.is_empty() || name == "." || name == ".." {
             return Ok(None);
         }
@@ -239,7 +244,7 @@ impl View {
         let mut found: Option<Entry> = None;
         // Upper is always consulted: a directory copied up after `dir` was
         // resolved still shows what was written into it.
-        let stack = std::iter::once(UPPER).chain(dir.layers.iter().copied().filter(|&l| l != UPPER));
+        let stack = std::iter::once(UPPER).chain(dir_layers.iter().copied().filter(|&l| l != UPPER));
         for li in stack {
             if li != UPPER && hidden {
                 break;
@@ -312,11 +317,36 @@ impl View {
         Ok(e.clone())
     }
 
+    /// The entry at `rel` found earlier in `layers`, with fresh metadata:
+    /// upper first (a copy-up may have happened since), else the topmost
+    /// of `layers`. ENOENT when neither holds it any more.
+    pub fn stat_stack(&self, rel: &Path, layers: &[LayerIdx]) -> io::Result<Entry> {
+        let up = self.layer_path(UPPER, rel);
+        if let Some(meta) = lstat(&up)? {
+            if !self.is_whiteout(&up, &meta)? {
+                let mut all = vec![UPPER];
+                if meta.is_dir() {
+                    all.extend(layers.iter().copied().filter(|&l| l != UPPER));
+                }
+                return Ok(Entry { layers: all, meta });
+            }
+        }
+        let lowers: Vec<LayerIdx> = layers.iter().copied().filter(|&l| l != UPPER).collect();
+        let top = *lowers.first().ok_or_else(|| errno(libc::ENOENT))?;
+        let meta = lstat(&self.layer_path(top, rel))?.ok_or_else(|| errno(libc::ENOENT))?;
+        Ok(Entry { layers: lowers, meta })
+    }
+
     /// Lists a directory of the view: each visible name once, upper first.
     pub fn list(&self, dir_rel: &Path, dir: &Entry) -> io::Result<Vec<DirItem>> {
+        self.list_in(dir_rel, &dir.layers)
+    }
+
+    /// [`View::list`] given only the directory's layer stack.
+    pub fn list_in(&self, dir_rel: &Path, dir_layers: &[LayerIdx]) -> io::Result<Vec<DirItem>> {
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
-        let stack = std::iter::once(UPPER).chain(dir.layers.iter().copied().filter(|&l| l != UPPER));
+        let stack = std::iter::once(UPPER).chain(dir_layers.iter().copied().filter(|&l| l != UPPER));
         for li in stack {
             let rd = match fs::read_dir(self.layer_path(li, dir_rel)) {
                 Ok(rd) => rd,
@@ -329,7 +359,7 @@ impl View {
                     continue;
                 }
                 // lookup applies whiteouts, opaque cuts and policy in one place.
-                if let Some(entry) = self.lookup(dir_rel, dir, &name)? {
+                if let Some(entry) = self.lookup_in(dir_rel, dir_layers, &name)? {
                     out.push(DirItem { name: name.clone(), entry });
                 }
                 seen.insert(name);
