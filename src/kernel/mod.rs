@@ -12,8 +12,8 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rayon::prelude::*;
 use std::time::{Duration, Instant};
 
 use crate::layout::{self, Place};
@@ -35,11 +35,6 @@ fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> 
     s.serialize_f64(d.as_secs_f64())
 }
 
-/// Threads used to walk the history and write marks.
-fn workers() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 8)
-}
-
 /// Every path the policy hides in any lower, topmost hidden level only (what
 /// lies below a hidden directory needs no mark of its own). Sorted.
 pub fn hidden_paths(view: &View) -> io::Result<BTreeSet<PathBuf>> {
@@ -59,29 +54,14 @@ pub fn hidden_paths(view: &View) -> io::Result<BTreeSet<PathBuf>> {
     }
     items.sort();
     items.dedup();
-    let out = Mutex::new(BTreeSet::new());
-    let next = AtomicUsize::new(0);
-    let failure: Mutex<Option<io::Error>> = Mutex::new(None);
-    std::thread::scope(|s| {
-        for _ in 0..workers() {
-            s.spawn(|| {
-                let mut found = Vec::new();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(rel) = items.get(i) else { break };
-                    if let Err(e) = collect(view, rel, &mut found) {
-                        *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                        break;
-                    }
-                }
-                out.lock().unwrap_or_else(|p| p.into_inner()).extend(found);
-            });
-        }
-    });
-    if let Some(e) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        return Err(e);
-    }
-    Ok(out.into_inner().unwrap_or_else(|p| p.into_inner()))
+    let found = items
+        .par_iter()
+        .map(|rel| {
+            let mut found = Vec::new();
+            collect(view, rel, &mut found).map(|()| found)
+        })
+        .collect::<io::Result<Vec<Vec<PathBuf>>>>()?;
+    Ok(found.into_iter().flatten().collect())
 }
 
 /// Collects hidden paths at or below `rel` (under `repositories/`).
@@ -120,40 +100,18 @@ fn collect(view: &View, rel: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
 pub fn materialise(view: &View) -> io::Result<Materialised> {
     let start = Instant::now();
     let paths: Vec<PathBuf> = hidden_paths(view)?.into_iter().collect();
-    let counts = Mutex::new(Materialised { hidden: paths.len(), ..Materialised::default() });
-    let next = AtomicUsize::new(0);
-    let failure: Mutex<Option<io::Error>> = Mutex::new(None);
-    std::thread::scope(|s| {
-        for _ in 0..workers() {
-            s.spawn(|| {
-                let mut local = Materialised::default();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(rel) = paths.get(i) else { break };
-                    match view.hide_in_upper(rel) {
-                        Ok(Hidden::Whiteout) => local.whiteouts += 1,
-                        Ok(Hidden::Opaque) => local.opaque += 1,
-                        Ok(Hidden::Already) => local.already += 1,
-                        Err(e) => {
-                            let e = io::Error::new(e.kind(), format!("hiding {}: {e}", rel.display()));
-                            *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                            break;
-                        }
-                    }
-                }
-                let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
-                c.whiteouts += local.whiteouts;
-                c.opaque += local.opaque;
-                c.already += local.already;
-            });
-        }
-    });
-    if let Some(e) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        return Err(e);
-    }
-    let mut done = counts.into_inner().unwrap_or_else(|p| p.into_inner());
-    done.elapsed = start.elapsed();
-    Ok(done)
+    let marks = paths
+        .par_iter()
+        .map(|rel| view.hide_in_upper(rel).map_err(|e| io::Error::new(e.kind(), format!("hiding {}: {e}", rel.display()))))
+        .collect::<io::Result<Vec<Hidden>>>()?;
+    let count = |h: Hidden| marks.iter().filter(|&&m| m == h).count();
+    Ok(Materialised {
+        hidden: paths.len(),
+        whiteouts: count(Hidden::Whiteout),
+        opaque: count(Hidden::Opaque),
+        already: count(Hidden::Already),
+        elapsed: start.elapsed(),
+    })
 }
 
 /// The default work directory: beside upper, so it is on the same filesystem.
