@@ -100,10 +100,23 @@ fn collect(view: &View, rel: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
 pub fn materialise(view: &View) -> io::Result<Materialised> {
     let start = Instant::now();
     let paths: Vec<PathBuf> = hidden_paths(view)?.into_iter().collect();
+    // Directories that exist only to hold marks keep their history times.
+    let mut created = BTreeSet::new();
+    for p in &paths {
+        for a in p.ancestors().skip(1) {
+            if !view.upper_has_dir(a)? {
+                created.insert(a.to_path_buf());
+            }
+        }
+    }
     let marks = paths
         .par_iter()
         .map(|rel| view.hide_in_upper(rel).map_err(|e| io::Error::new(e.kind(), format!("hiding {}: {e}", rel.display()))))
         .collect::<io::Result<Vec<Hidden>>>()?;
+    // Deepest first: setting a child's times does not touch its parent's.
+    for dir in created.iter().rev() {
+        view.restore_lower_times(dir)?;
+    }
     let count = |h: Hidden| marks.iter().filter(|&&m| m == h).count();
     Ok(Materialised {
         hidden: paths.len(),

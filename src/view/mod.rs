@@ -601,6 +601,24 @@ impl View {
         }
     }
 
+    /// Whether upper holds a directory at `rel`.
+    pub fn upper_has_dir(&self, rel: &Path) -> io::Result<bool> {
+        Ok(lstat(&self.layer_path(UPPER, rel))?.is_some_and(|m| m.is_dir()))
+    }
+
+    /// Gives the upper directory `rel` the times of the topmost lower one:
+    /// a directory copied up only to hold whiteouts then looks unchanged.
+    pub fn restore_lower_times(&self, rel: &Path) -> io::Result<()> {
+        for li in 1..self.roots.len() {
+            if let Some(m) = lstat(&self.layer_path(li, rel))?.filter(|m| m.is_dir()) {
+                let atime = m.accessed().map(SetTime::At).unwrap_or(SetTime::Omit);
+                let mtime = m.modified().map(SetTime::At).unwrap_or(SetTime::Omit);
+                return sys::utimens(&self.layer_path(UPPER, rel), atime, mtime);
+            }
+        }
+        Ok(())
+    }
+
     pub fn unlink(&self, rel: &Path) -> io::Result<()> {
         let _g = self.lock();
         let e = self.resolve_existing(rel)?;
