@@ -121,3 +121,37 @@ fn an_upper_written_by_the_kernel_mounts_in_regfs_showing_the_same_view() {
     };
     assert_eq!(l.listing_regfs(), kernel);
 }
+
+/// The curated view (default policy) served by the FUSE front end and by
+/// the kernel after materialising the policy: the same names, modes, sizes,
+/// owners, times and contents. Only directory link counts may differ: the
+/// kernel mode copies up the ancestors of its whiteouts, and overlayfs
+/// reports nlink 1 for a merged directory.
+#[test]
+fn the_policy_view_is_the_same_in_fuse_and_kernel_mode() {
+    let l = Layers::new();
+    let listing = |mode: &str, upper: &str| {
+        let m = Mount::fuse(&[&l.lower], &l.path(upper), &l.path("mnt"), &["--mode", mode]);
+        // The root is the upper directory itself: its times are its own.
+        let out: Vec<String> = tree::listing(&m.mountpoint)
+            .into_iter()
+            .skip(1)
+            .map(|line| {
+                if line.starts_with('d') {
+                    // "d0755 NLINK rest": drop the link count of directories.
+                    let mut f: Vec<&str> = line.splitn(3, ' ').collect();
+                    f[1] = "_";
+                    f.join(" ")
+                } else {
+                    line
+                }
+            })
+            .collect();
+        m.umount();
+        out
+    };
+    let fuse = listing("fuse", "upper-fuse");
+    let kernel = listing("kernel", "upper-kernel");
+    assert!(fuse.iter().all(|l| !l.contains("_manifests") && !l.contains("_uploads")), "{fuse:#?}");
+    assert_eq!(fuse, kernel);
+}
