@@ -1,0 +1,466 @@
+#!/usr/bin/env bash
+# Issue 7's benchmark: regfs against kernel overlayfs, fuse-overlayfs and the
+# stock tools, on one generated registry store, in one run. Not a test: never
+# run from scripts/test.sh. Needs root (kernel overlay, drop_caches), fuse3,
+# fuse-overlayfs, docker-registry, skopeo and python3 (scripts/setup.sh).
+#
+#   scripts/bench.sh [--small] [--out FILE.json] [--dir DIR] [--keep-data]
+#                    [--runs N] [--rev REV | --regfs BIN] [--only FIGURES]
+#
+# Figures (each as a ratio to the kernel overlayfs or stock-tool figure,
+# median of --runs runs with min-max):
+#   traversal  warm `du -s` and `find -ls` of the mounted view; daemon peak RSS
+#   read       sequential read (dd bs=1M) of the large blob, cold and warm
+#   push       release 2 (skopeo, 4 at a time) through a stock registry
+#   gc         regfs gc --dry-run vs docker-registry garbage-collect --dry-run
+#   export     regfs export vs GNU tar of the kernel-overlay view
+#   scaling    traversal and gc again on a store 1/10 the size
+# --only takes a comma list of these (data is generated either way).
+# regfs is `cargo build --release` of the work tree, or of git revision REV
+# alone (--rev: built from `git archive REV`, so uncommitted edits in the tree
+# do not leak in), or a given binary (--regfs). A copy is run.
+#
+# Default size: 2,000 repos x 10 tags (~455k entries) and a 2 GiB blob;
+# --small: 200 repos (~46k entries), a 256 MiB blob, 12 smaller images.
+# Everything lives under one temp dir (default /tmp/regfs-bench.XXXX),
+# deleted at the end unless --keep-data; with --keep-data --dir DIR a later
+# run reuses the generated data. Every mount and process made is cleaned up,
+# also on Ctrl-C.
+set -euo pipefail
+export LC_ALL=C
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+
+SMALL=0 OUT="" DIR="" KEEP=0 RUNS=3 REGFS_SRC="" REV="" ONLY="traversal,read,push,gc,export,scaling"
+usage() { sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --small) SMALL=1 ;;
+        --out) OUT=$2; shift ;;
+        --dir) DIR=$2; shift ;;
+        --keep-data) KEEP=1 ;;
+        --runs) RUNS=$2; shift ;;
+        --regfs) REGFS_SRC=$2; shift ;;
+        --rev) REV=$2; shift ;;
+        --only) ONLY=$2; shift ;;
+        -h|--help) usage 0 ;;
+        *) echo "bench: unknown argument $1" >&2; usage 2 >&2 ;;
+    esac
+    shift
+done
+want() { [[ ",$ONLY," == *",$1,"* ]]; }
+
+if [ "$SMALL" = 1 ]; then
+    REPOS=200 BIG_MIB=256 IMAGES=12 LAYER_MIB=1 SIZE_NAME=small
+else
+    REPOS=2000 BIG_MIB=2048 IMAGES=40 LAYER_MIB=4 SIZE_NAME=default
+fi
+TAGS=10
+TENTH_REPOS=$((REPOS / 10))
+
+die() { echo "bench: $*" >&2; exit 1; }
+log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+
+[ "$(id -u)" = 0 ] || die "needs root (kernel overlayfs mounts, drop_caches)"
+for t in python3 docker-registry skopeo fuse-overlayfs fusermount3 findmnt dd du find tar; do
+    command -v "$t" >/dev/null || die "$t not found (scripts/setup.sh installs what the bench needs)"
+done
+
+# ------------------------------------------------------------------ workspace
+if [ -n "$DIR" ]; then
+    mkdir -p "$DIR"; W=$(cd "$DIR" && pwd)
+else
+    W=$(mktemp -d /tmp/regfs-bench.XXXXXX)
+fi
+RUN=$W/run.$$            # per-run uppers, mountpoints, logs (always removed)
+DATA=$W/data             # generated stores and layouts (kept with --keep-data)
+mkdir -p "$RUN" "$DATA"
+RESULTS=$RUN/results.tsv
+META=$RUN/meta.tsv
+: > "$RESULTS"; : > "$META"
+
+MOUNTS=()    # kind:mountpoint, kind = regfs | kernel | fuse
+PIDS=()      # processes we started that may outlive a step
+REG_PID=""
+
+is_mounted() { findmnt -rn -M "$1" >/dev/null 2>&1; }
+
+unmount() {  # kind mountpoint
+    local kind=$1 m=$2
+    is_mounted "$m" || return 0
+    case "$kind" in
+        regfs) "$REGFS" umount --timeout 60 "$m" >/dev/null 2>&1 || umount -l "$m" ;;
+        kernel) umount "$m" 2>/dev/null || umount -l "$m" ;;
+        fuse) fusermount3 -u "$m" 2>/dev/null || fusermount3 -uz "$m" ;;
+    esac
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    trap - EXIT INT TERM
+    stop_registry
+    local i
+    for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do
+        unmount "${MOUNTS[i]%%:*}" "${MOUNTS[i]#*:}"
+    done
+    for p in "${PIDS[@]}"; do
+        if kill -0 "$p" 2>/dev/null; then
+            kill -TERM "$p" 2>/dev/null
+            for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$p" 2>/dev/null || break; sleep 0.5; done
+            kill -KILL "$p" 2>/dev/null
+        fi
+    done
+    if findmnt -rn -o TARGET | grep -q "^$W/"; then
+        echo "bench: something is still mounted under $W; not deleting it:" >&2
+        findmnt -rn -o TARGET | grep "^$W/" >&2
+    elif [ "$KEEP" = 1 ]; then
+        rm -rf --one-file-system "$RUN"
+        echo "bench: data kept in $W" >&2
+    else
+        rm -rf --one-file-system "$W"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ------------------------------------------------------------------ helpers
+record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >> "$RESULTS"; }   # figure size target unit value
+meta() { printf '%s\t%s\n' "$1" "$2" >> "$META"; }
+
+# timed FIGURE SIZE TARGET CMD...: runs CMD (stdout and stderr to a log), records seconds.
+timed() {
+    local fig=$1 size=$2 target=$3; shift 3
+    local t0 t1
+    t0=$EPOCHREALTIME
+    if ! "$@" > "$RUN/last.out" 2> "$RUN/last.err"; then
+        echo "bench: failed: $*" >&2; tail -20 "$RUN/last.err" >&2; return 1
+    fi
+    t1=$EPOCHREALTIME
+    record "$fig" "$size" "$target" s "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", b - a }')"
+}
+
+drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+
+# mount_view KIND NAME LOWER UPPER MOUNTPOINT [POLICY]: KIND = kernel (regfs
+# --mode kernel), fuse (regfs --mode fuse), plain (mount -t overlay, no
+# policy), fo (fuse-overlayfs, no policy). Sets VIEW_PID for daemons.
+mount_view() {
+    local kind=$1 name=$2 lower=$3 upper=$4 mp=$5 out
+    VIEW_PID=""
+    mkdir -p "$upper" "$mp"
+    case "$kind" in
+        kernel|fuse)
+            out=$("$REGFS" mount --mode "$kind" --lower "$lower" --upper "$upper" "$mp" 2>&1) \
+                || { echo "$out" >&2; die "regfs mount --mode $kind failed"; }
+            MOUNTS+=("regfs:$mp")
+            if [ "$kind" = fuse ]; then
+                VIEW_PID=$(sed -n 's/.*daemon pid \([0-9][0-9]*\).*/\1/p' <<<"$out")
+                [ -n "$VIEW_PID" ] || die "no daemon pid in: $out"
+                PIDS+=("$VIEW_PID")
+            fi ;;
+        plain)
+            mkdir -p "$upper.work"
+            mount -t overlay "bench-$name" -o "lowerdir=$lower,upperdir=$upper,workdir=$upper.work" "$mp"
+            MOUNTS+=("kernel:$mp") ;;
+        fo)
+            mkdir -p "$upper.work"
+            fuse-overlayfs -f -o "lowerdir=$lower,upperdir=$upper,workdir=$upper.work" "$mp" \
+                > "$RUN/fuse-overlayfs.$name.log" 2>&1 &
+            VIEW_PID=$!
+            PIDS+=("$VIEW_PID")
+            MOUNTS+=("fuse:$mp")
+            local i
+            for i in $(seq 200); do is_mounted "$mp" && break; sleep 0.05; done
+            is_mounted "$mp" || die "fuse-overlayfs did not mount $mp: $(cat "$RUN/fuse-overlayfs.$name.log")" ;;
+    esac
+}
+
+umount_view() {  # KIND MOUNTPOINT [PID]
+    local kind=$1 mp=$2 pid=${3:-}
+    case "$kind" in
+        kernel|fuse) unmount regfs "$mp" ;;
+        plain) unmount kernel "$mp" ;;
+        fo) unmount fuse "$mp" ;;
+    esac
+    if [ -n "$pid" ]; then
+        local i
+        for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -0 "$pid" 2>/dev/null && die "daemon $pid still running after unmounting $mp"
+        wait "$pid" 2>/dev/null || true
+    fi
+    return 0
+}
+
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+start_registry() {  # ROOTDIRECTORY NAME
+    local root=$1 name=$2
+    REG_PORT=$(free_port)
+    cat > "$RUN/registry-$name.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+  formatter: text
+storage:
+  filesystem:
+    rootdirectory: "$root"
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: 127.0.0.1:$REG_PORT
+  secret: regfs-bench
+EOF
+    docker-registry serve "$RUN/registry-$name.yml" > "$RUN/registry-$name.log" 2>&1 &
+    REG_PID=$!
+    python3 - "$REG_PORT" <<'EOF' || { cat "$RUN/registry-$name.log" >&2; die "registry on $root did not come up"; }
+import sys, time, urllib.request
+for _ in range(300):
+    try:
+        if urllib.request.urlopen("http://127.0.0.1:%s/v2/" % sys.argv[1], timeout=2).status == 200:
+            sys.exit(0)
+    except Exception:
+        time.sleep(0.05)
+sys.exit(1)
+EOF
+}
+
+stop_registry() {
+    [ -n "$REG_PID" ] || return 0
+    kill -TERM "$REG_PID" 2>/dev/null || true
+    wait "$REG_PID" 2>/dev/null || true
+    REG_PID=""
+}
+
+# push_release REL: every image's REL tag, 4 skopeo copies at a time, fresh
+# private blob-info cache (so no run learns from another).
+push_release() {
+    local rel=$1 cache
+    cache=$(mktemp -d "$RUN/skopeo-cache.XXXXXX")
+    printf '%s\n' "${OCI_REPOS[@]}" | xargs -P 4 -I '{}' \
+        env _CONTAINERS_ROOTLESS_UID=1000 XDG_DATA_HOME="$cache" \
+        skopeo --insecure-policy --command-timeout 600s copy --quiet --preserve-digests --all \
+        --dest-tls-verify=false "oci:$OCI/{}:$rel" "docker://127.0.0.1:$REG_PORT/{}:$rel"
+    rm -rf "$cache"
+}
+
+# ------------------------------------------------------------------ build
+if [ -n "$REGFS_SRC" ]; then
+    [ -x "$REGFS_SRC" ] || die "--regfs $REGFS_SRC: not an executable"
+    GIT_HEAD="unknown (--regfs $REGFS_SRC)"
+elif [ -n "$REV" ]; then
+    GIT_HEAD=$(git -C "$ROOT" rev-parse --short "$REV^{commit}") || die "--rev $REV: no such revision"
+    log "cargo build --release of $GIT_HEAD"
+    mkdir -p "$RUN/src"
+    git -C "$ROOT" archive "$GIT_HEAD" | tar -x -C "$RUN/src"
+    (cd "$RUN/src" && CARGO_TARGET_DIR=$ROOT/target/bench cargo build --release --locked --quiet)
+    REGFS_SRC=$ROOT/target/bench/release/regfs
+else
+    log "cargo build --release"
+    (cd "$ROOT" && cargo build --release --quiet)
+    REGFS_SRC=$ROOT/target/release/regfs
+    GIT_HEAD=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    [ -z "$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ] || GIT_HEAD="$GIT_HEAD+uncommitted"
+fi
+# A private copy: another build in the tree during the run cannot swap it.
+mkdir -p "$RUN/bin"
+cp "$REGFS_SRC" "$RUN/bin/regfs"
+REGFS=$RUN/bin/regfs
+
+meta regfs_binary "$REGFS_SRC"
+meta regfs_version "$("$REGFS" --version)"
+meta git_head "$GIT_HEAD"
+meta size "$SIZE_NAME"
+meta runs "$RUNS"
+meta kernel "$(uname -r)"
+meta cpus "$(nproc)"
+meta mem_gib "$(awk '/MemTotal/ { printf "%.0f", $2 / 1048576 }' /proc/meminfo)"
+meta fuse_overlayfs "$(fuse-overlayfs --version 2>/dev/null | sed -n 's/^fuse-overlayfs: //p')"
+meta docker_registry "$(docker-registry --version | awk '{ print $3 }')"
+meta skopeo "$(skopeo --version | awk '{ print $3 }')"
+meta date "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+meta load_at_start "$(cut -d' ' -f1-3 /proc/loadavg)"
+
+# ------------------------------------------------------------------ data
+H=$DATA/history        # the full store (+ release 1 pushed into it)
+H10=$DATA/history-10   # 1/10 of it
+OCI=$DATA/oci
+PARAMS="repos=$REPOS tags=$TAGS big=$BIG_MIB images=$IMAGES layer=$LAYER_MIB gen=$(sha256sum "$ROOT/bench/gen.py" | cut -c1-16)"
+if [ -f "$DATA/params" ] && [ "$(cat "$DATA/params")" = "$PARAMS" ]; then
+    log "reusing the data in $DATA"
+else
+    rm -rf --one-file-system "$DATA"; mkdir -p "$DATA"
+    log "generating the store: $REPOS repos x $TAGS tags, a $BIG_MIB MiB blob"
+    t0=$EPOCHREALTIME
+    python3 "$ROOT/bench/gen.py" store --root "$H" --repos "$REPOS" --tags "$TAGS" --big-blob-mib "$BIG_MIB" > "$DATA/store.json"
+    log "  done in $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.0f", b - a }') s: $(cat "$DATA/store.json" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["entries"], "entries")')"
+    python3 "$ROOT/bench/gen.py" store --root "$H10" --repos "$TENTH_REPOS" --tags "$TAGS" --big-blob-mib 0 > "$DATA/store-10.json"
+    log "generating $IMAGES OCI layouts (release 1 and 2)"
+    python3 "$ROOT/bench/gen.py" oci --root "$OCI" --images "$IMAGES" --layer-mib "$LAYER_MIB" > "$DATA/oci.json"
+    mapfile -t OCI_REPOS < <(python3 -c 'import json,sys; print("\n".join(json.load(open(sys.argv[1]))["repos"]))' "$DATA/oci.json")
+    log "pushing release 1 into the history through a registry"
+    start_registry "$H" history
+    t0=$EPOCHREALTIME
+    push_release r1
+    stop_registry
+    log "  done in $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }') s"
+    echo "$PARAMS" > "$DATA/params"
+fi
+mapfile -t OCI_REPOS < <(python3 -c 'import json,sys; print("\n".join(json.load(open(sys.argv[1]))["repos"]))' "$DATA/oci.json")
+BIG_PATH=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["big_blob"]["path"])' "$DATA/store.json")
+meta store "$(cat "$DATA/store.json")"
+meta store_10 "$(cat "$DATA/store-10.json")"
+meta oci "$(cat "$DATA/oci.json")"
+meta history_entries "$(find "$H" -mindepth 1 | wc -l)"
+meta history_10_entries "$(find "$H10" -mindepth 1 | wc -l)"
+
+# ------------------------------------------------------------------ figures
+# The four views of one store: regfs kernel mode (policy materialised), plain
+# overlay (no policy, reference), regfs FUSE, fuse-overlayfs (no policy).
+VIEWS=(kernel plain fuse fo)
+declare -A VNAME=([kernel]=kernel-overlay [plain]=plain-overlay [fuse]=regfs-fuse [fo]=fuse-overlayfs)
+declare -A VMP VPID
+
+mount_views() {  # SIZE LOWER
+    local size=$1 lower=$2 v t0
+    for v in "${VIEWS[@]}"; do
+        t0=$EPOCHREALTIME
+        mount_view "$v" "$size-$v" "$lower" "$RUN/$size/$v/upper" "$RUN/$size/$v/mnt"
+        record mount "$size" "${VNAME[$v]}" s "$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.4f", b - a }')"
+        VMP[$v]=$RUN/$size/$v/mnt
+        VPID[$v]=$VIEW_PID
+    done
+}
+
+umount_views() {
+    local v
+    for v in "${VIEWS[@]}"; do umount_view "$v" "${VMP[$v]}" "${VPID[$v]}"; done
+}
+
+rss_mb() { awk '/^VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
+
+traversal() {  # SIZE
+    local size=$1 v run
+    log "traversal ($size): warm-up"
+    for v in "${VIEWS[@]}"; do
+        du -s "${VMP[$v]}" > /dev/null
+        find "${VMP[$v]}" -ls > /dev/null
+        record entries "$size" "${VNAME[$v]}" n "$(find "${VMP[$v]}" -mindepth 1 | wc -l)"
+    done
+    for run in $(seq "$RUNS"); do
+        log "traversal ($size): run $run"
+        for v in "${VIEWS[@]}"; do timed du "$size" "${VNAME[$v]}" du -s "${VMP[$v]}"; done
+        for v in "${VIEWS[@]}"; do timed find "$size" "${VNAME[$v]}" find "${VMP[$v]}" -ls; done
+    done
+    record rss "$size" regfs-fuse MB "$(rss_mb "${VPID[fuse]}")"
+    record rss "$size" fuse-overlayfs MB "$(rss_mb "${VPID[fo]}")"
+}
+
+read_blob() {  # SIZE
+    local size=$1 v run
+    for run in $(seq "$RUNS"); do
+        log "blob read: run $run"
+        drop_caches
+        timed read_cold "$size" lower-file dd if="$H/$BIG_PATH" of=/dev/null bs=1M status=none
+        timed read_warm "$size" lower-file dd if="$H/$BIG_PATH" of=/dev/null bs=1M status=none
+        for v in "${VIEWS[@]}"; do
+            drop_caches
+            timed read_cold "$size" "${VNAME[$v]}" dd if="${VMP[$v]}/$BIG_PATH" of=/dev/null bs=1M status=none
+            timed read_warm "$size" "${VNAME[$v]}" dd if="${VMP[$v]}/$BIG_PATH" of=/dev/null bs=1M status=none
+        done
+    done
+}
+
+# GNU tar of the kernel-overlay view vs regfs export of the same view (an
+# empty upper: the policy is applied, not materialised). regfs fsyncs its tar,
+# so tar is timed with and without a closing fsync.
+export_fig() {  # SIZE
+    local size=$1 run up x
+    up=$RUN/$size/export-upper x=$RUN/$size/export.tar
+    mkdir -p "$up"
+    log "export: warm-up"
+    tar -cf - -C "${VMP[kernel]}" docker | cat > /dev/null
+    for run in $(seq "$RUNS"); do
+        log "export: run $run"
+        rm -f "$x"; sync
+        timed export "$size" tar tar -cf "$x" -C "${VMP[kernel]}" docker
+        [ "$run" = 1 ] && record tar_entries "$size" tar n "$(tar -tf "$x" | wc -l)" && record tar_bytes "$size" tar B "$(stat -c %s "$x")"
+        rm -f "$x"; sync
+        timed export "$size" tar+fsync sh -c 'tar -cf "$1" -C "$2" docker && sync "$1"' sh "$x" "${VMP[kernel]}"
+        rm -f "$x"; sync
+        timed export "$size" regfs-export "$REGFS" export --lower "$H" --upper "$up" -o "$x"
+        [ "$run" = 1 ] && record tar_entries "$size" regfs-export n "$(tar -tf "$x" | wc -l)" && record tar_bytes "$size" regfs-export B "$(stat -c %s "$x")"
+        rm -f "$x"; sync
+    done
+}
+
+gc_fig() {  # SIZE LOWER
+    local size=$1 lower=$2 run up
+    up=$RUN/$size/gc-upper
+    mkdir -p "$up"
+    echo '{"hide_sections": []}' > "$RUN/plain-policy.json"
+    cat > "$RUN/gc-$size.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: "$lower"
+EOF
+    for run in $(seq "$RUNS"); do
+        log "gc ($size): run $run"
+        drop_caches
+        timed gc_cold "$size" docker-registry docker-registry garbage-collect --dry-run "$RUN/gc-$size.yml"
+        timed gc_warm "$size" docker-registry docker-registry garbage-collect --dry-run "$RUN/gc-$size.yml"
+        drop_caches
+        timed gc_cold "$size" regfs-gc "$REGFS" gc --dry-run --lower "$lower" --upper "$up"
+        timed gc_warm "$size" regfs-gc "$REGFS" gc --dry-run --lower "$lower" --upper "$up"
+        drop_caches
+        timed gc_cold "$size" regfs-gc-all "$REGFS" gc --dry-run --lower "$lower" --upper "$up" --policy "$RUN/plain-policy.json"
+        timed gc_warm "$size" regfs-gc-all "$REGFS" gc --dry-run --lower "$lower" --upper "$up" --policy "$RUN/plain-policy.json"
+    done
+}
+
+# Release 2 through a stock registry onto: an empty store, kernel overlay
+# (regfs --mode kernel), regfs FUSE, fuse-overlayfs; a fresh upper each time.
+push_fig() {  # SIZE
+    local size=$1 run v up mp root
+    for run in $(seq "$RUNS"); do
+        for v in empty kernel fuse fo; do
+            log "push: run $run, ${VNAME[$v]:-empty-store}"
+            up=$RUN/push/$v-$run/upper mp=$RUN/push/$v-$run/mnt
+            mkdir -p "$up"
+            VIEW_PID=""
+            if [ "$v" = empty ]; then root=$up; else mount_view "$v" "push-$v-$run" "$H" "$up" "$mp"; root=$mp; fi
+            start_registry "$root" "push-$v"
+            timed push "$size" "${VNAME[$v]:-empty-store}" push_release r2
+            stop_registry
+            [ "$v" = empty ] || umount_view "$v" "$mp" "$VIEW_PID"
+            record push_upper "$size" "${VNAME[$v]:-empty-store}" MB "$(du -sm "$up" | cut -f1)"
+            rm -rf --one-file-system "$RUN/push/$v-$run"
+        done
+    done
+}
+
+if want traversal || want read || want export; then
+    mount_views full "$H"
+    want traversal && traversal full
+    want read && read_blob full
+    want export && export_fig full
+    umount_views
+fi
+want gc && gc_fig full "$H"
+want push && push_fig full
+if want scaling; then
+    mount_views tenth "$H10"
+    traversal tenth
+    umount_views
+    gc_fig tenth "$H10"
+fi
+meta load_at_end "$(cut -d' ' -f1-3 /proc/loadavg)"
+
+python3 "$ROOT/bench/report.py" --results "$RESULTS" --meta "$META" ${OUT:+--out "$OUT"}
