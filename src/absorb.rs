@@ -2,8 +2,9 @@
 //! into the history store, so the next release reuses them.
 //!
 //! The one command that writes history, on purpose. It only adds: every blob
-//! is verified against its digest, written to a temporary file beside its
-//! place and renamed in; links are checked the same way. Nothing is ever
+//! is verified against its digest while it is copied to a temporary file in
+//! the history's `v2` directory, and only then renamed into its place; links
+//! are checked the same way. Nothing is ever
 //! deleted or overwritten with different content, so an interrupted absorb is
 //! finished by running it again.
 
@@ -29,41 +30,107 @@ pub struct AbsorbReport {
     pub links_present: u64,
 }
 
-/// Copies `src` to `dst` through a temporary file beside `dst`, checking
-/// that the copied bytes hash to `want` before the rename.
-fn copy_verified(src: &Path, dst: &Path, want: &Digest) -> Result<u64> {
-    let dir = dst.parent().context("blob path has a parent")?;
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = dir.join(format!(".regfs-absorb.{}", std::process::id()));
-    let result = (|| -> Result<u64> {
-        let mut from = File::open(src).with_context(|| format!("reading {}", src.display()))?;
-        let mut to = OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(&tmp)?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut total = 0u64;
-        loop {
-            let n = match from.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
-            };
-            hasher.update(&buf[..n]);
-            to.write_all(&buf[..n])?;
-            total += n as u64;
+/// Prefix of absorb's temporary files, all in the history's `v2` directory.
+const TMP_PREFIX: &str = ".regfs-absorb.";
+
+/// Where absorb stages what it adds: temporary files in the history's `v2`
+/// directory (one filesystem with every blob and link, so a rename places
+/// them), verified before anything is created at the destination. A failed
+/// or interrupted absorb leaves nothing under `blobs/` or `repositories/`.
+struct Staging {
+    tmp: PathBuf,
+    _lock: File,
+}
+
+impl Staging {
+    /// Locks the history against a second absorb and removes temporary files
+    /// an interrupted absorb left.
+    fn open(history: &Path) -> Result<Staging> {
+        let v2 = history.join(layout::V2);
+        let lock = File::open(&v2).with_context(|| format!("opening {}", v2.display()))?;
+        if !crate::sys::try_lock_exclusive(&lock).with_context(|| format!("locking {}", v2.display()))? {
+            bail!("{}: another regfs absorb is adding to this history; wait for it to finish", history.display());
         }
-        let got = Digest::from_sha256(&hasher.finalize());
-        if got != *want {
-            bail!("{} does not match its digest: content is {got}, path says {want}; not absorbed", src.display());
+        for de in fs::read_dir(&v2).with_context(|| format!("reading {}", v2.display()))? {
+            let de = de?;
+            if de.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+                fs::remove_file(de.path()).with_context(|| format!("removing the leftover {}", de.path().display()))?;
+            }
         }
-        to.sync_all()?;
-        fs::rename(&tmp, dst)?;
-        Ok(total)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+        let tmp = v2.join(format!("{TMP_PREFIX}{}", std::process::id()));
+        Ok(Staging { tmp, _lock: lock })
     }
-    result
+
+    /// Moves the staged file to `dst` (its directories created first).
+    fn place(&self, dst: &Path) -> Result<()> {
+        let dir = dst.parent().context("a store path has a parent")?;
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        fs::rename(&self.tmp, dst).with_context(|| format!("moving {} to {}", self.tmp.display(), dst.display()))
+    }
+
+    /// Copies blob data `src` to `dst`, checking that the bytes hash to
+    /// `want` before anything is placed.
+    fn copy_blob(&self, src: &Path, dst: &Path, want: &Digest) -> Result<u64> {
+        let result = (|| -> Result<u64> {
+            let mut from = File::open(src).with_context(|| format!("reading {}", src.display()))?;
+            let mut to = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o644)
+                .open(&self.tmp)
+                .with_context(|| format!("creating {} (is the history writable?)", self.tmp.display()))?;
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut total = 0u64;
+            loop {
+                let n = match from.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e).with_context(|| format!("reading {}", src.display())),
+                };
+                hasher.update(&buf[..n]);
+                to.write_all(&buf[..n]).with_context(|| format!("writing {}", self.tmp.display()))?;
+                total += n as u64;
+            }
+            let got = Digest::from_sha256(&hasher.finalize());
+            if got != *want {
+                bail!(
+                    "{} does not match its digest: its content is {got}, its path says {want}; nothing of it \
+                     was absorbed (the upper is damaged: do not ship or absorb this release)",
+                    src.display()
+                );
+            }
+            to.sync_all().with_context(|| format!("syncing {}", self.tmp.display()))?;
+            self.place(dst)?;
+            Ok(total)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+        result
+    }
+
+    /// Writes a `_layers` link naming `d` at `dst`.
+    fn write_link(&self, dst: &Path, d: &Digest) -> Result<()> {
+        let result = (|| -> Result<()> {
+            let mut f = File::create(&self.tmp).with_context(|| format!("creating {}", self.tmp.display()))?;
+            f.write_all(d.to_string().as_bytes())?;
+            f.sync_all()?;
+            self.place(dst)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+        result.with_context(|| format!("writing {}", dst.display()))
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.tmp);
+    }
 }
 
 /// Lists the sub-directory names of `dir` (none if it is missing).
@@ -89,6 +156,7 @@ pub fn absorb(history: &Path, upper: &Path) -> Result<AbsorbReport> {
     let history = mount::check_lowers(&[history.to_path_buf()])?.remove(0);
     let upper = fs::canonicalize(upper).with_context(|| format!("--upper {}: cannot open", upper.display()))?;
     let _lock = mount::lock_upper(&upper, "regfs absorb")?;
+    let staging = Staging::open(&history)?;
     let mut report = AbsorbReport::default();
 
     let blobs = layout::blobs_root();
@@ -106,7 +174,7 @@ pub fn absorb(history: &Path, upper: &Path) -> Result<AbsorbReport> {
                 report.blobs_present += 1;
                 continue;
             }
-            report.blob_bytes_added += copy_verified(&src, &dst, &d)?;
+            report.blob_bytes_added += staging.copy_blob(&src, &dst, &d)?;
             report.blobs_added += 1;
         }
     }
@@ -129,21 +197,11 @@ pub fn absorb(history: &Path, upper: &Path) -> Result<AbsorbReport> {
                 report.links_present += 1;
                 continue;
             }
-            write_link(&dst, &d)?;
+            staging.write_link(&dst, &d)?;
             report.links_added += 1;
         }
     }
     Ok(report)
-}
-
-fn write_link(dst: &Path, d: &Digest) -> Result<()> {
-    let dir = dst.parent().context("link path has a parent")?;
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = dir.join(format!(".regfs-absorb.{}", std::process::id()));
-    let mut f = File::create(&tmp)?;
-    f.write_all(d.to_string().as_bytes())?;
-    f.sync_all()?;
-    fs::rename(&tmp, dst).with_context(|| format!("writing {}", dst.display()))
 }
 
 /// Repositories of a store that have a `_layers` directory.

@@ -54,6 +54,32 @@ enum Command {
     /// history store, so the next release reuses them. The only command
     /// that writes history; it only adds, verified, and can be re-run.
     Absorb(AbsorbArgs),
+    /// Write a deterministic sample release as OCI layouts plus its images
+    /// list, for demos and benchmarks (see README, scripts/demo.sh).
+    #[command(hide = true)]
+    Sample(SampleArgs),
+}
+
+#[derive(Args, Debug)]
+struct SampleArgs {
+    /// Release number (1, 2, ...): release N changes about one image in
+    /// --changed-every since release N-1.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    release: u32,
+    /// Images (one repository each).
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    images: usize,
+    /// About one image in this many changes per release (0: none).
+    #[arg(long, default_value_t = 10, value_name = "K")]
+    changed_every: usize,
+    /// OS base layer size in KiB (runtime layer half, app layers an eighth).
+    #[arg(long, default_value_t = 1024, value_name = "KIB")]
+    base_kib: usize,
+    /// Print what was written as JSON.
+    #[arg(long)]
+    json: bool,
+    /// A new (or empty) directory for the layouts: DIR/<repo>, DIR/images.list.
+    dir: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -251,7 +277,8 @@ fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
 }
 
 
@@ -305,6 +332,16 @@ pub fn main() -> i32 {
         .map(|_| ()),
         Command::Plan(a) => crate::plan::command(&a.lowers, a.keep.as_deref(), a.policy.as_deref(), a.json),
         Command::Absorb(a) => crate::absorb::command(&a.history, &a.upper, a.json),
+        Command::Sample(a) => crate::sample::command(
+            &a.dir,
+            &crate::sample::SampleSpec {
+                release: a.release,
+                images: a.images,
+                changed_every: a.changed_every,
+                base_kib: a.base_kib,
+            },
+            a.json,
+        ),
     };
     match result {
         Ok(()) => 0,

@@ -14,5 +14,6 @@ pub mod layout;
 pub mod mount;
 pub mod plan;
 pub mod release;
+pub mod sample;
 pub mod sys;
 pub mod view;

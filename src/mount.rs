@@ -110,7 +110,7 @@ impl Layers {
 
 /// The canonical form of a path whose tail may not exist yet: the deepest
 /// existing ancestor is canonicalised and the rest appended.
-fn resolve_maybe_missing(p: &Path) -> io::Result<PathBuf> {
+pub fn resolve_maybe_missing(p: &Path) -> io::Result<PathBuf> {
     let abs = std::path::absolute(p)?;
     let mut existing = abs.as_path();
     let mut rest = Vec::new();

@@ -21,6 +21,9 @@ pub struct Plan {
     pub repos_stale: Vec<String>,
     /// Names of the keep list that no lower holds (they will be new).
     pub repos_new: Vec<String>,
+    /// `_manifests` (and below, `_uploads`, `_layers`) directories policy
+    /// hides in repositories that stay visible; a stale repository is hidden
+    /// whole and counted once, in `hidden_repo_dirs`.
     pub hidden_manifests: u64,
     pub hidden_uploads: u64,
     pub hidden_layers: u64,

@@ -140,6 +140,18 @@ async fn http_status(addr: SocketAddr, path: &str) -> Result<u16> {
     text.get(9..12).and_then(|c| c.parse().ok()).ok_or_else(|| anyhow!("bad HTTP answer {text:?}"))
 }
 
+/// skopeo messages that no retry can change: the source has no such image.
+const PERMANENT: &[&str] = &[
+    "no descriptor found for reference", // oci: layout without that ref name
+    "manifest unknown",                  // docker: no such tag
+    "name unknown",                      // docker: no such repository
+    "no such file or directory",         // oci: no layout directory
+];
+
+fn is_permanent(message: &str) -> bool {
+    PERMANENT.iter().any(|m| message.contains(m))
+}
+
 /// How one image copy ended.
 pub enum CopyOutcome {
     Copied { attempts: u32, seconds: f64 },
@@ -169,6 +181,9 @@ impl Skopeo {
                 Err(e) => {
                     last = format!("{e:#}");
                     tracing::warn!(src, attempt, error = %last, "image copy failed");
+                    if is_permanent(&last) {
+                        return CopyOutcome::Failed { attempts: attempt, message: last };
+                    }
                     if attempt <= retries {
                         tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
                     }

@@ -56,7 +56,7 @@ impl std::fmt::Display for ImageName {
 /// Parses an images list: `repo:tag` per line, `#` comments, blank lines.
 pub fn parse_images(text: &str, path: &Path) -> Result<Vec<ImageName>> {
     let mut out = Vec::new();
-    let mut seen = BTreeSet::new();
+    let mut seen = std::collections::BTreeMap::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.split('#').next().unwrap_or("").trim();
         if line.is_empty() {
@@ -65,15 +65,21 @@ pub fn parse_images(text: &str, path: &Path) -> Result<Vec<ImageName>> {
         let at = |msg: String| anyhow!("{}:{}: {msg}", path.display(), i + 1);
         let repo = policy::repo_of_image_ref(line);
         let tag = line.get(repo.len() + 1..).unwrap_or("");
-        if !layout::valid_repo_name(repo) {
-            return Err(at(format!("{line:?}: {repo:?} is not a repository name")));
+        if tag.is_empty() {
+            return Err(at(format!("{line:?}: no tag; write repo:tag (every image of a release is named by its tag)")));
         }
-        if tag.is_empty() || !valid_tag(tag) {
-            return Err(at(format!("{line:?}: expected repo:tag with a tag of [A-Za-z0-9_.-], at most 128 characters")));
+        if !layout::valid_repo_name(repo) {
+            return Err(at(format!(
+                "{line:?}: {repo:?} is not a repository name (lowercase letters, digits, '.', '_', '-', \
+                 components separated by '/')"
+            )));
+        }
+        if !valid_tag(tag) {
+            return Err(at(format!("{line:?}: bad tag {tag:?}: [A-Za-z0-9_][A-Za-z0-9_.-]*, at most 128 characters")));
         }
         let img = ImageName { repo: repo.to_string(), tag: tag.to_string() };
-        if !seen.insert(img.clone()) {
-            return Err(at(format!("{img} is listed twice")));
+        if let Some(first) = seen.insert(img.clone(), i + 1) {
+            return Err(at(format!("{img} is listed twice (first on line {first})")));
         }
         out.push(img);
     }
@@ -219,15 +225,36 @@ struct Work {
     dir: PathBuf,
 }
 
-fn prepare_work(req: &ReleaseRequest, images: &[ImageName]) -> Result<Work> {
+/// Checks the work dir and the tar target against the history, then
+/// creates the work dir with an empty upper, a mountpoint and the keep list.
+/// Nothing is created before the checks pass, so a work dir or tar placed
+/// inside the history never writes there. Returns the work dir and the
+/// absolute tar path.
+fn prepare_work(req: &ReleaseRequest, histories: &[PathBuf], images: &[ImageName]) -> Result<(Work, PathBuf)> {
+    let output = mount::resolve_maybe_missing(&req.output).with_context(|| format!("-o {}: bad path", req.output.display()))?;
     let dir = match &req.workdir {
-        Some(d) => d.clone(),
+        Some(d) => mount::resolve_maybe_missing(d).with_context(|| format!("--workdir {}: bad path", d.display()))?,
         None => {
-            let name = req.output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "release".into());
-            req.output.with_file_name(format!("{name}.work"))
+            let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "release".into());
+            output.with_file_name(format!("{name}.work"))
         }
     };
+    for h in histories {
+        if dir.starts_with(h) || h.starts_with(&dir) {
+            bail!(
+                "work dir {} and --history {} overlap: put the work dir (--workdir, default beside the tar) \
+                 outside every history",
+                dir.display(),
+                h.display()
+            );
+        }
+    }
     let upper = dir.join("upper");
+    let layers = mount::Layers { lowers: histories.to_vec(), upper: upper.clone(), policy: Default::default() };
+    let output = crate::export::check_target(&output, &layers)?;
+    if output.starts_with(&dir) {
+        bail!("-o {}: inside the work dir {}; write the tar somewhere else", req.output.display(), dir.display());
+    }
     if upper.exists() && fs::read_dir(&upper).map(|mut d| d.next().is_some()).unwrap_or(true) {
         bail!(
             "work dir {} already holds an upper from an earlier run; remove it (or pass another --workdir) \
@@ -243,10 +270,34 @@ fn prepare_work(req: &ReleaseRequest, images: &[ImageName]) -> Result<Work> {
     let repos: BTreeSet<&str> = images.iter().map(|i| i.repo.as_str()).collect();
     let text: String = repos.iter().map(|r| format!("{r}\n")).collect();
     fs::write(&keep, text).with_context(|| format!("writing {}", keep.display()))?;
-    Ok(Work { upper, mnt, keep, dir })
+    Ok((Work { upper, mnt, keep, dir }, output))
 }
 
-fn mount_view(req: &ReleaseRequest, work: &Work) -> Result<()> {
+/// The mounted view; unmounted when dropped unless [`Mounted::unmount`]
+/// ran, so no early return leaves a mount behind.
+struct Mounted<'a> {
+    mnt: &'a Path,
+    active: bool,
+}
+
+impl Mounted<'_> {
+    fn unmount(mut self) -> Result<()> {
+        self.active = false;
+        mount::umount(self.mnt, None)
+    }
+}
+
+impl Drop for Mounted<'_> {
+    fn drop(&mut self) {
+        if self.active
+            && let Err(e) = mount::umount(self.mnt, None)
+        {
+            eprintln!("regfs release: failed to unmount {}: {e:#}", self.mnt.display());
+        }
+    }
+}
+
+fn mount_view<'a>(req: &ReleaseRequest, work: &'a Work) -> Result<Mounted<'a>> {
     let mreq = mount::MountRequest {
         lowers: req.histories.clone(),
         upper: work.upper.clone(),
@@ -272,7 +323,8 @@ fn mount_view(req: &ReleaseRequest, work: &Work) -> Result<()> {
     args.push("--mode".into());
     args.push(mode_name(req.mode).into());
     args.push(work.mnt.clone().into());
-    mount::mount_background(&mreq, &args)
+    mount::mount_background(&mreq, &args)?;
+    Ok(Mounted { mnt: &work.mnt, active: true })
 }
 
 fn mode_name(m: Mode) -> &'static str {
@@ -317,35 +369,51 @@ pub fn run(req: &ReleaseRequest) -> Result<Summary> {
     if req.jobs == 0 {
         bail!("--jobs must be at least 1");
     }
-    if let Some(parent) = req.output.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if !parent.is_dir() {
-            bail!("-o {}: directory {} does not exist", req.output.display(), parent.display());
-        }
-    }
-    // Fail before mounting when the tools are missing.
+    // Fail before mounting when the tools are missing or the tar cannot go
+    // where asked (a bad -o found after the push would waste the push).
     let registry_bin = children::find_registry(req.registry_bin.as_deref())?;
     let skopeo = Skopeo::find(req.src_tls_verify)?;
-    mount::check_lowers(&req.histories)?;
-    let work = prepare_work(req, &images)?;
-    let mut phases = Phases::default();
-    let mut progress = Progress::new();
-
-    let t = Instant::now();
-    progress.phase("mount", None);
-    mount_view(req, &work)?;
-    phases.add("mount", t);
-    let mode = if crate::kernel::overlay_using_upper(&fs::canonicalize(&work.upper)?).is_some() { "kernel" } else { "fuse" };
-
+    let histories = mount::check_lowers(&req.histories)?;
+    let (work, output) = prepare_work(req, &histories, &images)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let pushed = runtime.block_on(push_all(req, &registry_bin, &skopeo, &source, &images, &work, &mut phases, &mut progress));
+    let interrupts = Interrupts::install(&runtime)?;
+    let summary = release_in(req, &runtime, &interrupts, &work, &output, &images, &registry_bin, &skopeo, &source)
+        .with_context(|| format!("release failed: no tar written; upper kept in {}", work.upper.display()))?;
+    print_summary(&summary, req.json)?;
+    Ok(summary)
+}
+
+/// The release once its work dir is ready: mount, push, unmount, gc, tar.
+#[allow(clippy::too_many_arguments)]
+fn release_in(
+    req: &ReleaseRequest,
+    runtime: &tokio::runtime::Runtime,
+    interrupts: &Interrupts,
+    work: &Work,
+    output: &Path,
+    images: &[ImageName],
+    registry_bin: &Path,
+    skopeo: &Skopeo,
+    source: &Source,
+) -> Result<Summary> {
+    let mut phases = Phases::default();
+    let mut progress = Progress::new();
+    let t = Instant::now();
+    progress.phase("mount", None);
+    let mounted = mount_view(req, work)?;
+    phases.add("mount", t);
+    interrupts.check("mounting")?;
+    let mode = if crate::kernel::overlay_using_upper(&work.upper).is_some() { "kernel" } else { "fuse" };
+
+    let pushed = runtime.block_on(push_all(req, registry_bin, skopeo, source, images, work, interrupts, &mut phases, &mut progress));
     progress.done();
     // Unmount whatever happened; a failed push keeps upper for inspection.
     let t = Instant::now();
-    let unmounted = mount::umount(&work.mnt, None);
+    let unmounted = mounted.unmount();
     phases.add("unmount", t);
     let attempts = match pushed {
         Ok(a) => a,
@@ -353,11 +421,12 @@ pub fn run(req: &ReleaseRequest) -> Result<Summary> {
             if let Err(u) = unmounted {
                 eprintln!("regfs release: also failed to unmount {}: {u:#}", work.mnt.display());
             }
-            return Err(e.context(format!("release failed: no tar written; upper kept in {}", work.upper.display())));
+            return Err(e);
         }
     };
     unmounted?;
 
+    interrupts.check("the push")?;
     let layers = mount::check_layers(&req.histories, &work.upper, Some(&work.keep), None)?;
     let _lock = mount::lock_upper(&layers.upper, "the release GC")?;
     let view = layers.view()?;
@@ -366,30 +435,80 @@ pub fn run(req: &ReleaseRequest) -> Result<Summary> {
     let (_, gc_report) = crate::gc::run(&view, &crate::gc::GcOptions { delete_untagged: req.delete_untagged }, false)?;
     phases.add("gc", t);
     let blobs = blob_origins(&view)?;
+    interrupts.check("the gc")?;
     let t = Instant::now();
     progress.phase("export", None);
-    let tar = crate::export::export(&view, &req.output, &crate::export::ExportOptions::default())
-        .with_context(|| format!("writing {}", req.output.display()))?;
-    let tar_sha256 = sha256_file(&req.output)?;
+    let tar = crate::export::export(&view, output, &crate::export::ExportOptions::default())
+        .with_context(|| format!("writing {}", output.display()))?;
+    let tar_sha256 = sha256_file(output)?;
     phases.add("export", t);
     progress.done();
+    if let Err(e) = interrupts.check("the export") {
+        let _ = fs::remove_file(output);
+        return Err(e);
+    }
 
-    let summary = Summary {
+    Ok(Summary {
         images: images.len(),
         copied: images.len(),
         copy_attempts: attempts,
         mode: mode.to_string(),
         blobs,
         gc: gc_report,
-        tar: req.output.clone(),
+        tar: output.to_path_buf(),
         tar_bytes: tar.tar_bytes,
         tar_sha256,
         upper: work.upper.clone(),
         phases,
-    };
-    print_summary(&summary, req.json)?;
-    let _ = work.dir;
-    Ok(summary)
+    })
+}
+
+/// Ctrl-C, SIGTERM (a cancelled CI job) and SIGHUP, caught for the whole
+/// release: the push stops at once (every skopeo child killed, the registry
+/// stopped, the view unmounted); mount, gc and export stop when their phase
+/// ends (a tar just exported is removed), so neither a mount, a child nor a
+/// tar is left behind.
+struct Interrupts {
+    caught: tokio::sync::watch::Receiver<Option<&'static str>>,
+}
+
+impl Interrupts {
+    fn install(runtime: &tokio::runtime::Runtime) -> Result<Interrupts> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let _context = runtime.enter();
+        let mut int = signal(SignalKind::interrupt()).context("catching SIGINT")?;
+        let mut term = signal(SignalKind::terminate()).context("catching SIGTERM")?;
+        let mut hup = signal(SignalKind::hangup()).context("catching SIGHUP")?;
+        let (tx, caught) = tokio::sync::watch::channel(None);
+        runtime.spawn(async move {
+            let name = tokio::select! {
+                _ = int.recv() => "Ctrl-C",
+                _ = term.recv() => "SIGTERM",
+                _ = hup.recv() => "SIGHUP",
+            };
+            eprintln!("regfs release: {name}: stopping (no tar will be written)");
+            let _ = tx.send(Some(name));
+        });
+        Ok(Interrupts { caught })
+    }
+
+    /// Fails if a signal came during `phase`.
+    fn check(&self, phase: &str) -> Result<()> {
+        match *self.caught.borrow() {
+            Some(name) => bail!("interrupted ({name}) during {phase}"),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for a signal; names it.
+    async fn wait(&self) -> &'static str {
+        let mut caught = self.caught.clone();
+        match caught.wait_for(Option::is_some).await {
+            Ok(name) => name.unwrap_or("a signal"),
+            // The catcher is gone (runtime shutting down): never fires.
+            Err(_) => std::future::pending().await,
+        }
+    }
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
@@ -416,6 +535,7 @@ async fn push_all(
     source: &Source,
     images: &[ImageName],
     work: &Work,
+    interrupts: &Interrupts,
     phases: &mut Phases,
     progress: &mut Progress,
 ) -> Result<u32> {
@@ -428,7 +548,7 @@ async fn push_all(
     progress.phase("push", Some(images.len() as u64));
     let outcome = tokio::select! {
         r = copy_images(req, skopeo, source, images, registry.addr(), progress) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted (Ctrl-C): copies stopped")),
+        sig = interrupts.wait() => Err(anyhow!("interrupted ({sig}): copies stopped")),
     };
     phases.add("push", t);
     let t = Instant::now();
@@ -439,6 +559,9 @@ async fn push_all(
     Ok(attempts)
 }
 
+/// Copies every image, `--jobs` at a time. The first copy that fails for
+/// good (after its retries) stops the release: copies not started are not
+/// started, running ones are killed; the release fails as a whole anyway.
 async fn copy_images(
     req: &ReleaseRequest,
     skopeo: &Skopeo,
@@ -461,23 +584,25 @@ async fn copy_images(
         });
     }
     let mut attempts = 0;
-    let mut failures = Vec::new();
+    let mut copied = 0;
     while let Some(joined) = set.join_next().await {
         let (img, outcome) = joined.context("an image copy task failed")?;
         match outcome {
             CopyOutcome::Copied { attempts: a, seconds } => {
                 attempts += a;
+                copied += 1;
                 progress.step(&format!("{img} ({seconds:.1} s{})", if a > 1 { format!(", {a} attempts") } else { String::new() }));
             }
             CopyOutcome::Failed { attempts: a, message } => {
-                attempts += a;
                 progress.step(&format!("{img} FAILED"));
-                failures.push(format!("{img} (after {a} attempts): {message}"));
+                set.abort_all();
+                let tries = if a == 1 { "1 attempt".to_string() } else { format!("{a} attempts") };
+                bail!(
+                    "copying {img} failed ({tries}; {copied} of {} images were copied, the rest stopped):\n  {message}",
+                    images.len()
+                );
             }
         }
-    }
-    if !failures.is_empty() {
-        bail!("{} of {} image copies failed:\n  {}", failures.len(), images.len(), failures.join("\n  "));
     }
     Ok(attempts)
 }
