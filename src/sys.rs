@@ -260,3 +260,19 @@ pub fn in_user_namespace() -> bool {
         Err(_) => false,
     }
 }
+
+/// Makes a child process get SIGKILL when the thread that spawned it exits,
+/// so a release's registry and skopeo children never outlive regfs even if
+/// regfs itself is killed.
+pub fn die_with_parent(cmd: &mut tokio::process::Command) {
+    // SAFETY: the closure runs between fork and exec and only calls prctl,
+    // which is async-signal-safe; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}

@@ -63,7 +63,9 @@ impl RegistryChild {
             };
             std::fs::write(&config, registry_config(root, addr)).with_context(|| format!("writing {}", config.display()))?;
             let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-            let child = Command::new(binary)
+            let mut cmd = Command::new(binary);
+            sys::die_with_parent(&mut cmd);
+            let child = cmd
                 .arg("serve")
                 .arg(&config)
                 .stdin(Stdio::null())
@@ -195,6 +197,7 @@ impl Skopeo {
 
     async fn copy(&self, src: &str, dst: &str) -> Result<()> {
         let mut cmd = Command::new(&self.binary);
+        sys::die_with_parent(&mut cmd);
         // --preserve-digests: the release must hold the very bytes that were
         // built (skopeo would otherwise recompress uncompressed layers).
         cmd.args(["--insecure-policy", "copy", "--all", "--preserve-digests", "--dest-tls-verify=false"]);
