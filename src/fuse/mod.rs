@@ -35,6 +35,9 @@ type Listing = Vec<(u64, FileType, std::ffi::OsString)>;
 
 enum Handle {
     File(Arc<File>),
+    /// A read-only file the kernel reads directly (FUSE passthrough); the
+    /// backing id is released with the handle.
+    Passthrough(Arc<File>, #[allow(dead_code)] fuser::BackingId),
 }
 
 pub struct RegFs {
@@ -50,6 +53,9 @@ pub struct RegFs {
     listings: DashMap<u64, Arc<Listing>>,
     /// Whether the kernel can do without opendir (FUSE_NO_OPENDIR_SUPPORT).
     no_opendir: bool,
+    /// Whether reads may use FUSE passthrough (kernel 6.9+, CAP_SYS_ADMIN);
+    /// cleared at the first refusal, after which reads go through regfs.
+    passthrough: std::sync::atomic::AtomicBool,
 }
 
 fn io_errno(e: &io::Error) -> Errno {
@@ -131,6 +137,7 @@ impl RegFs {
             notifier,
             listings: DashMap::new(),
             no_opendir: false,
+            passthrough: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -238,7 +245,7 @@ impl RegFs {
 
     fn file(&self, fh: FileHandle) -> Result<Arc<File>, Errno> {
         match self.handles.get(&fh.0).as_deref() {
-            Some(Handle::File(f)) => Ok(f.clone()),
+            Some(Handle::File(f)) | Some(Handle::Passthrough(f, _)) => Ok(f.clone()),
             None => Err(Errno::EBADF),
         }
     }
@@ -249,6 +256,16 @@ impl Filesystem for RegFs {
         self.no_opendir = config.capabilities().contains(fuser::InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         if self.no_opendir {
             let _ = config.add_capabilities(fuser::InitFlags::FUSE_NO_OPENDIR_SUPPORT);
+        }
+        // Passthrough needs CAP_SYS_ADMIN for the backing ids; without it
+        // (an ordinary user) reads go through regfs, as before.
+        if self.chown_new
+            && !sys::in_user_namespace()
+            && config.add_capabilities(fuser::InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.passthrough.store(true, Ordering::Relaxed);
+            tracing::info!("FUSE passthrough enabled for reads");
         }
         Ok(())
     }
@@ -478,6 +495,19 @@ impl Filesystem for RegFs {
             self.view.open_read(&path, &e, flags)
         };
         match res {
+            Ok(f) if !writes && self.passthrough.load(Ordering::Relaxed) => match reply.open_backing(&f) {
+                Ok(id) => {
+                    let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+                    self.handles.insert(fh, Handle::Passthrough(Arc::new(f), id));
+                }
+                Err(err) => {
+                    tracing::info!(error = %err, "FUSE passthrough refused: reads go through regfs");
+                    self.passthrough.store(false, Ordering::Relaxed);
+                    let fopen = if e.top() != UPPER { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+                    reply.opened(self.add_handle(Handle::File(Arc::new(f))), fopen)
+                }
+            },
             Ok(f) => {
                 // History files never change: the kernel may keep their pages.
                 let fopen = if !writes && e.top() != UPPER { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
