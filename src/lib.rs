@@ -16,4 +16,5 @@ pub mod plan;
 pub mod release;
 pub mod sample;
 pub mod sys;
+pub mod testhook;
 pub mod view;

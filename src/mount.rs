@@ -299,7 +299,14 @@ pub fn mount_background(req: &MountRequest, args: &[std::ffi::OsString]) -> Resu
 
 fn check_mountpoint(mp: &Path) -> Result<PathBuf> {
     let mp = normalize_mountpoint(mp)?;
-    let meta = fs::metadata(&mp).with_context(|| format!("mountpoint {}: cannot open", mp.display()))?;
+    let meta = fs::metadata(&mp).map_err(|e| {
+        let hint = if e.raw_os_error() == Some(libc::ENOTCONN) {
+            format!(" (a dead FUSE mount: its daemon died; run `regfs umount {}` first)", mp.display())
+        } else {
+            String::new()
+        };
+        anyhow::Error::new(e).context(format!("mountpoint {}: cannot open{hint}", mp.display()))
+    })?;
     if !meta.is_dir() {
         bail!("mountpoint {} is not a directory", mp.display());
     }
@@ -504,6 +511,9 @@ pub fn umount(mountpoint: &Path, timeout: Option<Duration>) -> Result<()> {
         eprintln!("regfs: {}: unmounted cleanly; {done}", mp.display());
         return Ok(());
     }
+    if let Some(pid) = dead_daemon(&mp, state.as_ref()) {
+        return detach_dead(&mp, pid, &files);
+    }
     unmount_path(&mp)?;
     let Some(state) = state else {
         eprintln!("regfs: unmounted {} (no regfs daemon was recorded for it)", mp.display());
@@ -531,6 +541,52 @@ pub fn umount(mountpoint: &Path, timeout: Option<Duration>) -> Result<()> {
             state.log.display()
         )),
     }
+}
+
+/// The pid of the daemon recorded for a FUSE mount if it is gone: the mount
+/// answers ENOTCONN (its daemon ended without unmounting), or the recorded
+/// process no longer exists. Checked before unmounting, so a pid reused
+/// since by another process is never waited for.
+fn dead_daemon(mp: &Path, state: Option<&MountState>) -> Option<u32> {
+    let state = state?;
+    let enotconn = fs::metadata(mp).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN));
+    (enotconn || !sys::process_alive(state.pid)).then_some(state.pid)
+}
+
+/// `regfs umount` after the daemon died (SIGKILL, OOM, crash): the mount
+/// can serve nothing any more, so it is detached even if busy, the stale
+/// state is removed, and the error says what happened and how to go on.
+fn detach_dead(mp: &Path, pid: u32, files: &StateFiles) -> Result<()> {
+    let still_mounted = match fs::metadata(mp) {
+        Err(e) => e.raw_os_error() == Some(libc::ENOTCONN),
+        Ok(m) => {
+            use std::os::unix::fs::MetadataExt;
+            mp.parent().and_then(|p| fs::metadata(p).ok()).is_some_and(|parent| parent.dev() != m.dev())
+        }
+    };
+    let detached = if !still_mounted {
+        Ok(())
+    } else if sys::geteuid() == 0 {
+        sys::umount(mp, true).with_context(|| format!("detaching {}", mp.display()))
+    } else {
+        match Command::new("fusermount3").arg("-uz").arg(mp).status() {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) => Err(anyhow!("fusermount3 -uz {} failed ({s})", mp.display())),
+            Err(e) => Err(anyhow::Error::new(e).context("running fusermount3 (install the fuse3 package)")),
+        }
+    };
+    detached?;
+    for f in [&files.state, &files.ready, &files.status] {
+        let _ = fs::remove_file(f);
+    }
+    bail!(
+        "{}: the regfs daemon (pid {pid}) had died (killed or crashed) without unmounting; the dead mount is \
+         detached. The upper is intact: everything written before the daemon died is there, and a write it \
+         was serving may be cut short, so re-run what was writing (e.g. the push), after mounting the same \
+         upper again. No on-unmount gc or export ran. Daemon log: {}",
+        mp.display(),
+        files.log.display()
+    )
 }
 
 /// Unmounts a FUSE mount: umount2 as root, `fusermount3 -u` otherwise; a

@@ -14,8 +14,10 @@
 //!   stored (as a symlink) only when its target is relative without `..`,
 //!   which keeps any chain of them inside the store; any other is an error.
 //!   So are devices, fifos and sockets.
-//! - The tar is written to a temporary file beside the target and renamed
-//!   into place only when complete: no half tar is ever left at the target.
+//! - The tar is written to a temporary file beside the target
+//!   (`.NAME.XXXXXX.partial`, locked while it is written) and renamed into
+//!   place only when complete: no half tar is ever left at the target. The
+//!   next export to the target removes what a killed one left.
 
 use std::ffi::OsStr;
 use std::fs::{self, File, Metadata, OpenOptions};
@@ -120,11 +122,14 @@ pub fn export(view: &View, out: &Path, opts: &ExportOptions) -> Result<ExportRep
     let mut prefix = OsStr::new(".").to_os_string();
     prefix.push(name);
     prefix.push(".");
+    remove_stale_partials(dir, &prefix);
     let tmp = tempfile::Builder::new()
         .prefix(&prefix)
-        .suffix(".partial")
+        .suffix(PARTIAL)
         .tempfile_in(dir)
         .with_context(|| format!("creating a temporary file in {} for {}", dir.display(), out.display()))?;
+    // Held until the process ends: a later export removes only unlocked ones.
+    crate::sys::try_lock_exclusive(tmp.as_file()).with_context(|| format!("locking {}", tmp.path().display()))?;
     let mut report = ExportReport { path: out.to_path_buf(), ..ExportReport::default() };
     {
         let mut w = TarWriter {
@@ -145,6 +150,34 @@ pub fn export(view: &View, out: &Path, opts: &ExportOptions) -> Result<ExportRep
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     tracing::info!(path = %out.display(), bytes = report.tar_bytes, ms = report.elapsed_ms, "exported");
     Ok(report)
+}
+
+/// Suffix of the temporary tar beside the target.
+const PARTIAL: &str = ".partial";
+
+/// Removes the temporary tars (`PREFIX` + tempfile's 6 random characters +
+/// `.partial`) that killed exports left in `dir`. One a live export is
+/// writing is locked and stays. Best effort: a failure is only logged.
+fn remove_stale_partials(dir: &Path, prefix: &OsStr) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let is_ours = name
+            .as_encoded_bytes()
+            .strip_prefix(prefix.as_encoded_bytes())
+            .and_then(|rest| rest.strip_suffix(PARTIAL.as_bytes()))
+            .is_some_and(|mid| mid.len() == 6 && mid.iter().all(u8::is_ascii_alphanumeric));
+        if !is_ours || !e.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        let path = e.path();
+        let stale = File::open(&path).and_then(|f| crate::sys::try_lock_exclusive(&f));
+        match stale.and_then(|stale| if stale { fs::remove_file(&path).map(|()| true) } else { Ok(false) }) {
+            Ok(true) => tracing::info!(path = %path.display(), "removed the temporary tar of an interrupted export"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove the temporary tar of an interrupted export"),
+        }
+    }
 }
 
 /// `regfs export`: locks upper, checks the target, writes the tar.
@@ -217,6 +250,7 @@ impl<W: Write> TarWriter<'_, W> {
     }
 
     fn walk(&mut self, rel: &Path, e: &Entry) -> Result<()> {
+        crate::testhook::point("export-entry", self.report.dirs + self.report.files + self.report.symlinks + 1);
         let ft = e.meta.file_type();
         if ft.is_dir() {
             let mut h = self.header(&e.meta, tar::EntryType::Directory, 0);

@@ -149,7 +149,10 @@ pub struct Deletion {
 #[derive(Clone, Debug, Serialize)]
 pub struct Plan {
     pub delete_untagged: bool,
-    /// In sweep order: contents first, then empty directories deepest first.
+    /// In sweep order: everything under `repositories/` (links, tags,
+    /// sections), then blobs, then empty directories deepest first. So a
+    /// sweep cut short (killed, or failed part way) never leaves a link or
+    /// revision naming a deleted blob, which the next gc would refuse.
     pub deletions: Vec<Deletion>,
     /// What stays, per kind (repositories: the live ones).
     pub kept: BTreeMap<Kind, Tally>,
@@ -320,7 +323,7 @@ pub fn plan(view: &View, opts: &GcOptions) -> Result<Plan, GcError> {
         .map(|d| sc.usage(&d.path).map(|(f, by)| (d.files, d.bytes) = (f, by)))
         .collect();
     sized.into_iter().collect::<Result<(), _>>()?;
-    deletions.sort_by(|a, b| a.path.cmp(&b.path));
+    deletions.sort_by(|a, b| (a.kind == Kind::Blob).cmp(&(b.kind == Kind::Blob)).then_with(|| a.path.cmp(&b.path)));
     let empty = empty_dirs(&sc, &deletions, &protected)?;
     deletions.extend(empty);
     Ok(Plan {
@@ -462,6 +465,7 @@ fn prunable(
 pub fn sweep(view: &View, plan: &Plan) -> Result<()> {
     let total = plan.deletions.len();
     for (i, d) in plan.deletions.iter().enumerate() {
+        crate::testhook::point("gc-delete", i as u64 + 1);
         tracing::debug!(kind = ?d.kind, path = %d.path.display(), "gc: deleting");
         let done = match d.kind {
             Kind::EmptyDir => view.rmdir(&d.path),

@@ -30,9 +30,20 @@ fn text(o: &Output) -> String {
     format!("status {}\nstdout:\n{}\nstderr:\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
+/// Whether `path` is a mountpoint (a dead FUSE mount answers ENOTCONN).
+pub fn is_mountpoint(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(path) {
+        Err(e) => e.raw_os_error() == Some(libc::ENOTCONN),
+        Ok(m) => std::fs::metadata(path.parent().expect("a parent")).expect("stat parent").dev() != m.dev(),
+    }
+}
+
 /// A mounted regfs view; unmounted on drop.
 pub struct Mount {
     pub mountpoint: PathBuf,
+    /// What `regfs mount` printed (e.g. "daemon pid N").
+    pub stderr: String,
     active: bool,
 }
 
@@ -57,10 +68,16 @@ impl Mount {
         cmd.args(extra).arg(mp);
         let out = cmd.output().expect("running regfs mount");
         if out.status.success() {
-            Ok(Mount { mountpoint: mp.to_path_buf(), active: true })
+            Ok(Mount { mountpoint: mp.to_path_buf(), stderr: String::from_utf8_lossy(&out.stderr).into_owned(), active: true })
         } else {
             Err(text(&out))
         }
+    }
+
+    /// The FUSE daemon's pid, from `regfs mount`'s "daemon pid N".
+    pub fn daemon_pid(&self) -> u32 {
+        let pid = self.stderr.split("daemon pid ").nth(1).and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next());
+        pid.and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no \"daemon pid N\" in regfs mount's output:\n{}", self.stderr))
     }
 
     /// `regfs umount`, asserting it succeeds; returns its output.

@@ -107,6 +107,9 @@ pub struct Node {
     pub xattrs: Vec<(String, Vec<u8>)>,
 }
 
+/// What [`snapshot`] returns.
+pub type Snapshot = BTreeMap<PathBuf, Node>;
+
 /// Every entry below `root` (relative path → node), to the byte.
 pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Node> {
     let mut out = BTreeMap::new();
@@ -158,6 +161,14 @@ fn walk(root: &Path, rel: &Path, out: &mut BTreeMap<PathBuf, Node>) {
             walk(root, &rel.join(n), out);
         }
     }
+}
+
+/// Panics naming every entry of `root` that differs from `before` (its
+/// earlier [`snapshot`]): how a test proves a lower was never written.
+pub fn assert_unchanged(root: &Path, before: &Snapshot, when: &str) {
+    let after = snapshot(root);
+    let changed: Vec<_> = before.keys().chain(after.keys()).filter(|p| before.get(*p) != after.get(*p)).collect();
+    assert!(changed.is_empty(), "{when}: {} changed: {changed:#?}", root.display());
 }
 
 /// The relative paths of a snapshot with a one-letter kind, for readable asserts.
