@@ -135,9 +135,13 @@ def main():
         if v is not None:
             target("traversal %s" % fig, "<= 1.5x kernel overlay", "%.2fx" % v, v <= 1.5)
     for fig in ("read_cold", "read_warm"):
-        v = r(fig)
+        # The goal is without passthrough: regfs-fuse-nopt when measured
+        # (regfs as root reads through passthrough since bbc98e2).
+        v, t = r(fig, "regfs-fuse-nopt"), "without passthrough"
+        if v is None:
+            v, t = r(fig), "as mounted"
         if v is not None:
-            target("blob %s" % fig.replace("_", " "), "<= 1.5x kernel overlay", "%.2fx" % v, v <= 1.5)
+            target("blob %s (%s)" % (fig.replace("_", " "), t), "<= 1.5x kernel overlay", "%.2fx" % v, v <= 1.5)
     v = r("push")
     if v is not None:
         target("push", "<= 1.1x kernel overlay", "%.2fx" % v, v <= 1.1)
@@ -208,7 +212,9 @@ def main():
         out.write("\n| issue-7 target | goal | measured | met |\n|---|---|---|---|\n")
         for t in targets:
             out.write("| %s | %s | %s | %s |\n" % (t["target"], t["goal"], t["value"], "yes" if t["met"] else "**no**"))
-    out.write("\nload average: %s at start, %s at end\n" % (meta.get("load_at_start"), meta.get("load_at_end")))
+    loads = ", ".join("%s %s" % (k[len("load_before_"):], v) for k, v in meta.items() if k.startswith("load_before_"))
+    out.write("\nload average: %s at start, %s at end; 1-minute load before each figure: %s\n" % (
+        meta.get("load_at_start"), meta.get("load_at_end"), loads))
 
     if a.out:
         with open(a.out, "w") as f:

@@ -11,6 +11,8 @@
 # median of --runs runs with min-max):
 #   traversal  warm `du -s` and `find -ls` of the mounted view; daemon peak RSS
 #   read       sequential read (dd bs=1M) of the large blob, cold and warm
+#              (regfs as root uses FUSE passthrough; regfs-fuse-nopt is the
+#              daemon in a user namespace, where it reads through itself)
 #   push       release 2 (skopeo, 4 at a time) through a stock registry
 #   gc         regfs gc --dry-run vs docker-registry garbage-collect --dry-run
 #   export     regfs export vs GNU tar of the kernel-overlay view
@@ -31,7 +33,7 @@ export LC_ALL=C
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
 SMALL=0 OUT="" DIR="" KEEP=0 RUNS=3 REGFS_SRC="" REV="" ONLY="traversal,read,push,gc,export,scaling"
-usage() { sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --small) SMALL=1 ;;
@@ -61,7 +63,7 @@ die() { echo "bench: $*" >&2; exit 1; }
 log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
 [ "$(id -u)" = 0 ] || die "needs root (kernel overlayfs mounts, drop_caches)"
-for t in python3 docker-registry skopeo fuse-overlayfs fusermount3 findmnt dd du find tar; do
+for t in python3 docker-registry skopeo fuse-overlayfs fusermount3 findmnt unshare nsenter dd du find tar; do
     command -v "$t" >/dev/null || die "$t not found (scripts/setup.sh installs what the bench needs)"
 done
 
@@ -81,6 +83,7 @@ META=$RUN/meta.tsv
 MOUNTS=()    # kind:mountpoint, kind = regfs | kernel | fuse
 PIDS=()      # processes we started that may outlive a step
 REG_PID=""
+NS_PID="" NS_MP=""   # a user + mount namespace for the no-passthrough mount
 
 is_mounted() { findmnt -rn -M "$1" >/dev/null 2>&1; }
 
@@ -99,6 +102,7 @@ cleanup() {
     set +e
     trap - EXIT INT TERM
     stop_registry
+    if [ -n "$NS_MP" ]; then in_ns "$REGFS" umount --timeout 60 "$NS_MP" >/dev/null 2>&1; fi
     local i
     for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do
         unmount "${MOUNTS[i]%%:*}" "${MOUNTS[i]#*:}"
@@ -142,6 +146,24 @@ timed() {
 }
 
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+
+# regfs asks for FUSE passthrough when it is root outside a user namespace.
+# For the figure without passthrough its daemon runs in a user namespace
+# (root mapped to root), mounted in that namespace's own mount namespace;
+# readers enter the mount namespace only.
+start_ns() {
+    unshare -Urm --propagation private sleep 1000000 &
+    NS_PID=$!
+    PIDS+=("$NS_PID")
+    local i
+    for i in $(seq 100); do
+        [ "$(readlink "/proc/$NS_PID/ns/mnt")" != "$(readlink /proc/self/ns/mnt)" ] && return 0
+        sleep 0.02
+    done
+    die "unshare -Urm did not make a namespace"
+}
+in_ns() { nsenter -t "$NS_PID" -U -m --preserve-credentials "$@"; }
+in_mnt_ns() { nsenter -t "$NS_PID" -m "$@"; }
 
 # mount_view KIND NAME LOWER UPPER MOUNTPOINT [POLICY]: KIND = kernel (regfs
 # --mode kernel), fuse (regfs --mode fuse), plain (mount -t overlay, no
@@ -361,7 +383,14 @@ traversal() {  # SIZE
 }
 
 read_blob() {  # SIZE
-    local size=$1 v run
+    local size=$1 v run out pid up=$RUN/$1/nopt/upper
+    NS_MP=$RUN/$size/nopt/mnt
+    mkdir -p "$up" "$NS_MP"
+    start_ns
+    out=$(in_ns "$REGFS" mount --mode fuse --lower "$H" --upper "$up" "$NS_MP" 2>&1) \
+        || { echo "$out" >&2; die "regfs mount in a user namespace failed"; }
+    pid=$(sed -n 's/.*daemon pid \([0-9][0-9]*\).*/\1/p' <<<"$out")
+    [ -n "$pid" ] && PIDS+=("$pid")
     for run in $(seq "$RUNS"); do
         log "blob read: run $run"
         drop_caches
@@ -372,7 +401,15 @@ read_blob() {  # SIZE
             timed read_cold "$size" "${VNAME[$v]}" dd if="${VMP[$v]}/$BIG_PATH" of=/dev/null bs=1M status=none
             timed read_warm "$size" "${VNAME[$v]}" dd if="${VMP[$v]}/$BIG_PATH" of=/dev/null bs=1M status=none
         done
+        drop_caches
+        timed read_cold "$size" regfs-fuse-nopt in_mnt_ns dd if="$NS_MP/$BIG_PATH" of=/dev/null bs=1M status=none
+        timed read_warm "$size" regfs-fuse-nopt in_mnt_ns dd if="$NS_MP/$BIG_PATH" of=/dev/null bs=1M status=none
     done
+    grep -q "passthrough enabled" "$(sed -n 's/.*log \(.*\))$/\1/p' <<<"$out")" 2>/dev/null \
+        && die "regfs used passthrough in a user namespace: the no-passthrough figure is void"
+    in_ns "$REGFS" umount --timeout 60 "$NS_MP" >/dev/null
+    NS_MP=""
+    kill "$NS_PID"; wait "$NS_PID" 2>/dev/null || true
 }
 
 # GNU tar of the kernel-overlay view vs regfs export of the same view (an
@@ -446,16 +483,18 @@ push_fig() {  # SIZE
     done
 }
 
+fig_load() { meta "load_before_$1" "$(cut -d' ' -f1 /proc/loadavg)"; }
 if want traversal || want read || want export; then
     mount_views full "$H"
-    want traversal && traversal full
-    want read && read_blob full
-    want export && export_fig full
+    want traversal && fig_load traversal && traversal full
+    want read && fig_load read && read_blob full
+    want export && fig_load export && export_fig full
     umount_views
 fi
-want gc && gc_fig full "$H"
-want push && push_fig full
+want gc && fig_load gc && gc_fig full "$H"
+want push && fig_load push && push_fig full
 if want scaling; then
+    fig_load scaling
     mount_views tenth "$H10"
     traversal tenth
     umount_views
