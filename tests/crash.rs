@@ -195,11 +195,15 @@ fn killed_daemon_mid_push_is_detached_and_the_rerun_push_gives_the_same_release(
     // umount: the dead, busy mount is detached; non-zero, saying why.
     let out = mount.umount_status();
     let err = String::from_utf8_lossy(&out.stderr);
+    let still_mounted = is_mountpoint(&mnt);
+    if still_mounted {
+        support::mount::detach(&mnt);
+    }
+    assert!(!still_mounted, "{} is still mounted after regfs umount:\n{}", mnt.display(), text(&out));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     for want in [format!("daemon (pid {daemon}) had died"), "detached".into(), "upper is intact".into(), "mounting the same".into()] {
         assert!(err.contains(&want), "{want:?} missing from regfs umount's message:\n{err}");
     }
-    assert!(!is_mountpoint(&mnt), "{} is still mounted after regfs umount", mnt.display());
     drop(busy);
 
     // The same upper mounts again (on the same mountpoint), the push is

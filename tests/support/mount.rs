@@ -102,12 +102,17 @@ impl Drop for Mount {
         }
         let out = regfs(&["umount".as_ref(), self.mountpoint.as_os_str()]);
         if !out.status.success() {
-            // Last resort: detach, so a failed test leaves no mount behind.
-            let _ = Command::new("fusermount3").arg("-uz").arg(&self.mountpoint).status();
-            if is_root() {
-                let _ = regfs::sys::umount(&self.mountpoint, true);
-            }
+            detach(&self.mountpoint);
         }
+    }
+}
+
+/// Last resort: detaches whatever is mounted on `mp` (lazily, busy or dead),
+/// so a failed test leaves no mount behind.
+pub fn detach(mp: &Path) {
+    let _ = Command::new("fusermount3").arg("-uz").arg(mp).status();
+    if is_root() {
+        let _ = regfs::sys::umount(mp, true);
     }
 }
 
