@@ -241,6 +241,12 @@ struct MountArgs {
     /// `auto` uses the kernel where permitted and says which it chose.
     #[arg(long, value_enum, default_value_t = mount::Mode::Auto)]
     mode: mount::Mode,
+    /// Let the kernel read history files directly (FUSE passthrough, Linux
+    /// 6.9+, needs CAP_SYS_ADMIN; ignored otherwise). While a history file
+    /// is open this way, opening the same file for writing fails (EIO), so
+    /// it is off by default.
+    #[arg(long)]
+    passthrough: bool,
     /// overlayfs work dir for kernel mode; must be on upper's filesystem.
     /// Default: `.<upper name>.regfs-work` beside upper.
     #[arg(long, value_name = "DIR")]
@@ -300,6 +306,7 @@ pub fn main() -> i32 {
                 work: a.work,
                 export: a.export,
                 delete_untagged: a.delete_untagged,
+                passthrough: a.passthrough,
             };
             if a.foreground {
                 mount::mount_foreground(&req, a.ready_file.as_deref())

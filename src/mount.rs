@@ -42,6 +42,8 @@ pub struct MountRequest {
     pub export: Option<PathBuf>,
     /// The on-unmount gc deletes untagged manifests too.
     pub delete_untagged: bool,
+    /// FUSE passthrough for history reads (needs CAP_SYS_ADMIN).
+    pub passthrough: bool,
 }
 
 /// Which front end serves the view.
@@ -385,7 +387,7 @@ pub fn mount_foreground(req: &MountRequest, ready_file: Option<&Path>) -> Result
     sys::set_umask(0);
     let view = Arc::new(layers.view()?);
     let notifier = Arc::new(std::sync::OnceLock::new());
-    let fs_impl = RegFs::new(Arc::clone(&view), notifier.clone()).context("reading the layer roots")?;
+    let fs_impl = RegFs::new(Arc::clone(&view), notifier.clone(), req.passthrough).context("reading the layer roots")?;
 
     let mut config = fuser::Config::default();
     config.mount_options = vec![

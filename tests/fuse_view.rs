@@ -452,3 +452,27 @@ fn foreground_mount_unmounts_on_sigterm() {
     assert_eq!(fs::read(fx.upper.join("docker/registry/v2/written")).unwrap(), b"1");
     fx.assert_lower_unchanged();
 }
+
+#[test]
+fn parallel_reads_of_one_history_file_with_passthrough() {
+    // As root (CAP_SYS_ADMIN) the kernel reads history files directly and
+    // every open of one file shares its single backing; unprivileged, the
+    // flag is ignored and reads go through regfs. Either way all readers
+    // get every byte.
+    let fx = Fixture::new();
+    let (hex, data) = fx.store.blobs.iter().next().unwrap();
+    let rel = blob_rel(hex);
+    let m = fx.mount(&["--passthrough"]);
+    let path = fx.mnt.join(&rel);
+    let held = fs::File::open(&path).unwrap();
+    std::thread::scope(|s| {
+        let readers: Vec<_> = (0..8).map(|_| s.spawn(|| fs::read(&path))).collect();
+        for r in readers {
+            assert_eq!(&r.join().unwrap().unwrap(), data);
+        }
+    });
+    drop(held);
+    assert_eq!(&fs::read(&path).unwrap(), data, "a read after every handle closed");
+    m.umount();
+    fx.assert_lower_unchanged();
+}

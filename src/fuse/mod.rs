@@ -35,9 +35,16 @@ type Listing = Vec<(u64, FileType, std::ffi::OsString)>;
 
 enum Handle {
     File(Arc<File>),
-    /// A read-only file the kernel reads directly (FUSE passthrough); the
-    /// backing id is released with the handle.
-    Passthrough(Arc<File>, #[allow(dead_code)] fuser::BackingId),
+    /// A read-only history file the kernel reads directly (FUSE
+    /// passthrough) through the backing shared by every open of `ino`.
+    Passthrough(Arc<File>, u64),
+}
+
+/// The one backing file an inode may have (the kernel allows one per
+/// inode), with the number of open handles using it.
+struct Backing {
+    id: fuser::BackingId,
+    users: usize,
 }
 
 pub struct RegFs {
@@ -53,9 +60,12 @@ pub struct RegFs {
     listings: DashMap<u64, Arc<Listing>>,
     /// Whether the kernel can do without opendir (FUSE_NO_OPENDIR_SUPPORT).
     no_opendir: bool,
-    /// Whether reads may use FUSE passthrough (kernel 6.9+, CAP_SYS_ADMIN);
-    /// cleared at the first refusal, after which reads go through regfs.
+    /// Whether reads may use FUSE passthrough (asked for, kernel 6.9+,
+    /// CAP_SYS_ADMIN); cleared at the first refusal.
     passthrough: std::sync::atomic::AtomicBool,
+    /// Whether passthrough was asked for (`--passthrough`).
+    want_passthrough: bool,
+    backings: DashMap<u64, Backing>,
 }
 
 fn io_errno(e: &io::Error) -> Errno {
@@ -126,7 +136,7 @@ fn set_time(t: TimeOrNow) -> SetTime {
 
 impl RegFs {
     /// `notifier` is filled in by the caller once the session is mounted.
-    pub fn new(view: Arc<View>, notifier: Arc<OnceLock<fuser::Notifier>>) -> io::Result<RegFs> {
+    pub fn new(view: Arc<View>, notifier: Arc<OnceLock<fuser::Notifier>>, passthrough: bool) -> io::Result<RegFs> {
         let root = view.root()?;
         Ok(RegFs {
             view,
@@ -138,6 +148,8 @@ impl RegFs {
             listings: DashMap::new(),
             no_opendir: false,
             passthrough: std::sync::atomic::AtomicBool::new(false),
+            want_passthrough: passthrough,
+            backings: DashMap::new(),
         })
     }
 
@@ -259,7 +271,8 @@ impl Filesystem for RegFs {
         }
         // Passthrough needs CAP_SYS_ADMIN for the backing ids; without it
         // (an ordinary user) reads go through regfs, as before.
-        if self.chown_new
+        if self.want_passthrough
+            && self.chown_new
             && !sys::in_user_namespace()
             && config.add_capabilities(fuser::InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok()
@@ -495,19 +508,37 @@ impl Filesystem for RegFs {
             self.view.open_read(&path, &e, flags)
         };
         match res {
-            Ok(f) if !writes && self.passthrough.load(Ordering::Relaxed) => match reply.open_backing(&f) {
-                Ok(id) => {
-                    let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
-                    self.handles.insert(fh, Handle::Passthrough(Arc::new(f), id));
+            // Only history files: they never change, so one backing per
+            // inode serves every reader.
+            Ok(f) if !writes && e.top() != UPPER && self.passthrough.load(Ordering::Relaxed) => {
+                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                let shared = match self.backings.entry(ino.0) {
+                    dashmap::Entry::Occupied(mut b) => {
+                        b.get_mut().users += 1;
+                        reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b.get().id);
+                        Ok(())
+                    }
+                    dashmap::Entry::Vacant(v) => match reply.open_backing(&f) {
+                        Ok(id) => {
+                            reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+                            v.insert(Backing { id, users: 1 });
+                            Ok(())
+                        }
+                        Err(err) => Err((err, reply)),
+                    },
+                };
+                match shared {
+                    Ok(()) => {
+                        self.handles.insert(fh, Handle::Passthrough(Arc::new(f), ino.0));
+                    }
+                    Err((err, reply)) => {
+                        tracing::info!(error = %err, "FUSE passthrough refused: reads go through regfs");
+                        self.passthrough.store(false, Ordering::Relaxed);
+                        self.handles.insert(fh, Handle::File(Arc::new(f)));
+                        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+                    }
                 }
-                Err(err) => {
-                    tracing::info!(error = %err, "FUSE passthrough refused: reads go through regfs");
-                    self.passthrough.store(false, Ordering::Relaxed);
-                    let fopen = if e.top() != UPPER { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
-                    reply.opened(self.add_handle(Handle::File(Arc::new(f))), fopen)
-                }
-            },
+            }
             Ok(f) => {
                 // History files never change: the kernel may keep their pages.
                 let fopen = if !writes && e.top() != UPPER { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
@@ -581,7 +612,15 @@ impl Filesystem for RegFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.handles.remove(&fh.0);
+        if let Some((_, Handle::Passthrough(_, ino))) = self.handles.remove(&fh.0) {
+            if let dashmap::Entry::Occupied(mut b) = self.backings.entry(ino) {
+                b.get_mut().users -= 1;
+                if b.get().users == 0 {
+                    // Dropping the id closes the backing file in the kernel.
+                    b.remove();
+                }
+            }
+        }
         reply.ok();
     }
 

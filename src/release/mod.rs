@@ -310,6 +310,7 @@ fn mount_view<'a>(req: &ReleaseRequest, work: &'a Work) -> Result<Mounted<'a>> {
         work: None,
         export: None,
         delete_untagged: false,
+        passthrough: false,
     };
     let mut args: Vec<std::ffi::OsString> = vec!["mount".into()];
     for h in &req.histories {
