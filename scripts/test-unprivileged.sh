@@ -3,15 +3,16 @@
 # fusermount3, whiteouts and opaque markers in the user.overlay.* namespace,
 # kernel mode only inside a user namespace). Needs root to create the user;
 # the test binaries are built as the caller and copied where the user can
-# run them. Left out: kernel_compare (mount -t overlay throughout); from
-# registry_e2e, the test whose reference store is a kernel overlay mount.
+# run them. Left out: kernel_compare and model (mount -t overlay throughout);
+# from registry_e2e, the test whose reference store is a kernel overlay mount.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 user="${REGFS_TEST_USER:-regfs-ci}"
-suites=(fuse_view userns export gc harness_smoke release crash concurrency registry_e2e)
+suites=(fuse_view userns export gc harness_smoke release crash concurrency registry_e2e bad_input properties)
 # Tests of a suite that need root, by exact name.
-declare -A root_only=([registry_e2e]=release_push_on_regfs_reuses_history_like_kernel_overlay)
+declare -A root_only=([registry_e2e]=release_push_on_regfs_reuses_history_like_kernel_overlay
+    [bad_input]=kernel_mode_mounts_over_a_symlinked_history_repository)
 
 id "$user" >/dev/null 2>&1 || useradd --create-home --shell /bin/sh "$user"
 chmod 0666 /dev/fuse

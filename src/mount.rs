@@ -146,6 +146,18 @@ pub fn check_lowers(lowers: &[PathBuf]) -> Result<Vec<PathBuf>> {
                 layout::V2
             );
         }
+        // The view never follows a symlink, so it would show one here as a
+        // symlink; a registry writing through it would write the history.
+        for dir in layout::skeleton_dirs().iter().skip(1) {
+            if fs::symlink_metadata(c.join(dir)).is_ok_and(|m| m.file_type().is_symlink()) {
+                bail!(
+                    "--lower {}: {} is a symlink; a registry rootdirectory holds real directories \
+                     (pass the directory it points to instead)",
+                    l.display(),
+                    dir.display()
+                );
+            }
+        }
         abs_lowers.push(c);
     }
     Ok(abs_lowers)

@@ -166,7 +166,8 @@ pub struct Plan {
 pub enum GcError {
     #[error("{path}: {msg}")]
     Bad { path: String, msg: String },
-    #[error("{path}: {source}")]
+    /// The cause follows in the error chain (`{:#}`), not in this message.
+    #[error("{path}")]
     Io {
         path: String,
         #[source]

@@ -213,10 +213,12 @@ impl<'v> Scanner<'v> {
         while let Some((rel, entry, name)) = stack.pop() {
             let mut sections = Vec::new();
             for item in self.list(&rel, &entry)? {
-                let Some(n) = item.name.to_str() else { continue };
                 if !item.entry.is_dir() {
                     continue;
                 }
+                // A repository name is UTF-8: skipping one that is not would
+                // sweep the blobs it references and leave its links dangling.
+                let n = utf8(&rel, &item)?;
                 if let Some(s) = Section::from_name(n) {
                     if !name.is_empty() {
                         sections.push((s, (rel.join(&item.name), item.entry)));

@@ -77,7 +77,12 @@ fn collect(view: &View, rel: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
     }
     let mut names = BTreeSet::new();
     for lower in view.lower_roots() {
-        match fs::read_dir(lower.join(rel)) {
+        let dir = lower.join(rel);
+        // The view shows a symlink as a symlink: never walk through one.
+        if fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_symlink()) {
+            continue;
+        }
+        match fs::read_dir(&dir) {
             Ok(rd) => {
                 for de in rd {
                     let de = de?;

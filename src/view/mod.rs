@@ -130,6 +130,17 @@ fn lstat(p: &Path) -> io::Result<Option<Metadata>> {
     }
 }
 
+/// Reads an overlay marker xattr. Reading `user.*` needs read permission
+/// on the entry: one the process may not read (a mode-000 history
+/// directory, as an ordinary user) marks nothing, as overlayfs decides, so
+/// it does not make its parent unlistable.
+fn overlay_xattr(p: &Path, name: &str) -> io::Result<Option<Vec<u8>>> {
+    match sys::lgetxattr(p, OsStr::new(name)) {
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) => Ok(None),
+        r => r,
+    }
+}
+
 /// Whether a name is one of regfs's own temporary files.
 pub fn is_internal_name(name: &OsStr) -> bool {
     name.as_bytes().starts_with(TMP_PREFIX.as_bytes())
@@ -205,7 +216,7 @@ impl View {
         }
         if ft.is_file() && m.len() == 0 {
             for ns in ALL_NS {
-                if sys::lgetxattr(p, OsStr::new(ns.whiteout()))?.is_some() {
+                if overlay_xattr(p, ns.whiteout())?.is_some() {
                     return Ok(true);
                 }
             }
@@ -215,7 +226,7 @@ impl View {
 
     fn is_opaque(&self, dir: &Path) -> io::Result<bool> {
         for ns in ALL_NS {
-            if let Some(v) = sys::lgetxattr(dir, OsStr::new(ns.opaque()))? {
+            if let Some(v) = overlay_xattr(dir, ns.opaque())? {
                 if v == b"y" {
                     return Ok(true);
                 }
@@ -692,12 +703,17 @@ impl View {
             match (src.is_dir(), d.is_dir()) {
                 (true, false) => return Err(errno(libc::ENOTDIR)),
                 (false, true) => return Err(errno(libc::EISDIR)),
-                (true, true) if !self.list(to, d)?.is_empty() => return Err(errno(libc::ENOTEMPTY)),
                 _ => {}
             }
         }
+        // Before the target's emptiness, as overlayfs checks it.
         if src.is_dir() && !src.upper_only() {
             return Err(errno(libc::EXDEV));
+        }
+        if let Some(d) = dst.as_ref().filter(|d| src.is_dir() && d.is_dir())
+            && !self.list(to, d)?.is_empty()
+        {
+            return Err(errno(libc::ENOTEMPTY));
         }
         if !src.is_dir() {
             self.copy_up_locked(from)?;
