@@ -324,13 +324,11 @@ fn check_mountpoint(mp: &Path) -> Result<PathBuf> {
     if !meta.is_dir() {
         bail!("mountpoint {} is not a directory", mp.display());
     }
-    if let Ok(files) = state_files(&mp) {
-        if let Some(st) = read_state(&files.state) {
-            if sys::process_alive(st.pid) {
+    if let Ok(files) = state_files(&mp)
+        && let Some(st) = read_state(&files.state)
+            && sys::process_alive(st.pid) {
                 bail!("{} is already mounted by regfs (pid {}); run `regfs umount {}` first", mp.display(), st.pid, mp.display());
             }
-        }
-    }
     Ok(mp)
 }
 

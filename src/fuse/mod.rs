@@ -303,12 +303,11 @@ impl Filesystem for RegFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         // An open handle answers for itself (an unlinked file still has attributes).
-        if let Some(f) = fh.and_then(|fh| self.file(fh).ok()) {
-            if let (Ok(meta), Ok(info)) = (f.metadata(), self.node(ino)) {
+        if let Some(f) = fh.and_then(|fh| self.file(fh).ok())
+            && let (Ok(meta), Ok(info)) = (f.metadata(), self.node(ino)) {
                 let e = Entry { layers: info.layers, meta };
                 return reply.attr(&ttl_for(&e), &attr(ino.0, &e));
             }
-        }
         match self.fresh(ino) {
             Ok((_, e)) => reply.attr(&ttl_for(&e), &attr(ino.0, &e)),
             Err(e) => reply.error(e),
@@ -338,11 +337,10 @@ impl Filesystem for RegFs {
             Err(e) => return reply.error(e),
         };
         // ftruncate on an open (already copied-up) handle goes to that file.
-        if let (Some(size), Some(f)) = (size, fh.and_then(|fh| self.file(fh).ok())) {
-            if let Err(e) = f.set_len(size) {
+        if let (Some(size), Some(f)) = (size, fh.and_then(|fh| self.file(fh).ok()))
+            && let Err(e) = f.set_len(size) {
                 return reply.error(self.fail("ftruncate", &path, &e));
             }
-        }
         let change = AttrChange {
             mode,
             uid,
@@ -458,11 +456,10 @@ impl Filesystem for RegFs {
         match self.view.rename(&from, &to, flags.bits()) {
             Ok(()) => {
                 self.inodes.rename(parent.0, name, newparent.0, newname);
-                if let Some(ino) = self.inodes.find(newparent.0, newname) {
-                    if let Ok(Some(e)) = self.view.resolve(&to) {
+                if let Some(ino) = self.inodes.find(newparent.0, newname)
+                    && let Ok(Some(e)) = self.view.resolve(&to) {
                         self.inodes.update(ino, &e);
                     }
-                }
                 self.changed(parent);
                 self.changed(newparent);
                 reply.ok()
@@ -612,15 +609,14 @@ impl Filesystem for RegFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        if let Some((_, Handle::Passthrough(_, ino))) = self.handles.remove(&fh.0) {
-            if let dashmap::Entry::Occupied(mut b) = self.backings.entry(ino) {
+        if let Some((_, Handle::Passthrough(_, ino))) = self.handles.remove(&fh.0)
+            && let dashmap::Entry::Occupied(mut b) = self.backings.entry(ino) {
                 b.get_mut().users -= 1;
                 if b.get().users == 0 {
                     // Dropping the id closes the backing file in the kernel.
                     b.remove();
                 }
             }
-        }
         reply.ok();
     }
 

@@ -226,11 +226,10 @@ impl View {
 
     fn is_opaque(&self, dir: &Path) -> io::Result<bool> {
         for ns in ALL_NS {
-            if let Some(v) = overlay_xattr(dir, ns.opaque())? {
-                if v == b"y" {
+            if let Some(v) = overlay_xattr(dir, ns.opaque())?
+                && v == b"y" {
                     return Ok(true);
                 }
-            }
         }
         Ok(false)
     }
@@ -315,8 +314,8 @@ impl View {
     /// resolved (writes, copy-up); lower entries never change while mounted.
     pub fn refresh(&self, rel: &Path, e: &Entry) -> io::Result<Entry> {
         let p = self.layer_path(UPPER, rel);
-        if let Some(meta) = lstat(&p)? {
-            if !self.is_whiteout(&p, &meta)? {
+        if let Some(meta) = lstat(&p)?
+            && !self.is_whiteout(&p, &meta)? {
                 let mut layers = vec![UPPER];
                 layers.extend(e.layers.iter().copied().filter(|&l| l != UPPER));
                 if !meta.is_dir() {
@@ -324,7 +323,6 @@ impl View {
                 }
                 return Ok(Entry { layers, meta });
             }
-        }
         Ok(e.clone())
     }
 
@@ -333,15 +331,14 @@ impl View {
     /// of `layers`. ENOENT when neither holds it any more.
     pub fn stat_stack(&self, rel: &Path, layers: &[LayerIdx]) -> io::Result<Entry> {
         let up = self.layer_path(UPPER, rel);
-        if let Some(meta) = lstat(&up)? {
-            if !self.is_whiteout(&up, &meta)? {
+        if let Some(meta) = lstat(&up)?
+            && !self.is_whiteout(&up, &meta)? {
                 let mut all = vec![UPPER];
                 if meta.is_dir() {
                     all.extend(layers.iter().copied().filter(|&l| l != UPPER));
                 }
                 return Ok(Entry { layers: all, meta });
             }
-        }
         let lowers: Vec<LayerIdx> = layers.iter().copied().filter(|&l| l != UPPER).collect();
         let top = *lowers.first().ok_or_else(|| errno(libc::ENOENT))?;
         let meta = lstat(&self.layer_path(top, rel))?.ok_or_else(|| errno(libc::ENOENT))?;
@@ -406,11 +403,10 @@ impl View {
     /// missing ancestor with its mode, owner and times.
     fn ensure_upper_dir(&self, rel: &Path) -> io::Result<()> {
         let up = self.layer_path(UPPER, rel);
-        if let Some(m) = lstat(&up)? {
-            if m.is_dir() {
+        if let Some(m) = lstat(&up)?
+            && m.is_dir() {
                 return Ok(());
             }
-        }
         let Some(entry) = self.resolve(rel)? else { return Err(errno(libc::ENOENT)) };
         if !entry.is_dir() {
             return Err(errno(libc::ENOTDIR));
@@ -833,15 +829,14 @@ fn copy_file_data(src: &Path, dst: &Path, mode: u32) -> io::Result<()> {
 
 /// Owner (where permitted), mode and times of `meta` onto `dst`.
 fn copy_attrs(meta: &Metadata, dst: &Path) -> io::Result<()> {
-    if sys::geteuid() == 0 {
-        if let Err(e) = std::os::unix::fs::lchown(dst, Some(meta.uid()), Some(meta.gid())) {
+    if sys::geteuid() == 0
+        && let Err(e) = std::os::unix::fs::lchown(dst, Some(meta.uid()), Some(meta.gid())) {
             // In a user namespace, ids outside its map cannot be given
             // (EINVAL): the copy keeps the namespace root's ownership.
             if !(sys::in_user_namespace() && matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EPERM))) {
                 return Err(e);
             }
         }
-    }
     if !meta.file_type().is_symlink() {
         fs::set_permissions(dst, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
     }
