@@ -162,8 +162,9 @@ pub fn absorb(history: &Path, upper: &Path) -> Result<AbsorbReport> {
     let blobs = layout::blobs_root();
     for prefix in subdirs(&upper.join(&blobs))? {
         for hex in subdirs(&upper.join(&blobs).join(&prefix))? {
-            let d = layout::blob_dir_digest(&prefix, &hex)
-                .with_context(|| format!("{}: not a blob directory", upper.join(&blobs).join(&prefix).join(&hex).display()))?;
+            let d = layout::blob_dir_digest(&prefix, &hex).with_context(|| {
+                format!("{}: not a blob directory", upper.join(&blobs).join(&prefix).join(&hex).display())
+            })?;
             let rel = layout::blob_data(&d);
             let src = upper.join(&rel);
             if !fs::symlink_metadata(&src).map(|m| m.is_file()).unwrap_or(false) {

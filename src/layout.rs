@@ -29,9 +29,7 @@ pub enum DigestError {
 impl Digest {
     /// Parses `sha256:<64 lowercase hex>`, nothing more and nothing less.
     pub fn parse(s: &str) -> Result<Digest, DigestError> {
-        let hex = s
-            .strip_prefix("sha256:")
-            .ok_or_else(|| DigestError::Algorithm(truncate(s)))?;
+        let hex = s.strip_prefix("sha256:").ok_or_else(|| DigestError::Algorithm(truncate(s)))?;
         Digest::from_hex(hex).map_err(|_| DigestError::Hex(truncate(s)))
     }
 
@@ -94,8 +92,8 @@ pub const LINK_LEN: usize = 71;
 /// Parses the content of a `link` file. It must hold exactly one digest and
 /// nothing else: no newline, no other algorithm, no path tricks.
 pub fn parse_link(content: &[u8]) -> Result<Digest, DigestError> {
-    let text = std::str::from_utf8(content)
-        .map_err(|_| DigestError::Hex(String::from_utf8_lossy(content).into_owned()))?;
+    let text =
+        std::str::from_utf8(content).map_err(|_| DigestError::Hex(String::from_utf8_lossy(content).into_owned()))?;
     Digest::parse(text)
 }
 
@@ -304,11 +302,7 @@ pub fn classify(rel: &Path) -> Place<'_> {
         }
         prefix.push(name);
     }
-    if prefix.is_empty() {
-        Place::RepositoriesRoot
-    } else {
-        Place::RepoOrNamespace { prefix }
-    }
+    if prefix.is_empty() { Place::RepositoriesRoot } else { Place::RepoOrNamespace { prefix } }
 }
 
 /// A repository name in its usual `a/b/c` form.
@@ -326,9 +320,7 @@ pub fn valid_repo_name(name: &str) -> bool {
                 && part != "."
                 && part != ".."
                 && !part.starts_with('_')
-                && part
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+                && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
         })
 }
 
@@ -342,15 +334,10 @@ mod tests {
     fn digest_roundtrip_and_paths() {
         let d = Digest::parse(&format!("sha256:{HEX}")).unwrap();
         assert_eq!(d.to_string(), format!("sha256:{HEX}"));
-        assert_eq!(
-            blob_data(&d),
-            PathBuf::from(format!("docker/registry/v2/blobs/sha256/01/{HEX}/data"))
-        );
+        assert_eq!(blob_data(&d), PathBuf::from(format!("docker/registry/v2/blobs/sha256/01/{HEX}/data")));
         assert_eq!(
             layer_link("team/app", &d),
-            PathBuf::from(format!(
-                "docker/registry/v2/repositories/team/app/_layers/sha256/{HEX}/link"
-            ))
+            PathBuf::from(format!("docker/registry/v2/repositories/team/app/_layers/sha256/{HEX}/link"))
         );
     }
 
@@ -376,10 +363,7 @@ mod tests {
     fn classify_paths() {
         assert_eq!(classify(Path::new("docker/registry/v2/blobs")), Place::Outside);
         assert_eq!(classify(Path::new("")), Place::Outside);
-        assert_eq!(
-            classify(Path::new("docker/registry/v2/repositories")),
-            Place::RepositoriesRoot
-        );
+        assert_eq!(classify(Path::new("docker/registry/v2/repositories")), Place::RepositoriesRoot);
         assert_eq!(
             classify(Path::new("docker/registry/v2/repositories/team/app")),
             Place::RepoOrNamespace { prefix: vec!["team", "app"] }

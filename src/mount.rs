@@ -69,7 +69,12 @@ pub struct Layers {
 
 /// Checks the layers and loads the policy. Creates upper if it is missing;
 /// never writes anything else.
-pub fn check_layers(lowers: &[PathBuf], upper: &Path, keep: Option<&Path>, policy_file: Option<&Path>) -> Result<Layers> {
+pub fn check_layers(
+    lowers: &[PathBuf],
+    upper: &Path,
+    keep: Option<&Path>,
+    policy_file: Option<&Path>,
+) -> Result<Layers> {
     let abs_lowers = check_lowers(lowers)?;
     // Resolved before anything is created, so a bad upper writes nothing.
     let up = resolve_maybe_missing(upper).with_context(|| format!("--upper {}: bad path", upper.display()))?;
@@ -169,7 +174,8 @@ pub fn normalize_mountpoint(mp: &Path) -> Result<PathBuf> {
     let abs = std::path::absolute(mp).with_context(|| format!("{}: bad path", mp.display()))?;
     match (abs.parent(), abs.file_name()) {
         (Some(parent), Some(name)) => {
-            let parent = fs::canonicalize(parent).with_context(|| format!("{}: parent directory missing", mp.display()))?;
+            let parent =
+                fs::canonicalize(parent).with_context(|| format!("{}: parent directory missing", mp.display()))?;
             Ok(parent.join(name))
         }
         _ => Ok(abs),
@@ -326,9 +332,15 @@ fn check_mountpoint(mp: &Path) -> Result<PathBuf> {
     }
     if let Ok(files) = state_files(&mp)
         && let Some(st) = read_state(&files.state)
-            && sys::process_alive(st.pid) {
-                bail!("{} is already mounted by regfs (pid {}); run `regfs umount {}` first", mp.display(), st.pid, mp.display());
-            }
+        && sys::process_alive(st.pid)
+    {
+        bail!(
+            "{} is already mounted by regfs (pid {}); run `regfs umount {}` first",
+            mp.display(),
+            st.pid,
+            mp.display()
+        );
+    }
     Ok(mp)
 }
 
@@ -397,7 +409,8 @@ pub fn mount_foreground(req: &MountRequest, ready_file: Option<&Path>) -> Result
     sys::set_umask(0);
     let view = Arc::new(layers.view()?);
     let notifier = Arc::new(std::sync::OnceLock::new());
-    let fs_impl = RegFs::new(Arc::clone(&view), notifier.clone(), req.passthrough).context("reading the layer roots")?;
+    let fs_impl =
+        RegFs::new(Arc::clone(&view), notifier.clone(), req.passthrough).context("reading the layer roots")?;
 
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -446,7 +459,12 @@ pub fn mount_foreground(req: &MountRequest, ready_file: Option<&Path>) -> Result
     // The upper lock is still held: the release work runs without re-locking.
     let outcome = served.context("serving the FUSE session").and_then(|()| match &export_to {
         Some(out) => {
-            let finish = Finish::of(req).unwrap_or(Finish { keep: None, policy: None, export: out.clone(), delete_untagged: false });
+            let finish = Finish::of(req).unwrap_or(Finish {
+                keep: None,
+                policy: None,
+                export: out.clone(),
+                delete_untagged: false,
+            });
             release_on_unmount(&view, &layers, &finish).map(|done| format!("unmounted cleanly; {done}"))
         }
         None => Ok("unmounted cleanly".to_string()),
@@ -634,7 +652,9 @@ fn unmount_path(mp: &Path) -> Result<()> {
 fn unmount_error(mp: &Path, e: io::Error) -> anyhow::Error {
     match e.raw_os_error() {
         Some(libc::EINVAL) => anyhow!("{} is not mounted", mp.display()),
-        Some(libc::EBUSY) => anyhow!("{} is busy (a process has a file or its cwd there); stop it and retry", mp.display()),
+        Some(libc::EBUSY) => {
+            anyhow!("{} is busy (a process has a file or its cwd there); stop it and retry", mp.display())
+        }
         _ => anyhow::Error::new(e).context(format!("unmounting {}", mp.display())),
     }
 }
@@ -660,7 +680,9 @@ fn choose_mode(mode: Mode) -> Mode {
 
 fn is_permission_error(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
-        c.downcast_ref::<io::Error>().and_then(|e| e.raw_os_error()).is_some_and(|c| c == libc::EPERM || c == libc::EACCES)
+        c.downcast_ref::<io::Error>()
+            .and_then(|e| e.raw_os_error())
+            .is_some_and(|c| c == libc::EPERM || c == libc::EACCES)
     })
 }
 

@@ -69,7 +69,8 @@ fn history_repos(lowers: &[PathBuf]) -> io::Result<BTreeSet<String>> {
 pub fn plan(lowers: &[PathBuf], keep: Option<&Path>, policy: Option<&Path>) -> Result<Plan> {
     let scratch = tempfile::tempdir().context("creating a scratch upper")?;
     let layers = mount::check_layers(lowers, scratch.path(), keep, policy)?;
-    let view = View::new(layers.upper.clone(), layers.lowers.clone(), layers.policy.clone(), XattrNs::for_current_user())?;
+    let view =
+        View::new(layers.upper.clone(), layers.lowers.clone(), layers.policy.clone(), XattrNs::for_current_user())?;
     let mut p = Plan { lowers: layers.lowers.clone(), ..Plan::default() };
 
     let repos = history_repos(&layers.lowers).context("listing the history's repositories")?;

@@ -128,7 +128,8 @@ impl Layout {
         let blobs = dir.join("blobs/sha256");
         fs::create_dir_all(&blobs).with_context(|| format!("creating {}", blobs.display()))?;
         let marker = dir.join("oci-layout");
-        fs::write(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#).with_context(|| format!("writing {}", marker.display()))?;
+        fs::write(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#)
+            .with_context(|| format!("writing {}", marker.display()))?;
         Ok(Layout { dir, refs: Vec::new() })
     }
 
@@ -258,14 +259,24 @@ pub fn write(dir: &Path, spec: &SampleSpec) -> Result<SampleReport> {
                 child["platform"] = json!({ "architecture": arch, "os": "linux" });
                 children.push(child);
             }
-            layout.json_blob(OCI_INDEX, &json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": children }), &mut tally)?
+            layout.json_blob(
+                OCI_INDEX,
+                &json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": children }),
+                &mut tally,
+            )?
         } else {
             platform_manifest(&layout, spec, i, &repo, "amd64", &mut tally)?
         };
         let digest = top["digest"].as_str().unwrap_or_default().to_string();
         layout.tag(&tag, top);
         layout.finish()?;
-        images.push(SampleImage { repo, tag: tag.clone(), digest, index, changed: changed(i, spec.release, spec.changed_every) });
+        images.push(SampleImage {
+            repo,
+            tag: tag.clone(),
+            digest,
+            index,
+            changed: changed(i, spec.release, spec.changed_every),
+        });
     }
     let images_list = dir.join("images.list");
     let mut list = fs::File::create(&images_list).with_context(|| format!("writing {}", images_list.display()))?;

@@ -48,9 +48,7 @@ pub fn lgetxattr(path: &Path, name: &OsStr) -> io::Result<Option<Vec<u8>>> {
     let mut buf = vec![0u8; 256];
     loop {
         // SAFETY: buffers are valid for the lengths passed.
-        let r = unsafe {
-            libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
-        };
+        let r = unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
         if r >= 0 {
             buf.truncate(r as usize);
             return Ok(Some(buf));
@@ -68,9 +66,7 @@ pub fn lsetxattr(path: &Path, name: &OsStr, value: &[u8], flags: i32) -> io::Res
     let c = cstr(path)?;
     let n = cname(name)?;
     // SAFETY: pointers valid for the given lengths.
-    check(unsafe {
-        libc::lsetxattr(c.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), flags)
-    })
+    check(unsafe { libc::lsetxattr(c.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), flags) })
 }
 
 pub fn lremovexattr(path: &Path, name: &OsStr) -> io::Result<()> {
@@ -140,9 +136,7 @@ pub fn utimens(path: &Path, atime: SetTime, mtime: SetTime) -> io::Result<()> {
     let c = cstr(path)?;
     let ts = [timespec(atime), timespec(mtime)];
     // SAFETY: valid C string and a two-element timespec array.
-    check(unsafe {
-        libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW)
-    })
+    check(unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })
 }
 
 /// `renameat2` with flags (`RENAME_NOREPLACE`, ...).
@@ -150,9 +144,7 @@ pub fn rename_flags(from: &Path, to: &Path, flags: u32) -> io::Result<()> {
     let f = cstr(from)?;
     let t = cstr(to)?;
     // SAFETY: valid C strings.
-    check(unsafe {
-        libc::renameat2(libc::AT_FDCWD, f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), flags)
-    })
+    check(unsafe { libc::renameat2(libc::AT_FDCWD, f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), flags) })
 }
 
 pub struct StatFs {

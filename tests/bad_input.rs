@@ -13,9 +13,9 @@
 //! commands as the unprivileged user `regfs-ci` (through `runuser`) when the
 //! suite runs as root, and state the root behaviour explicitly.
 
-mod support;
 #[path = "support/gc_fixtures.rs"]
 mod fixtures;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
@@ -117,7 +117,12 @@ impl Layers {
 }
 
 fn warnings(report: &Value) -> Vec<String> {
-    report["report"]["warnings"].as_array().expect("warnings").iter().map(|w| w.as_str().expect("text").to_string()).collect()
+    report["report"]["warnings"]
+        .as_array()
+        .expect("warnings")
+        .iter()
+        .map(|w| w.as_str().expect("text").to_string())
+        .collect()
 }
 
 fn blob_rel(hex: &str) -> String {
@@ -160,7 +165,11 @@ fn bad_manifests(good: &[u8]) -> Vec<(&'static str, Vec<u8>, &'static str)> {
         ("descriptor without digest", doc(json!({"layers": [{"size": 1}]})), "does not parse"),
         ("other algorithm", doc(json!({"layers": [{"digest": format!("sha512:{hex}")}]})), "layers[0].digest"),
         ("short hex", doc(json!({"config": {"digest": format!("sha256:{}", &hex[..63])}})), "config.digest"),
-        ("path in a digest", doc(json!({"manifests": [{"digest": "sha256:../../../../etc/passwd"}]})), "manifests[0].digest"),
+        (
+            "path in a digest",
+            doc(json!({"manifests": [{"digest": "sha256:../../../../etc/passwd"}]})),
+            "manifests[0].digest",
+        ),
         ("schema1 bad blobSum", doc(json!({"fsLayers": [{"blobSum": "tarsum+sha256:x"}]})), "fsLayers[0].blobSum"),
         ("too large", huge, "too large to be a manifest"),
     ]
@@ -214,17 +223,21 @@ fn unknown_media_types_are_followed_or_reported() {
     let (l, _, _) = Layers::new();
     let s = StoreWriter::new(&l.upper);
     // No field gc knows: kept, with a warning naming the blob.
-    let opaque = s.manifest("odd", &json!({"schemaVersion": 2, "mediaType": "application/x-future+json", "payload": [1, 2]}));
+    let opaque =
+        s.manifest("odd", &json!({"schemaVersion": 2, "mediaType": "application/x-future+json", "payload": [1, 2]}));
     s.tag("odd", "v1", &opaque);
     s.layer_link("odd", &opaque);
     // A non-string mediaType and unknown descriptor types: the known fields are followed.
     let cfg = s.blob(b"odd config");
     let layer = s.blob(b"odd layer");
-    let numeric = s.manifest("odd", &json!({
-        "mediaType": 7,
-        "config": s.desc("application/x-unknown-config", &cfg),
-        "layers": [s.desc("application/x-unknown-layer", &layer)],
-    }));
+    let numeric = s.manifest(
+        "odd",
+        &json!({
+            "mediaType": 7,
+            "config": s.desc("application/x-unknown-config", &cfg),
+            "layers": [s.desc("application/x-unknown-layer", &layer)],
+        }),
+    );
     s.tag("odd", "v2", &numeric);
     for b in [&cfg, &layer] {
         s.layer_link("odd", b);
@@ -232,8 +245,12 @@ fn unknown_media_types_are_followed_or_reported() {
     // An index whose child has an unknown media type: the child is followed.
     let child_layer = s.blob(b"child layer");
     s.layer_link("odd", &child_layer);
-    let child = s.manifest("odd", &json!({"mediaType": "application/x-child", "layers": [s.desc("x/y", &child_layer)]}));
-    let index = s.manifest("odd", &json!({"mediaType": oci::MEDIA_TYPE_INDEX, "manifests": [s.desc("application/x-child", &child)]}));
+    let child =
+        s.manifest("odd", &json!({"mediaType": "application/x-child", "layers": [s.desc("x/y", &child_layer)]}));
+    let index = s.manifest(
+        "odd",
+        &json!({"mediaType": oci::MEDIA_TYPE_INDEX, "manifests": [s.desc("application/x-child", &child)]}),
+    );
     s.tag("odd", "v3", &index);
     let garbage = s.blob(b"nobody names me");
 
@@ -311,38 +328,64 @@ fn links_that_are_not_files_or_sit_under_bad_names_stop_gc() {
     let hex = "ab".repeat(32);
     type Setup = Box<dyn Fn(&StoreWriter, &str, &[String]) -> (String, &'static str)>;
     let cases: Vec<(&str, Setup)> = vec![
-        ("link is a directory", Box::new(|s, _m, layers| {
-            let rel = format!("_layers/sha256/{}/link", layers[0]);
-            let p = s.v2().join("repositories/app").join(&rel);
-            fs::remove_file(&p).unwrap();
-            fs::create_dir(&p).unwrap();
-            (rel, "a link must be a regular file")
-        })),
-        ("link is a symlink to a valid link", Box::new(|s, m, _| {
-            let rel = format!("_manifests/revisions/sha256/{m}/link");
-            let p = s.v2().join("repositories/app").join(&rel);
-            fs::rename(&p, s.root.join("real-link")).unwrap();
-            std::os::unix::fs::symlink(s.root.join("real-link"), &p).unwrap();
-            (rel, "a link must be a regular file")
-        })),
-        ("link directory with uppercase hex", Box::new(move |s, _, _| {
-            let name = hex.to_uppercase();
-            s.raw_link("app", &format!("_layers/sha256/{name}/link"), format!("sha256:{}", "ab".repeat(32)).as_bytes());
-            (format!("_layers/sha256/{name}"), "only sha256 digest directories")
-        })),
-        ("link directory with short hex", Box::new(|s, m, _| {
-            let name = &m[..63];
-            s.raw_link("app", &format!("_manifests/revisions/sha256/{name}/link"), format!("sha256:{m}").as_bytes());
-            (format!("_manifests/revisions/sha256/{name}"), "only sha256 digest directories")
-        })),
-        ("a file among link directories", Box::new(|s, m, _| {
-            s.raw_link("app", &format!("_manifests/tags/v1/index/sha256/{m}.bak"), b"x");
-            (format!("_manifests/tags/v1/index/sha256/{m}.bak"), "only sha256 digest directories")
-        })),
-        ("a tag that is a file", Box::new(|s, _, _| {
-            s.raw_link("app", "_manifests/tags/latest", b"sha256:x");
-            ("_manifests/tags/latest".to_string(), "a tag must be a directory")
-        })),
+        (
+            "link is a directory",
+            Box::new(|s, _m, layers| {
+                let rel = format!("_layers/sha256/{}/link", layers[0]);
+                let p = s.v2().join("repositories/app").join(&rel);
+                fs::remove_file(&p).unwrap();
+                fs::create_dir(&p).unwrap();
+                (rel, "a link must be a regular file")
+            }),
+        ),
+        (
+            "link is a symlink to a valid link",
+            Box::new(|s, m, _| {
+                let rel = format!("_manifests/revisions/sha256/{m}/link");
+                let p = s.v2().join("repositories/app").join(&rel);
+                fs::rename(&p, s.root.join("real-link")).unwrap();
+                std::os::unix::fs::symlink(s.root.join("real-link"), &p).unwrap();
+                (rel, "a link must be a regular file")
+            }),
+        ),
+        (
+            "link directory with uppercase hex",
+            Box::new(move |s, _, _| {
+                let name = hex.to_uppercase();
+                s.raw_link(
+                    "app",
+                    &format!("_layers/sha256/{name}/link"),
+                    format!("sha256:{}", "ab".repeat(32)).as_bytes(),
+                );
+                (format!("_layers/sha256/{name}"), "only sha256 digest directories")
+            }),
+        ),
+        (
+            "link directory with short hex",
+            Box::new(|s, m, _| {
+                let name = &m[..63];
+                s.raw_link(
+                    "app",
+                    &format!("_manifests/revisions/sha256/{name}/link"),
+                    format!("sha256:{m}").as_bytes(),
+                );
+                (format!("_manifests/revisions/sha256/{name}"), "only sha256 digest directories")
+            }),
+        ),
+        (
+            "a file among link directories",
+            Box::new(|s, m, _| {
+                s.raw_link("app", &format!("_manifests/tags/v1/index/sha256/{m}.bak"), b"x");
+                (format!("_manifests/tags/v1/index/sha256/{m}.bak"), "only sha256 digest directories")
+            }),
+        ),
+        (
+            "a tag that is a file",
+            Box::new(|s, _, _| {
+                s.raw_link("app", "_manifests/tags/latest", b"sha256:x");
+                ("_manifests/tags/latest".to_string(), "a tag must be a directory")
+            }),
+        ),
     ];
     for (case, setup) in cases {
         let (l, m, layers) = Layers::new();
@@ -437,19 +480,29 @@ fn lower_symlinks_show_as_symlinks_through_the_mount() {
 
     let m = Mount::fuse(&[&l.lower.root], &l.upper, &l.path("mnt"), &["--mode", "fuse", "--policy", &l.transparent]);
     let mv2 = m.mountpoint.join(V2);
-    for (name, target) in [("escape", out.clone()), ("repositories/evil", out.join("docker/registry/v2/repositories/evil")), ("alias", "blobs".into())] {
+    for (name, target) in [
+        ("escape", out.clone()),
+        ("repositories/evil", out.join("docker/registry/v2/repositories/evil")),
+        ("alias", "blobs".into()),
+    ] {
         let meta = fs::symlink_metadata(mv2.join(name)).unwrap();
         assert!(meta.file_type().is_symlink(), "{name} must show as a symlink");
         assert_eq!(fs::read_link(mv2.join(name)).unwrap(), target, "{name}");
     }
-    let listed: BTreeSet<_> = fs::read_dir(mv2.join("repositories")).unwrap().map(|e| e.unwrap()).collect::<Vec<_>>().iter()
-        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.file_type().unwrap().is_symlink())).collect();
+    let listed: BTreeSet<_> = fs::read_dir(mv2.join("repositories"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .collect::<Vec<_>>()
+        .iter()
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.file_type().unwrap().is_symlink()))
+        .collect();
     assert_eq!(listed, BTreeSet::from([("app".into(), false), ("evil".into(), true)]));
     // Copy-up of a symlink copies the link, not what it points to: rename,
     // chown -h and touch -h act on the link; deleting it leaves a whiteout.
     fs::rename(mv2.join("escape"), mv2.join("escaped")).unwrap();
     assert_eq!(fs::read_link(mv2.join("escaped")).unwrap(), out);
-    std::os::unix::fs::lchown(mv2.join("repositories/evil"), Some(regfs::sys::geteuid()), Some(regfs::sys::getegid())).unwrap();
+    std::os::unix::fs::lchown(mv2.join("repositories/evil"), Some(regfs::sys::geteuid()), Some(regfs::sys::getegid()))
+        .unwrap();
     let t = libc::timespec { tv_sec: 1_000_000, tv_nsec: 0 };
     let c = std::ffi::CString::new(mv2.join("alias").into_os_string().into_vec()).unwrap();
     // SAFETY: a valid path and a two-element timespec array.
@@ -482,31 +535,43 @@ fn gc_and_export_never_follow_lower_symlinks_out() {
     // In places gc reads, a symlink is an error naming it.
     type Setup = Box<dyn Fn(&StoreWriter, &Path, &str, &[String]) -> (String, &'static str)>;
     let cases: Vec<(&str, Setup)> = vec![
-        ("link file", Box::new(|s, out, m, _| {
-            let rel = repo_rel("app", &format!("_manifests/revisions/sha256/{m}/link"));
-            fs::remove_file(s.root.join(&rel)).unwrap();
-            std::os::unix::fs::symlink(out.join("link"), s.root.join(&rel)).unwrap();
-            (rel, "a link must be a regular file")
-        })),
-        ("blob data", Box::new(|s, out, _, layers| {
-            let rel = blob_rel(&layers[0]);
-            fs::remove_file(s.root.join(&rel)).unwrap();
-            std::os::unix::fs::symlink(out.join("secret"), s.root.join(&rel)).unwrap();
-            (rel, "blob data must be a regular file")
-        })),
-        ("blob directory", Box::new(|s, out, _, layers| {
-            let rel = blob_rel(&layers[0]);
-            let dir = s.root.join(&rel);
-            let dir = dir.parent().unwrap();
-            fs::remove_dir_all(dir).unwrap();
-            std::os::unix::fs::symlink(out, dir).unwrap();
-            (Path::new(&rel).parent().unwrap().display().to_string(), "a blob must be a directory")
-        })),
-        ("blob fan-out directory", Box::new(|s, out, _, _| {
-            let rel = format!("{V2}/blobs/sha256/zz");
-            std::os::unix::fs::symlink(out, s.root.join(&rel)).unwrap();
-            (rel, "unexpected file in the blob store")
-        })),
+        (
+            "link file",
+            Box::new(|s, out, m, _| {
+                let rel = repo_rel("app", &format!("_manifests/revisions/sha256/{m}/link"));
+                fs::remove_file(s.root.join(&rel)).unwrap();
+                std::os::unix::fs::symlink(out.join("link"), s.root.join(&rel)).unwrap();
+                (rel, "a link must be a regular file")
+            }),
+        ),
+        (
+            "blob data",
+            Box::new(|s, out, _, layers| {
+                let rel = blob_rel(&layers[0]);
+                fs::remove_file(s.root.join(&rel)).unwrap();
+                std::os::unix::fs::symlink(out.join("secret"), s.root.join(&rel)).unwrap();
+                (rel, "blob data must be a regular file")
+            }),
+        ),
+        (
+            "blob directory",
+            Box::new(|s, out, _, layers| {
+                let rel = blob_rel(&layers[0]);
+                let dir = s.root.join(&rel);
+                let dir = dir.parent().unwrap();
+                fs::remove_dir_all(dir).unwrap();
+                std::os::unix::fs::symlink(out, dir).unwrap();
+                (Path::new(&rel).parent().unwrap().display().to_string(), "a blob must be a directory")
+            }),
+        ),
+        (
+            "blob fan-out directory",
+            Box::new(|s, out, _, _| {
+                let rel = format!("{V2}/blobs/sha256/zz");
+                std::os::unix::fs::symlink(out, s.root.join(&rel)).unwrap();
+                (rel, "unexpected file in the blob store")
+            }),
+        ),
     ];
     for (case, setup) in cases {
         let (l, m, layers) = Layers::new();
@@ -637,7 +702,11 @@ fn a_lower_that_is_not_a_registry_root_is_refused_by_every_command() {
         .collect();
         for (cmd, ok, out) in runs {
             assert!(!ok, "{cmd} over {} must fail:\n{out}", lower.display());
-            assert!(out.contains(&lower.display().to_string()) && out.contains(why), "{cmd}: must name {} ({why}):\n{out}", lower.display());
+            assert!(
+                out.contains(&lower.display().to_string()) && out.contains(why),
+                "{cmd}: must name {} ({why}):\n{out}",
+                lower.display()
+            );
         }
         assert!(!upper.exists() && !tar.exists(), "a refused command created its upper or tar");
     }
@@ -672,7 +741,8 @@ fn overlapping_layers_and_mountpoints_are_refused() {
             assert!(!out.status.success(), "{cmd} --upper {}:\n{}", upper.display(), text(&out));
             assert!(err.contains("overlap"), "{cmd} --upper {}:\n{err}", upper.display());
         }
-        let err = Mount::try_fuse(&[lower], &upper, &l.path("mnt"), &["--mode", "fuse"]).err().expect("mount must fail");
+        let err =
+            Mount::try_fuse(&[lower], &upper, &l.path("mnt"), &["--mode", "fuse"]).err().expect("mount must fail");
         assert!(err.contains("overlap"), "mount --upper {}:\n{err}", upper.display());
         assert_eq!(snapshot(&outer), before);
         assert!(!tar.exists());
@@ -777,7 +847,8 @@ fn unreadable_history_files_give_clear_errors() {
     lock(&tags, 0o000);
     let regfs = regfs_bin();
     let layer_args = |extra: &[&str]| -> Vec<OsString> {
-        let mut v: Vec<OsString> = vec!["--lower".into(), l.lower.root.clone().into(), "--upper".into(), l.upper.clone().into()];
+        let mut v: Vec<OsString> =
+            vec!["--lower".into(), l.lower.root.clone().into(), "--upper".into(), l.upper.clone().into()];
         v.extend(["--policy", &l.transparent].iter().map(OsString::from));
         v.extend(extra.iter().map(OsString::from));
         v
@@ -829,14 +900,22 @@ fn unreadable_history_files_give_clear_errors() {
     let shell = |script: &str| as_user(&runtime, "sh".as_ref(), &["-c".as_ref(), script.as_ref()]);
     let denied = |script: String| {
         let out = shell(&script);
-        assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Permission denied"), "{script}:\n{}", text(&out));
+        assert!(
+            !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+            "{script}:\n{}",
+            text(&out)
+        );
     };
     let on_mount = |rel: String| mp.join(rel).display().to_string();
     denied(format!("cat '{}'", on_mount(blob_rel(&m))));
     denied(format!("echo x >> '{}'", on_mount(blob_rel(&m))));
     denied(format!("ls '{}'", on_mount(repo_rel("app", "_manifests/tags"))));
     let out = shell(&format!("ls '{}'", on_mount(repo_rel("app", "_manifests"))));
-    assert!(out.status.success() && out.stdout == b"revisions\ntags\n", "the parent of an unreadable directory lists:\n{}", text(&out));
+    assert!(
+        out.status.success() && out.stdout == b"revisions\ntags\n",
+        "the parent of an unreadable directory lists:\n{}",
+        text(&out)
+    );
     let link = on_mount(repo_rel("app", &format!("_layers/sha256/{}/link", layers[0])));
     let out = shell(&format!("cat '{link}'"));
     assert!(out.status.success() && out.stdout == format!("sha256:{}", layers[0]).as_bytes(), "{}", text(&out));
@@ -933,8 +1012,11 @@ fn name_lengths_through_the_mount() {
     ] {
         assert_eq!(errno_of(r), libc::ENAMETOOLONG, "{what} of a 256-byte name");
     }
-    let mut names: Vec<String> =
-        fs::read_dir(&mv2).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).filter(|n| n.len() == 255).collect();
+    let mut names: Vec<String> = fs::read_dir(&mv2)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.len() == 255)
+        .collect();
     names.sort();
     assert_eq!(names, ["d".repeat(255), "r".repeat(255), "s".repeat(255)]);
     m.umount();
@@ -972,14 +1054,18 @@ fn non_utf8_names_work_through_the_mount() {
     fs::write(mv2.join(junk).join(latin1), b"new").unwrap();
     fs::OpenOptions::new().append(true).open(mv2.join(latin1)).unwrap();
     fs::rename(mv2.join(latin1), mv2.join(junk).join(OsStr::from_bytes(b"moved-\x80"))).unwrap();
-    let mut names: Vec<Vec<u8>> = fs::read_dir(mv2.join(junk)).unwrap().map(|e| e.unwrap().file_name().into_vec()).collect();
+    let mut names: Vec<Vec<u8>> =
+        fs::read_dir(mv2.join(junk)).unwrap().map(|e| e.unwrap().file_name().into_vec()).collect();
     names.sort();
     assert_eq!(names, [b"caf\xe9".to_vec(), b"moved-\x80".to_vec()]);
     assert_eq!(fs::read(mv2.join(junk).join(OsStr::from_bytes(b"moved-\x80"))).unwrap(), b"history");
     assert_eq!(errno_of(fs::metadata(mv2.join(latin1))), libc::ENOENT);
     m.umount();
     assert_eq!(snapshot(&l.lower.root), lower_before);
-    assert!(tree::shape(&snapshot(&l.upper)).iter().any(|s| s.starts_with("c ") && s.ends_with("caf\u{fffd}")), "whiteout");
+    assert!(
+        tree::shape(&snapshot(&l.upper)).iter().any(|s| s.starts_with("c ") && s.ends_with("caf\u{fffd}")),
+        "whiteout"
+    );
 }
 
 #[test]
@@ -1005,7 +1091,10 @@ fn non_utf8_names_where_a_registry_path_must_be_utf8() {
     let odd = OsStr::from_bytes(b"\xe9quipe");
     let repo = l.lower.v2().join("repositories").join(odd);
     fs::create_dir_all(repo.join("_layers/sha256")).unwrap();
-    fixtures::copy_tree(&l.lower.v2().join("repositories/app/_layers/sha256").join(&layers[0]), &repo.join("_layers/sha256").join(&layers[0]));
+    fixtures::copy_tree(
+        &l.lower.v2().join("repositories/app/_layers/sha256").join(&layers[0]),
+        &repo.join("_layers/sha256").join(&layers[0]),
+    );
     let shown = Path::new(V2).join("repositories").join(odd).display().to_string();
     l.gc_refuses("repository", true, &shown, "not a UTF-8 name");
     let _ = m;

@@ -17,9 +17,9 @@
 //! first (the kernel pass). The history lowers are compared byte for byte
 //! before and after every test.
 
-mod support;
 #[path = "support/gc_fixtures.rs"]
 mod fixtures;
+mod support;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -41,7 +41,11 @@ fn push_at_once(registry: &Registry, images: &[ImageRef], cache: &SkopeoCache) -
     let results: Vec<Result<CopyOutput, String>> = std::thread::scope(|s| {
         let pushes: Vec<_> = images
             .iter()
-            .map(|image| s.spawn(move || cache.copy(&image.oci_reference(), &registry.reference(&image.repo, &image.tag), &["--all"])))
+            .map(|image| {
+                s.spawn(move || {
+                    cache.copy(&image.oci_reference(), &registry.reference(&image.repo, &image.tag), &["--all"])
+                })
+            })
             .collect();
         pushes.into_iter().map(|p| p.join().expect("push thread")).collect()
     });
@@ -111,7 +115,10 @@ fn eight_parallel_pushes_through_one_mount() {
     eprintln!("{PARALLEL_PUSHES} pushes at once through one {} mount: {:.2?}", test_mode(), started.elapsed());
     for image in &images {
         assert_eq!(release::tags(&registry, &image.repo), std::slice::from_ref(&image.tag), "tags of {}", image.repo);
-        assert_eq!(registry::manifest_digest(&registry, &image.repo, &image.tag).as_deref(), Some(image.digest.as_str()));
+        assert_eq!(
+            registry::manifest_digest(&registry, &image.repo, &image.tag).as_deref(),
+            Some(image.digest.as_str())
+        );
     }
     release::assert_clean_log(&registry);
     registry.stop();
@@ -154,14 +161,21 @@ fn two_mounts_over_one_history_with_separate_uppers() {
     // Each view shows its own release only, while both are mounted.
     for i in 0..2 {
         for image in &releases[i] {
-            assert_eq!(release::tags(&registries[i], &image.repo), std::slice::from_ref(&image.tag), "mount {i}: tags of {}", image.repo);
+            assert_eq!(
+                release::tags(&registries[i], &image.repo),
+                std::slice::from_ref(&image.tag),
+                "mount {i}: tags of {}",
+                image.repo
+            );
         }
     }
     let pulled: Vec<Vec<Pulled>> = std::thread::scope(|s| {
         let pulls: Vec<_> = (0..2)
             .map(|i| {
                 let (registries, releases, cache) = (&registries, &releases, &cache);
-                s.spawn(move || release::pull_release(&registries[i], &releases[i], &w.join(format!("pulled-{i}")), cache))
+                s.spawn(move || {
+                    release::pull_release(&registries[i], &releases[i], &w.join(format!("pulled-{i}")), cache)
+                })
             })
             .collect();
         pulls.into_iter().map(|p| p.join().expect("pull thread")).collect()
@@ -198,7 +212,11 @@ impl Mounted {
         let work = tempfile::tempdir().expect("tempdir");
         let dir = work.path().to_path_buf();
         let lower = dir.join("history");
-        tree::write_store(&lower, &[RepoSpec { name: "app", tags: &["1.0"] }, RepoSpec { name: "team/web", tags: &["2"] }], "h");
+        tree::write_store(
+            &lower,
+            &[RepoSpec { name: "app", tags: &["1.0"] }, RepoSpec { name: "team/web", tags: &["2"] }],
+            "h",
+        );
         let before = tree::snapshot(&lower);
         let upper = dir.join("upper");
         let mount = Mount::fuse(&[&lower], &upper, &dir.join("mnt"), &[]);
@@ -228,12 +246,26 @@ fn gc_export_and_absorb_refuse_an_upper_a_live_mount_uses() {
     for sub in ["gc", "export", "absorb"] {
         let out = run(sub);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "regfs {sub} on an upper a {} mount uses must fail:\n{}", test_mode(), text(&out));
-        assert!(err.contains("is in use by") && (err.contains("umount") || err.contains("unmount")), "regfs {sub}:\n{err}");
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "regfs {sub} on an upper a {} mount uses must fail:\n{}",
+            test_mode(),
+            text(&out)
+        );
+        assert!(
+            err.contains("is in use by") && (err.contains("umount") || err.contains("unmount")),
+            "regfs {sub}:\n{err}"
+        );
         assert!(err.contains(l.upper.to_str().expect("UTF-8")), "regfs {sub} must name the upper:\n{err}");
     }
     assert!(!tar.exists(), "a refused export wrote {}", tar.display());
-    assert!(fs::read_dir(&l.dir).expect("readdir").flatten().all(|e| !e.file_name().to_string_lossy().ends_with(".partial")));
+    assert!(
+        fs::read_dir(&l.dir)
+            .expect("readdir")
+            .flatten()
+            .all(|e| !e.file_name().to_string_lossy().ends_with(".partial"))
+    );
     assert_unchanged(&into, &into_before, "refused absorb");
     assert_eq!(tree::snapshot(&l.upper), upper_before, "a refused command wrote to upper");
     assert_eq!(fs::read(&written).expect("the mount still serves"), b"x");
@@ -257,7 +289,9 @@ fn a_second_mount_of_a_live_upper_is_refused_in_either_mode() {
     for mode in ["fuse", "kernel"] {
         let mnt2 = l.dir.join(format!("mnt-{mode}"));
         let refused = Mount::try_fuse(&[&l.lower], &l.upper, &mnt2, &["--mode", mode]);
-        let err = refused.err().unwrap_or_else(|| panic!("a {mode} mount of an upper a {} mount uses must fail", test_mode()));
+        let err = refused
+            .err()
+            .unwrap_or_else(|| panic!("a {mode} mount of an upper a {} mount uses must fail", test_mode()));
         assert!(err.contains("is in use by"), "{} mount, then {mode}:\n{err}", test_mode());
         assert!(!is_mountpoint(&mnt2), "{} is mounted after a refused mount", mnt2.display());
         assert_eq!(tree::snapshot(&l.upper), upper_before, "a refused {mode} mount wrote to upper");
@@ -266,7 +300,10 @@ fn a_second_mount_of_a_live_upper_is_refused_in_either_mode() {
     l.mount.umount();
     // Unmounted, the upper mounts again.
     let again = Mount::fuse(&[&l.lower], &l.upper, &l.dir.join("mnt-again"), &["--mode", "fuse"]);
-    assert_eq!(fs::read_dir(again.mountpoint.join(V2).join("repositories/app/_layers")).expect("listing").count(), listing);
+    assert_eq!(
+        fs::read_dir(again.mountpoint.join(V2).join("repositories/app/_layers")).expect("listing").count(),
+        listing
+    );
     again.umount();
     assert_unchanged(&l.lower, &l.before, "at the end");
 }

@@ -18,9 +18,9 @@
 //! snapshot of each lower (names, modes, contents, xattrs) before and after,
 //! after the killed runs too. Nothing here needs root.
 
-mod support;
 #[path = "support/gc_fixtures.rs"]
 mod fixtures;
+mod support;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -80,7 +80,11 @@ fn run_until_pause(args: &[String], point: &str, n: u64) -> Child {
             }
             Ok(Err(_)) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                 let status = child.wait().expect("waiting for regfs");
-                panic!("regfs {} ended ({status}) without pausing at {point} {n}:\n{}", args.join(" "), seen.join("\n"));
+                panic!(
+                    "regfs {} ended ({status}) without pausing at {point} {n}:\n{}",
+                    args.join(" "),
+                    seen.join("\n")
+                );
             }
         }
     }
@@ -201,7 +205,12 @@ fn killed_daemon_mid_push_is_detached_and_the_rerun_push_gives_the_same_release(
     }
     assert!(!still_mounted, "{} is still mounted after regfs umount:\n{}", mnt.display(), text(&out));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    for want in [format!("daemon (pid {daemon}) had died"), "detached".into(), "upper is intact".into(), "mounting the same".into()] {
+    for want in [
+        format!("daemon (pid {daemon}) had died"),
+        "detached".into(),
+        "upper is intact".into(),
+        "mounting the same".into(),
+    ] {
         assert!(err.contains(&want), "{want:?} missing from regfs umount's message:\n{err}");
     }
     drop(busy);
@@ -226,7 +235,10 @@ fn killed_daemon_mid_push_is_detached_and_the_rerun_push_gives_the_same_release(
     assert_eq!(file_sha(&recovered), file_sha(&reference), "the recovered release differs from an uninterrupted one");
     let big_hex = oci::digest_hex(&images.last().expect("big").manifests[0].layers[1]).to_string();
     let entries = tar_paths(&recovered);
-    assert!(entries.contains(&format!("{V2}/blobs/sha256/{}/{big_hex}/data", &big_hex[..2])), "the big layer is in the tar");
+    assert!(
+        entries.contains(&format!("{V2}/blobs/sha256/{}/{big_hex}/data", &big_hex[..2])),
+        "the big layer is in the tar"
+    );
     assert!(!entries.iter().any(|p| p.contains("_uploads")), "uploads in the release tar");
     assert_unchanged(&history, &before, "at the end");
 }
@@ -235,7 +247,9 @@ fn tar_paths(tar: &Path) -> BTreeSet<String> {
     let mut a = tar::Archive::new(fs::File::open(tar).expect("open tar"));
     a.entries()
         .expect("tar entries")
-        .map(|e| e.expect("tar entry").path().expect("entry path").display().to_string().trim_end_matches('/').to_string())
+        .map(|e| {
+            e.expect("tar entry").path().expect("entry path").display().to_string().trim_end_matches('/').to_string()
+        })
         .collect()
 }
 
@@ -317,7 +331,12 @@ fn gc_killed_at_any_deletion_is_finished_by_running_it_again() {
         assert_unchanged(&fx.history, &before, &format!("gc killed before deletion {k} of {total}"));
         let tar = fx.work.path().join(format!("gc-{k}.tar"));
         let rerun = regfs_layers("gc", lowers, &upper, &gc_args);
-        assert!(rerun.status.success(), "gc killed before deletion {k} of {total} ({}): the re-run fails:\n{}", kinds[k as usize - 1], text(&rerun));
+        assert!(
+            rerun.status.success(),
+            "gc killed before deletion {k} of {total} ({}): the re-run fails:\n{}",
+            kinds[k as usize - 1],
+            text(&rerun)
+        );
         let again = regfs_ok("gc", lowers, &upper, &["--delete-untagged", "--dry-run", "--json"]);
         let again: serde_json::Value = serde_json::from_slice(&again.stdout).expect("gc --json");
         assert_eq!(again["plan"].as_array().map(Vec::len), Some(0), "k={k}: a third gc still finds work: {again:#}");
@@ -335,7 +354,10 @@ fn partials(dir: &Path, name: &str) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = fs::read_dir(dir)
         .expect("readdir")
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix) && e.file_name().to_string_lossy().ends_with(".partial"))
+        .filter(|e| {
+            e.file_name().to_string_lossy().starts_with(&prefix)
+                && e.file_name().to_string_lossy().ends_with(".partial")
+        })
         .map(|e| e.path())
         .collect();
     v.sort();
@@ -347,7 +369,11 @@ fn export_killed_midway_leaves_no_tar_and_the_next_run_cleans_up() {
     let work = tempfile::tempdir().expect("tempdir");
     let w = work.path();
     let lower = w.join("history");
-    tree::write_store(&lower, &[RepoSpec { name: "app", tags: &["1.0"] }, RepoSpec { name: "team/web", tags: &["2"] }], "h");
+    tree::write_store(
+        &lower,
+        &[RepoSpec { name: "app", tags: &["1.0"] }, RepoSpec { name: "team/web", tags: &["2"] }],
+        "h",
+    );
     let before = tree::snapshot(&lower);
     let upper = w.join("upper");
     let (s, _, _) = fixtures::app_store(&upper);
@@ -377,7 +403,11 @@ fn export_killed_midway_leaves_no_tar_and_the_next_run_cleans_up() {
         kill(run_until_pause(&export_args, "export-entry", k));
         match earlier {
             None => assert!(!target.exists(), "killed before entry {k}: a tar appeared at the target"),
-            Some(bytes) => assert_eq!(&fs::read(&target).expect("reading the target"), bytes, "killed before entry {k}: the target changed"),
+            Some(bytes) => assert_eq!(
+                &fs::read(&target).expect("reading the target"),
+                bytes,
+                "killed before entry {k}: the target changed"
+            ),
         }
         let left = partials(&out_dir, "release.tar");
         assert_eq!(left.len(), 1, "killed before entry {k}: temporary tars {left:?}");
@@ -389,7 +419,11 @@ fn export_killed_midway_leaves_no_tar_and_the_next_run_cleans_up() {
         // The next export removes the leftover and writes the same tar.
         regfs_ok("export", lowers, &upper, &["-o", &target_arg]);
         assert_eq!(file_sha(&target), want, "export after a killed one: a different tar");
-        assert_eq!(partials(&out_dir, "release.tar"), Vec::<PathBuf>::new(), "the leftover temporary tar was not removed");
+        assert_eq!(
+            partials(&out_dir, "release.tar"),
+            Vec::<PathBuf>::new(),
+            "the leftover temporary tar was not removed"
+        );
     }
 
     // A live export's temporary tar is locked: an export of another upper

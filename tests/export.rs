@@ -8,9 +8,9 @@
 //!   `regfs umount` fail with a message saying how to finish by hand, and the
 //!   upper is left as it was.
 
-mod support;
 #[path = "support/gc_fixtures.rs"]
 mod fixtures;
+mod support;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -163,12 +163,20 @@ fn export_refuses_what_a_store_cannot_hold() {
     let tar = work.path().join("bad.tar");
     std::os::unix::fs::symlink("../../../../etc/passwd", v2.join("evil")).unwrap();
     let out = export(&[&empty], &s.root, &tar, &[]);
-    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("leads out of the store"), "{}", text(&out));
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("leads out of the store"),
+        "{}",
+        text(&out)
+    );
     fs::remove_file(v2.join("evil")).unwrap();
     let fifo = v2.join("fifo");
     assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
     let out = export(&[&empty], &s.root, &tar, &[]);
-    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains(&format!("{V2}/fifo")), "{}", text(&out));
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains(&format!("{V2}/fifo")),
+        "{}",
+        text(&out)
+    );
     assert!(!tar.exists());
     fs::remove_file(&fifo).unwrap();
 
@@ -244,7 +252,8 @@ fn unmount_failures_are_reported_and_leave_upper_intact() {
     let out = mnt.umount_status();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{}", text(&out));
-    for want in ["gc after unmount failed", "nothing was exported", "is intact", "regfs gc", &bad.display().to_string()] {
+    for want in ["gc after unmount failed", "nothing was exported", "is intact", "regfs gc", &bad.display().to_string()]
+    {
         assert!(err.contains(want), "{want:?} missing from:\n{err}");
     }
     assert_eq!(snapshot(&upper), before, "a failed gc must leave the upper as it was");
@@ -262,7 +271,15 @@ fn unmount_failures_are_reported_and_leave_upper_intact() {
         assert!(err.contains(want), "{want:?} missing from:\n{err}");
     }
     fs::create_dir(&out_dir).unwrap();
-    let by_hand = regfs(["export", "--lower", lower.to_str().unwrap(), "--upper", upper.to_str().unwrap(), "-o", tar.to_str().unwrap()]);
+    let by_hand = regfs([
+        "export",
+        "--lower",
+        lower.to_str().unwrap(),
+        "--upper",
+        upper.to_str().unwrap(),
+        "-o",
+        tar.to_str().unwrap(),
+    ]);
     assert!(by_hand.status.success(), "{}", text(&by_hand));
     assert!(tar_entries(&tar).iter().any(|(p, _)| p.ends_with(format!("revisions/sha256/{m}/link"))));
 }

@@ -138,8 +138,12 @@ fn stat_is_exact_and_inodes_are_stable() {
     let mut seen_inos = BTreeSet::new();
     for (hex, _) in fx.store.blobs.iter().take(5) {
         let rel = blob_rel(hex);
-        let (a, b) = (fs::symlink_metadata(fx.lower.join(&rel)).unwrap(), fs::symlink_metadata(fx.mnt.join(&rel)).unwrap());
-        assert_eq!((a.size(), a.mode(), a.nlink(), a.uid(), a.gid()), (b.size(), b.mode(), b.nlink(), b.uid(), b.gid()));
+        let (a, b) =
+            (fs::symlink_metadata(fx.lower.join(&rel)).unwrap(), fs::symlink_metadata(fx.mnt.join(&rel)).unwrap());
+        assert_eq!(
+            (a.size(), a.mode(), a.nlink(), a.uid(), a.gid()),
+            (b.size(), b.mode(), b.nlink(), b.uid(), b.gid())
+        );
         assert_eq!((a.mtime(), a.mtime_nsec()), (b.mtime(), b.mtime_nsec()), "mtime of {rel}");
         let again = fs::symlink_metadata(fx.mnt.join(&rel)).unwrap();
         assert_eq!(b.ino(), again.ino(), "inode number changed between two stats");
@@ -259,7 +263,10 @@ fn copy_up_keeps_data_and_metadata() {
     f.read_to_end(&mut got).unwrap();
     assert_eq!(&got, data);
     let after_open = fs::metadata(fx.mnt.join(&rel)).unwrap();
-    assert_eq!((after_open.mode(), after_open.mtime(), after_open.len()), (before.mode(), before.mtime(), before.len()));
+    assert_eq!(
+        (after_open.mode(), after_open.mtime(), after_open.len()),
+        (before.mode(), before.mtime(), before.len())
+    );
     f.seek(SeekFrom::Start(0)).unwrap();
     f.write_all(b"X").unwrap();
     drop(f);
@@ -379,7 +386,11 @@ fn keep_file_hides_stale_repositories() {
 fn several_lowers_merge_topmost_first() {
     let fx = Fixture::new();
     let older = fx.upper.parent().unwrap().join("older");
-    let old_store = tree::write_store(&older, &[RepoSpec { name: "legacy", tags: &["1"] }, RepoSpec { name: "app", tags: &["0.9"] }], "r0");
+    let old_store = tree::write_store(
+        &older,
+        &[RepoSpec { name: "legacy", tags: &["1"] }, RepoSpec { name: "app", tags: &["0.9"] }],
+        "r0",
+    );
     // The same path in both lowers: the first --lower wins.
     let shared = "docker/registry/v2/shadowed";
     fs::write(fx.lower.join(shared), b"top").unwrap();
@@ -394,7 +405,8 @@ fn several_lowers_merge_topmost_first() {
     }
     let mut app_links = names(&fx.v2().join("repositories/app/_layers/sha256"));
     app_links.sort();
-    let mut expected: Vec<_> = fx.store.layer_links["app"].iter().chain(&old_store.layer_links["app"]).cloned().collect();
+    let mut expected: Vec<_> =
+        fx.store.layer_links["app"].iter().chain(&old_store.layer_links["app"]).cloned().collect();
     expected.sort();
     expected.dedup();
     assert_eq!(app_links, expected, "_layers merges across lowers");
@@ -416,7 +428,9 @@ fn bad_layers_are_refused_with_clear_errors() {
     assert!(!inside.exists(), "nothing may be created inside a lower");
     let keep = fx.upper.parent().unwrap().join("keep.txt");
     fs::write(&keep, "app\nNot A Repo\n").unwrap();
-    let err = Mount::try_fuse(&[&fx.lower], &fx.upper, &fx.mnt, &["--keep", keep.to_str().unwrap()]).err().expect("must fail");
+    let err = Mount::try_fuse(&[&fx.lower], &fx.upper, &fx.mnt, &["--keep", keep.to_str().unwrap()])
+        .err()
+        .expect("must fail");
     assert!(err.contains("keep.txt:2"), "{err}");
     // Two mounts of one upper are refused.
     let m = fx.mount(&[]);

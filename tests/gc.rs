@@ -10,9 +10,9 @@
 //!   right, and keeps the index children that `-m` wrongly deletes;
 //! - bad links and manifests stop it before anything is deleted.
 
-mod support;
 #[path = "support/gc_fixtures.rs"]
 mod fixtures;
+mod support;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -32,7 +32,8 @@ fn gc_json(lowers: &[&Path], upper: &Path, extra: &[&str]) -> Value {
     let mut args = vec!["--json"];
     args.extend_from_slice(extra);
     let out = regfs_ok("gc", lowers, upper, &args);
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("gc --json output is not JSON ({e}):\n{}", text(&out)))
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("gc --json output is not JSON ({e}):\n{}", text(&out)))
 }
 
 fn deleted(report: &Value, kind: &str) -> u64 {
@@ -120,7 +121,8 @@ fn view_gc_trims_history_to_the_release() {
     for p in plan_paths(&run) {
         assert!(v.resolve(&p).unwrap().is_none(), "{} still in the view after gc", p.display());
     }
-    let mut expect: BTreeSet<String> = [&base, &app2_cfg, &app2_layer, &app2, &web1, &web1_cfg].into_iter().cloned().collect();
+    let mut expect: BTreeSet<String> =
+        [&base, &app2_cfg, &app2_layer, &app2, &web1, &web1_cfg].into_iter().cloned().collect();
     expect.extend(web1_layers.iter().cloned());
     assert_eq!(fixtures::view_blob_set(&v), expect);
     let gone: BTreeSet<String> =
@@ -155,10 +157,13 @@ fn marking_follows_every_reference_kind() {
     // a Docker schema2 child; an untagged image that is garbage.
     let (m, m_cfg, m_layers) = s.image("multi", "inner", &[]);
     let (d, d_cfg, d_layers) = s.image("multi", "docker-child", &[]);
-    let inner = s.manifest("multi", &json!({
-        "schemaVersion": 2, "mediaType": oci::MEDIA_TYPE_INDEX,
-        "manifests": [s.desc(oci::MEDIA_TYPE_MANIFEST, &m)],
-    }));
+    let inner = s.manifest(
+        "multi",
+        &json!({
+            "schemaVersion": 2, "mediaType": oci::MEDIA_TYPE_INDEX,
+            "manifests": [s.desc(oci::MEDIA_TYPE_MANIFEST, &m)],
+        }),
+    );
     let outer = s.manifest("multi", &json!({
         "schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.list.v2+json",
         "manifests": [s.desc(oci::MEDIA_TYPE_INDEX, &inner), s.desc("application/vnd.docker.distribution.manifest.v2+json", &d)],
@@ -168,20 +173,26 @@ fn marking_follows_every_reference_kind() {
     // sig: a tagged artifact whose subject is an untagged image.
     let (subj, subj_cfg, subj_layers) = s.image("sig", "signed", &[]);
     let art_cfg = s.blob(b"{}");
-    let art = s.manifest("sig", &json!({
-        "schemaVersion": 2, "mediaType": oci::MEDIA_TYPE_MANIFEST,
-        "artifactType": "application/vnd.example.sig",
-        "config": s.desc("application/vnd.oci.empty.v1+json", &art_cfg),
-        "layers": [], "subject": s.desc(oci::MEDIA_TYPE_MANIFEST, &subj),
-    }));
+    let art = s.manifest(
+        "sig",
+        &json!({
+            "schemaVersion": 2, "mediaType": oci::MEDIA_TYPE_MANIFEST,
+            "artifactType": "application/vnd.example.sig",
+            "config": s.desc("application/vnd.oci.empty.v1+json", &art_cfg),
+            "layers": [], "subject": s.desc(oci::MEDIA_TYPE_MANIFEST, &subj),
+        }),
+    );
     s.tag("sig", "sha256-sig", &art);
     // old: schema1; foreign: a foreign layer without data; weird: unknown type.
     let s1 = [s.blob(b"schema1 layer a"), s.blob(b"schema1 layer b")];
-    let old = s.manifest("old", &json!({
-        "schemaVersion": 1, "name": "old", "tag": "v1",
-        "fsLayers": [{"blobSum": format!("sha256:{}", s1[0])}, {"blobSum": format!("sha256:{}", s1[1])}],
-        "signatures": [],
-    }));
+    let old = s.manifest(
+        "old",
+        &json!({
+            "schemaVersion": 1, "name": "old", "tag": "v1",
+            "fsLayers": [{"blobSum": format!("sha256:{}", s1[0])}, {"blobSum": format!("sha256:{}", s1[1])}],
+            "signatures": [],
+        }),
+    );
     s.tag("old", "v1", &old);
     let win_cfg = s.blob(br#"{"os":"windows"}"#);
     let foreign = s.manifest("foreign", &json!({
@@ -192,7 +203,10 @@ fn marking_follows_every_reference_kind() {
     }));
     s.tag("foreign", "v1", &foreign);
     let weird_cfg = s.blob(b"weird config");
-    let weird = s.manifest("weird", &json!({"mediaType": "application/x-future+json", "config": {"digest": format!("sha256:{weird_cfg}")}}));
+    let weird = s.manifest(
+        "weird",
+        &json!({"mediaType": "application/x-future+json", "config": {"digest": format!("sha256:{weird_cfg}")}}),
+    );
     s.tag("weird", "v1", &weird);
     let orphan = s.blob(b"nobody references me");
 
@@ -220,7 +234,10 @@ fn marking_follows_every_reference_kind() {
     {
         assert!(all.contains(&kept), "{kept} must be kept");
     }
-    let revs = fixtures::view_names(&fixtures::view(&[&empty], &upper, None), &repo_path("multi").join("_manifests/revisions/sha256"));
+    let revs = fixtures::view_names(
+        &fixtures::view(&[&empty], &upper, None),
+        &repo_path("multi").join("_manifests/revisions/sha256"),
+    );
     assert_eq!(revs.len(), 4, "index, inner index and both children stay; the untagged junk goes: {revs:?}");
 }
 
@@ -271,7 +288,10 @@ fn differential_against_stock_gc() {
     assert_eq!(planned_blobs(&dry), stock_dry, "both dry runs name the same blobs");
     assert_eq!(stock_gc(&stock, false, false), stock_dry);
     let report = gc_json(&[&empty], &ours, &[]);
-    eprintln!("gc on the pushed store: planned in {} ms, swept in {} ms", report["report"]["plan_ms"], report["report"]["sweep_ms"]);
+    eprintln!(
+        "gc on the pushed store: planned in {} ms, swept in {} ms",
+        report["report"]["plan_ms"], report["report"]["sweep_ms"]
+    );
     assert_eq!(blob_set(&ours), blob_set(&stock), "regfs gc and docker-registry garbage-collect keep the same blobs");
     let image5 = &p.r2[5];
     assert!(blob_set(&ours).is_disjoint(&hexes(&image5.manifest_digests())));
@@ -289,7 +309,8 @@ fn differential_against_stock_gc() {
     for changed in [0, 3] {
         let old = &p.r1[changed];
         assert_ne!(old.digest, p.r2[changed].digest);
-        let only_old: BTreeSet<String> = hexes(&old.blob_digests()).difference(&hexes(&p.r2[changed].blob_digests())).cloned().collect();
+        let only_old: BTreeSet<String> =
+            hexes(&old.blob_digests()).difference(&hexes(&p.r2[changed].blob_digests())).cloned().collect();
         assert!(!only_old.is_empty());
         assert!(kept_stock.is_disjoint(&only_old) && kept_ours.is_disjoint(&only_old), "untagged {} must go", old.repo);
     }
@@ -297,7 +318,10 @@ fn differential_against_stock_gc() {
     // children reference: the -m data-loss bug. regfs keeps it.
     let index = p.r2.iter().find(|i| i.is_index()).expect("release has an index");
     let others: BTreeSet<String> =
-        p.r2.iter().filter(|i| i.repo != index.repo && i.repo != image5.repo).flat_map(|i| hexes(&i.blob_digests())).collect();
+        p.r2.iter()
+            .filter(|i| i.repo != index.repo && i.repo != image5.repo)
+            .flat_map(|i| hexes(&i.blob_digests()))
+            .collect();
     let children_only: BTreeSet<String> = hexes(&index.linked_blob_digests()).difference(&others).cloned().collect();
     assert!(!children_only.is_empty());
     assert!(kept_stock.is_subset(&kept_ours), "regfs keeps everything the stock tool keeps");
@@ -344,35 +368,57 @@ fn bad_input_stops_gc_before_anything_is_deleted() {
     let hex = "ab".repeat(32);
     type Breakage = Box<dyn Fn(&StoreWriter, &str) -> String>;
     let cases: Vec<(&str, Breakage)> = vec![
-        ("trailing newline", Box::new(|s: &StoreWriter, _m: &str| {
-            let l = s.blob(b"a layer");
-            s.raw_link("app", &format!("_layers/sha256/{l}/link"), format!("sha256:{l}\n").as_bytes());
-            format!("repositories/app/_layers/sha256/{l}/link")
-        })),
-        ("uppercase", Box::new(|s: &StoreWriter, m: &str| {
-            s.raw_link("app", &format!("_manifests/revisions/sha256/{m}/link"), format!("sha256:{}", m.to_uppercase()).as_bytes());
-            format!("repositories/app/_manifests/revisions/sha256/{m}/link")
-        })),
-        ("path trick", Box::new(|s: &StoreWriter, _m: &str| {
-            s.raw_link("app", "_manifests/tags/v1/current/link", b"sha256:../../etc");
-            "repositories/app/_manifests/tags/v1/current/link".to_string()
-        })),
-        ("other digest", Box::new(move |s: &StoreWriter, m: &str| {
-            s.raw_link("app", &format!("_layers/sha256/{hex}/link"), format!("sha256:{m}").as_bytes());
-            format!("repositories/app/_layers/sha256/{hex}/link")
-        })),
-        ("unparsable manifest", Box::new(|s: &StoreWriter, _m: &str| {
-            let bad = s.blob(b"\x1f\x8b not json");
-            s.revision("app", &bad);
-            format!("blobs/sha256/{}/{bad}/data", &bad[..2])
-        })),
-        ("missing child", Box::new(|s: &StoreWriter, m: &str| {
-            let child = "cd".repeat(32);
-            let idx = s.manifest("app", &json!({"mediaType": oci::MEDIA_TYPE_INDEX, "manifests": [
+        (
+            "trailing newline",
+            Box::new(|s: &StoreWriter, _m: &str| {
+                let l = s.blob(b"a layer");
+                s.raw_link("app", &format!("_layers/sha256/{l}/link"), format!("sha256:{l}\n").as_bytes());
+                format!("repositories/app/_layers/sha256/{l}/link")
+            }),
+        ),
+        (
+            "uppercase",
+            Box::new(|s: &StoreWriter, m: &str| {
+                s.raw_link(
+                    "app",
+                    &format!("_manifests/revisions/sha256/{m}/link"),
+                    format!("sha256:{}", m.to_uppercase()).as_bytes(),
+                );
+                format!("repositories/app/_manifests/revisions/sha256/{m}/link")
+            }),
+        ),
+        (
+            "path trick",
+            Box::new(|s: &StoreWriter, _m: &str| {
+                s.raw_link("app", "_manifests/tags/v1/current/link", b"sha256:../../etc");
+                "repositories/app/_manifests/tags/v1/current/link".to_string()
+            }),
+        ),
+        (
+            "other digest",
+            Box::new(move |s: &StoreWriter, m: &str| {
+                s.raw_link("app", &format!("_layers/sha256/{hex}/link"), format!("sha256:{m}").as_bytes());
+                format!("repositories/app/_layers/sha256/{hex}/link")
+            }),
+        ),
+        (
+            "unparsable manifest",
+            Box::new(|s: &StoreWriter, _m: &str| {
+                let bad = s.blob(b"\x1f\x8b not json");
+                s.revision("app", &bad);
+                format!("blobs/sha256/{}/{bad}/data", &bad[..2])
+            }),
+        ),
+        (
+            "missing child",
+            Box::new(|s: &StoreWriter, m: &str| {
+                let child = "cd".repeat(32);
+                let idx = s.manifest("app", &json!({"mediaType": oci::MEDIA_TYPE_INDEX, "manifests": [
                 s.desc(oci::MEDIA_TYPE_MANIFEST, m), {"mediaType": oci::MEDIA_TYPE_MANIFEST, "digest": format!("sha256:{child}"), "size": 1}]}));
-            s.tag("app", "multi", &idx);
-            format!("blobs/sha256/cd/{child}/data")
-        })),
+                s.tag("app", "multi", &idx);
+                format!("blobs/sha256/cd/{child}/data")
+            }),
+        ),
     ];
     for (name, case) in cases {
         let root = work.path().join(name.replace(' ', "-"));

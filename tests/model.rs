@@ -48,7 +48,9 @@ impl fmt::Debug for P {
 
 fn fixed_path() -> impl Strategy<Value = P> {
     let depth = prop_oneof![2 => Just(1usize), 2 => Just(2), 1 => Just(3)];
-    depth.prop_flat_map(|n| proptest::collection::vec(proptest::sample::select(&NAMES[..]), n)).prop_map(|v| P(v.join("/")))
+    depth
+        .prop_flat_map(|n| proptest::collection::vec(proptest::sample::select(&NAMES[..]), n))
+        .prop_map(|v| P(v.join("/")))
 }
 
 /// An operand: a path of [`NAMES`]; (`#n`) one of the paths that exist in
@@ -135,7 +137,8 @@ impl Op {
     /// The operation with every `#n` operand replaced by an existing path.
     fn concrete(&self, m: &Model) -> Op<P> {
         let existing: Vec<&String> = m.nodes.keys().filter(|k| !k.is_empty()).collect();
-        let dirs: Vec<&String> = m.nodes.iter().filter(|(_, n)| matches!(n, Node::Dir { .. })).map(|(k, _)| k).collect();
+        let dirs: Vec<&String> =
+            m.nodes.iter().filter(|(_, n)| matches!(n, Node::Dir { .. })).map(|(k, _)| k).collect();
         let p = |s: &Sel| match s {
             Sel::Fixed(p) => p.clone(),
             Sel::Existing(i) if existing.is_empty() => P(NAMES[i.index(NAMES.len())].to_string()),
@@ -178,11 +181,19 @@ fn op() -> impl Strategy<Value = Op> {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Node {
-    File { data: Vec<u8>, mode: u32 },
+    File {
+        data: Vec<u8>,
+        mode: u32,
+    },
     /// `merged`: the directory continues a lower one (it was in the history
     /// and never removed), so renaming it gives EXDEV.
-    Dir { mode: u32, merged: bool },
-    Link { target: String },
+    Dir {
+        mode: u32,
+        merged: bool,
+    },
+    Link {
+        target: String,
+    },
 }
 
 /// The view as overlayfs shows it: path ("" is the root) → node.
@@ -530,13 +541,19 @@ fn apply_real(root: &Path, op: &Op<P>) -> Res<()> {
     let at = |p: &P| root.join(&p.0);
     let r = match op {
         Op::Write(p, d) => fs::write(at(p), d),
-        Op::Create(p, d) => fs::OpenOptions::new().write(true).create_new(true).open(at(p)).and_then(|mut f| f.write_all(d.as_bytes())),
+        Op::Create(p, d) => {
+            fs::OpenOptions::new().write(true).create_new(true).open(at(p)).and_then(|mut f| f.write_all(d.as_bytes()))
+        }
         Op::Append(p, d) => fs::OpenOptions::new().append(true).open(at(p)).and_then(|mut f| f.write_all(d.as_bytes())),
         Op::Truncate(p, n, true) => fs::OpenOptions::new().write(true).open(at(p)).and_then(|f| f.set_len(*n)),
         Op::Truncate(p, n, false) => {
             let c = std::ffi::CString::new(at(p).into_os_string().into_encoded_bytes()).expect("no NUL");
             // SAFETY: a valid NUL-terminated path.
-            if unsafe { libc::truncate(c.as_ptr(), *n as libc::off_t) } == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+            if unsafe { libc::truncate(c.as_ptr(), *n as libc::off_t) } == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
         }
         Op::Mkdir(p) => fs::create_dir(at(p)),
         Op::Unlink(p) => fs::remove_file(at(p)),
@@ -674,6 +691,7 @@ fn renaming_a_history_directory_onto_a_full_one_is_exdev() {
     regfs::sys::set_umask(UMASK);
     let p = |s: &str| P(s.to_string());
     let lower = [Lower::Dir(p("a/a/b"), Mode(0o755)), Lower::Dir(p("c/a"), Mode(0o755))];
-    let ops = [Op::Rename(Sel::Fixed(p("a/a")), Sel::Fixed(p("c"))), Op::Rename(Sel::Fixed(p("c/a")), Sel::Fixed(p("a")))];
+    let ops =
+        [Op::Rename(Sel::Fixed(p("a/a")), Sel::Fixed(p("c"))), Op::Rename(Sel::Fixed(p("c/a")), Sel::Fixed(p("a")))];
     run_case(&lower, &ops).unwrap_or_else(|e| panic!("{e}"));
 }

@@ -114,7 +114,8 @@ fn json_value() -> impl Strategy<Value = Value> {
     leaf.prop_recursive(4, 48, 6, |inner| {
         prop_oneof![
             proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            proptest::collection::btree_map(field_name(), inner, 0..6).prop_map(|m| Value::Object(m.into_iter().collect())),
+            proptest::collection::btree_map(field_name(), inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     })
 }
@@ -320,7 +321,18 @@ proptest! {
 fn any_path() -> impl Strategy<Value = PathBuf> {
     let comp = prop_oneof![
         proptest::sample::select(vec![
-            "docker", "registry", "v2", "repositories", "_layers", "_manifests", "_uploads", ".", "..", "", "/", "a",
+            "docker",
+            "registry",
+            "v2",
+            "repositories",
+            "_layers",
+            "_manifests",
+            "_uploads",
+            ".",
+            "..",
+            "",
+            "/",
+            "a",
         ])
         .prop_map(|s| s.as_bytes().to_vec()),
         proptest::collection::vec(any::<u8>(), 0..8),

@@ -59,10 +59,8 @@ impl Fixture {
             release1.remove(i);
         }
         let history = oci::write_release(&work.path().join("layouts-r1"), &release1);
-        let release = oci::write_release(
-            &work.path().join("layouts-r2"),
-            &oci::release_set(2, release_images, CHANGED_EVERY),
-        );
+        let release =
+            oci::write_release(&work.path().join("layouts-r2"), &oci::release_set(2, release_images, CHANGED_EVERY));
         let history_root = work.path().join("history");
         release::build_history(&history_root, &history, &SkopeoCache::new());
         Fixture { work, history_root, history, release }
@@ -211,7 +209,12 @@ fn run(kind: StoreKind, fx: &Fixture) -> Outcome {
     // new repositories appear, and only the release's tags are there.
     let catalog_after_push = registry::catalog(&registry);
     for image in &fx.release {
-        assert_eq!(release::tags(&registry, &image.repo), std::slice::from_ref(&image.tag), "{kind:?}: tags of {}", image.repo);
+        assert_eq!(
+            release::tags(&registry, &image.repo),
+            std::slice::from_ref(&image.tag),
+            "{kind:?}: tags of {}",
+            image.repo
+        );
     }
     release::assert_clean_log(&registry);
     registry.stop();
@@ -256,7 +259,13 @@ fn assert_reuse(outcome: &Outcome, history: &[ImageRef], release: &[ImageRef]) {
         if old.is_empty() {
             let handled: BTreeSet<String> = skipped.union(&uploaded).cloned().collect();
             assert!(skipped.is_disjoint(&uploaded) && skipped.is_subset(&image.layer_digests()), "{what}:\n{output}");
-            assert_same_set(&format!("{what}: handled blobs"), "skopeo", &handled, "image", &image.linked_blob_digests());
+            assert_same_set(
+                &format!("{what}: handled blobs"),
+                "skopeo",
+                &handled,
+                "image",
+                &image.linked_blob_digests(),
+            );
             continue;
         }
         let reused: BTreeSet<String> = image.layer_digests().intersection(&old).cloned().collect();
@@ -294,17 +303,17 @@ fn release_push_on_regfs_reuses_history_like_kernel_overlay() {
     // the same under regfs and kernel overlay, and no whiteouts from regfs.
     let expected_over_history = release::expected_push_files(&fx.history, &fx.release);
     assert_same_set("files written", "regfs upper", &regfs.written.files, "kernel upper", &kernel.written.files);
-    assert_same_set(
-        "blobs stored",
-        "regfs upper",
-        &regfs.written.blobs(),
-        "kernel upper",
-        &kernel.written.blobs(),
-    );
+    assert_same_set("blobs stored", "regfs upper", &regfs.written.blobs(), "kernel upper", &kernel.written.blobs());
     assert_same_set("files written", "regfs upper", &regfs.written.files, "expected", &expected_over_history);
     assert!(regfs.written.whiteouts.is_empty(), "a pure push whited out {:#?}", regfs.written.whiteouts);
     // regfs in kernel mode: the same files; its whiteouts are the policy's.
-    assert_same_set("files written", "regfs-kernel upper", &regfs_kernel.written.files, "expected", &expected_over_history);
+    assert_same_set(
+        "files written",
+        "regfs-kernel upper",
+        &regfs_kernel.written.files,
+        "expected",
+        &expected_over_history,
+    );
     assert_eq!(regfs_kernel.written.blobs(), regfs.written.blobs());
     let expected_from_scratch = release::expected_push_files(&[], &fx.release);
     assert_same_set("files written", "empty store", &empty.written.files, "expected", &expected_from_scratch);
@@ -356,7 +365,12 @@ fn release_push_on_regfs_reuses_history_like_kernel_overlay() {
         new_blobs.len(),
         release::PARALLEL_COPIES
     );
-    for (label, outcome) in [("(a) empty store", &empty), ("(b) kernel overlay over r1", &kernel), ("(c) regfs over r1", &regfs), ("(d) regfs kernel mode", &regfs_kernel)] {
+    for (label, outcome) in [
+        ("(a) empty store", &empty),
+        ("(b) kernel overlay over r1", &kernel),
+        ("(c) regfs over r1", &regfs),
+        ("(d) regfs kernel mode", &regfs_kernel),
+    ] {
         let (skipped, uploaded) = skopeo_totals(&outcome.pushes);
         eprintln!("  {label:<28} {:>8.2?}  skipped {skipped:>3}, uploaded {uploaded:>3}", outcome.push_time);
     }

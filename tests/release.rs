@@ -167,8 +167,13 @@ fn assert_nothing_left(work: &Path) {
 
 fn assert_unchanged(before: &BTreeMap<PathBuf, tree::Node>, root: &Path) {
     let after = tree::snapshot(root);
-    let changed: Vec<_> =
-        before.keys().chain(after.keys()).filter(|p| before.get(*p) != after.get(*p)).collect::<BTreeSet<_>>().into_iter().collect();
+    let changed: Vec<_> = before
+        .keys()
+        .chain(after.keys())
+        .filter(|p| before.get(*p) != after.get(*p))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     assert!(changed.is_empty(), "{} changed: {changed:#?}", root.display());
 }
 
@@ -425,7 +430,11 @@ fn release_stops_cleanly_on_sigterm() {
     assert!(stderr.contains("interrupted (SIGTERM)") && stderr.contains("no tar written"), "{stderr}");
     assert!(!out.exists(), "a tar was written");
     assert_nothing_left(&work_dir(&out));
-    assert!(processes_naming(&skopeo_marker).is_empty(), "skopeo copies survived: {:#?}", processes_naming(&skopeo_marker));
+    assert!(
+        processes_naming(&skopeo_marker).is_empty(),
+        "skopeo copies survived: {:#?}",
+        processes_naming(&skopeo_marker)
+    );
     assert_unchanged(&before, &history);
 }
 
@@ -489,7 +498,11 @@ fn plan_reports_kept_and_stale() {
     assert!(sections("_manifests") == kept.len() && sections("_uploads") > 0, "the fixture has both sections");
 
     // Without a keep list nothing is stale.
-    let o = Command::new(regfs_bin()).args(["plan", "--json", "--lower"]).arg(&fx.history_root).output().expect("regfs plan");
+    let o = Command::new(regfs_bin())
+        .args(["plan", "--json", "--lower"])
+        .arg(&fx.history_root)
+        .output()
+        .expect("regfs plan");
     let p = summary(&o);
     assert_eq!(p["repos_kept"], serde_json::json!(history_repos));
     assert_eq!((p["repos_stale"].as_array().map(Vec::len), p["hidden_repo_dirs"].as_u64()), (Some(0), Some(0)));
@@ -553,10 +566,13 @@ fn absorb_folds_a_release_into_history() {
     let files_after = StoreFiles::of(&absorbed_root).files;
     let added: BTreeSet<String> = files_after.difference(&files_before).cloned().collect();
     let mut expected: BTreeSet<String> = new_blobs.iter().map(|d| blob_file(d)).collect();
-    expected.extend(links.iter().map(|(repo, d)| format!("{V2}/repositories/{repo}/_layers/sha256/{}/link", digest_hex(d))));
+    expected.extend(
+        links.iter().map(|(repo, d)| format!("{V2}/repositories/{repo}/_layers/sha256/{}/link", digest_hex(d))),
+    );
     assert_eq!(added, expected, "files absorb added");
     let after = tree::snapshot(&absorbed_root);
-    let touched: Vec<_> = snap_before.iter().filter(|(p, n)| after.get(*p) != Some(*n) && n.kind != 'd').map(|(p, _)| p).collect();
+    let touched: Vec<_> =
+        snap_before.iter().filter(|(p, n)| after.get(*p) != Some(*n) && n.kind != 'd').map(|(p, _)| p).collect();
     assert!(touched.is_empty(), "absorb changed history files: {touched:#?}");
     for d in &new_blobs {
         let data = fs::read(absorbed_root.join(blob_file(d))).expect("an absorbed blob");
@@ -586,7 +602,11 @@ fn absorb_folds_a_release_into_history() {
     let o = regfs_absorb(&fresh, &damaged_upper);
     assert!(!o.status.success(), "absorb took a damaged blob:\n{}", text(&o));
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(stderr.contains(&victim_file.display().to_string()) && stderr.contains("does not match its digest"), "{}", text(&o));
+    assert!(
+        stderr.contains(&victim_file.display().to_string()) && stderr.contains("does not match its digest"),
+        "{}",
+        text(&o)
+    );
     assert!(!fresh.join(blob_file(victim)).exists());
     assert!(!fresh.join(blob_file(victim)).parent().expect("blob dir").exists(), "absorb made the damaged blob's dir");
     assert!(absorb_temps(&fresh).is_empty(), "temporary files left: {:#?}", absorb_temps(&fresh));
@@ -633,7 +653,11 @@ fn images_list_errors_are_clear() {
         let stderr = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success(), "case {i} succeeded:\n{}", text(&o));
         let located = format!("{}{at}", list.display());
-        assert!(stderr.contains(&located) && stderr.contains(message), "case {i}: want {located:?} and {message:?}:\n{}", text(&o));
+        assert!(
+            stderr.contains(&located) && stderr.contains(message),
+            "case {i}: want {located:?} and {message:?}:\n{}",
+            text(&o)
+        );
         assert!(!out.exists() && !work_dir(&out).exists(), "case {i} wrote something");
     }
 

@@ -11,8 +11,7 @@ use std::process::Command;
 use support::mount::{Mount, regfs_bin};
 use support::tree::{self, RepoSpec};
 
-const REPOS: &[RepoSpec] =
-    &[RepoSpec { name: "app", tags: &["1.0"] }, RepoSpec { name: "team/web", tags: &["2024"] }];
+const REPOS: &[RepoSpec] = &[RepoSpec { name: "app", tags: &["1.0"] }, RepoSpec { name: "team/web", tags: &["2024"] }];
 
 /// Runs `script` in a new user and mount namespace, `$REGFS` set.
 fn in_userns(script: &str, runtime: &Path) -> String {

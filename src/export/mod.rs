@@ -69,7 +69,8 @@ pub struct ExportReport {
 
 impl ExportReport {
     pub fn summary(&self) -> String {
-        let verified = if self.blobs_verified > 0 { format!(", {} blobs verified", self.blobs_verified) } else { String::new() };
+        let verified =
+            if self.blobs_verified > 0 { format!(", {} blobs verified", self.blobs_verified) } else { String::new() };
         format!(
             "exported {} ({} tar: {} files, {} directories, {} of data{verified}) in {} ms",
             self.path.display(),
@@ -92,8 +93,9 @@ pub fn check_target(out: &Path, layers: &Layers) -> Result<PathBuf> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let dir = fs::canonicalize(parent)
-        .with_context(|| format!("-o {}: directory {} does not exist; create it first", out.display(), parent.display()))?;
+    let dir = fs::canonicalize(parent).with_context(|| {
+        format!("-o {}: directory {} does not exist; create it first", out.display(), parent.display())
+    })?;
     if !dir.is_dir() {
         bail!("-o {}: {} is not a directory", out.display(), parent.display());
     }
@@ -175,7 +177,9 @@ fn remove_stale_partials(dir: &Path, prefix: &OsStr) {
         match stale.and_then(|stale| if stale { fs::remove_file(&path).map(|()| true) } else { Ok(false) }) {
             Ok(true) => tracing::info!(path = %path.display(), "removed the temporary tar of an interrupted export"),
             Ok(false) => {}
-            Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove the temporary tar of an interrupted export"),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove the temporary tar of an interrupted export")
+            }
         }
     }
 }
@@ -213,7 +217,10 @@ impl<W: Write> TarWriter<'_, W> {
             }
         }
         if !found {
-            bail!("the view has no {} directory: nothing to export (are the layers registry rootdirectories?)", layout::V2);
+            bail!(
+                "the view has no {} directory: nothing to export (are the layers registry rootdirectories?)",
+                layout::V2
+            );
         }
         Ok(())
     }
@@ -262,7 +269,8 @@ impl<W: Write> TarWriter<'_, W> {
         } else if ft.is_file() {
             self.file(rel, e)?;
         } else if ft.is_symlink() {
-            let target = fs::read_link(self.view.real_path(rel, e)).with_context(|| format!("reading symlink {}", rel.display()))?;
+            let target = fs::read_link(self.view.real_path(rel, e))
+                .with_context(|| format!("reading symlink {}", rel.display()))?;
             if !stays_inside(&target) {
                 bail!(
                     "{}: symlink to {} leads out of the store; registries never create symlinks: remove it, \
@@ -275,11 +283,7 @@ impl<W: Write> TarWriter<'_, W> {
             self.builder.append_link(&mut h, rel, &target).with_context(|| format!("writing {}", rel.display()))?;
             self.report.symlinks += 1;
         } else {
-            bail!(
-                "{}: a {:?} has no place in a registry store; remove it and re-run",
-                rel.display(),
-                ft
-            );
+            bail!("{}: a {:?} has no place in a registry store; remove it and re-run", rel.display(), ft);
         }
         Ok(())
     }

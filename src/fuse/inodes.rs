@@ -81,10 +81,11 @@ impl Table {
     fn unlink_name(&mut self, parent: u64, name: &OsStr) -> Option<u64> {
         let key = (parent, name_hash(name));
         if let Some(&ino) = self.by_name.get(&key)
-            && self.node(ino).is_some_and(|n| n.parent == parent && &*n.name == name) {
-                self.by_name.remove(&key);
-                return Some(ino);
-            }
+            && self.node(ino).is_some_and(|n| n.parent == parent && &*n.name == name)
+        {
+            self.by_name.remove(&key);
+            return Some(ino);
+        }
         self.collisions.remove(&(parent, Box::from(name)))
     }
 

@@ -10,16 +10,15 @@ use std::fs::{File, Metadata};
 use std::io;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::sys::{self, SetTime};
@@ -192,7 +191,12 @@ impl RegFs {
     fn fail(&self, op: &str, path: &Path, e: &io::Error) -> Errno {
         let code = e.raw_os_error().unwrap_or(libc::EIO);
         match code {
-            libc::ENOENT | libc::EEXIST | libc::ENOTEMPTY | libc::EXDEV | libc::ENODATA | libc::EISDIR
+            libc::ENOENT
+            | libc::EEXIST
+            | libc::ENOTEMPTY
+            | libc::EXDEV
+            | libc::ENODATA
+            | libc::EISDIR
             | libc::ENOTDIR => {
                 tracing::debug!(op, path = %path.display(), error = %e, "request failed")
             }
@@ -211,7 +215,15 @@ impl RegFs {
     }
 
     /// Registers a new entry and replies to a creating request.
-    fn created_entry(&self, req: &Request, parent: INodeNo, name: &OsStr, path: &Path, reply: ReplyEntry, res: io::Result<Entry>) {
+    fn created_entry(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        path: &Path,
+        reply: ReplyEntry,
+        res: io::Result<Entry>,
+    ) {
         match res.and_then(|e| self.own(req, path, e)) {
             Ok(e) => {
                 let ino = self.inodes.intern(parent.0, name, &e);
@@ -304,10 +316,11 @@ impl Filesystem for RegFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         // An open handle answers for itself (an unlinked file still has attributes).
         if let Some(f) = fh.and_then(|fh| self.file(fh).ok())
-            && let (Ok(meta), Ok(info)) = (f.metadata(), self.node(ino)) {
-                let e = Entry { layers: info.layers, meta };
-                return reply.attr(&ttl_for(&e), &attr(ino.0, &e));
-            }
+            && let (Ok(meta), Ok(info)) = (f.metadata(), self.node(ino))
+        {
+            let e = Entry { layers: info.layers, meta };
+            return reply.attr(&ttl_for(&e), &attr(ino.0, &e));
+        }
         match self.fresh(ino) {
             Ok((_, e)) => reply.attr(&ttl_for(&e), &attr(ino.0, &e)),
             Err(e) => reply.error(e),
@@ -338,9 +351,10 @@ impl Filesystem for RegFs {
         };
         // ftruncate on an open (already copied-up) handle goes to that file.
         if let (Some(size), Some(f)) = (size, fh.and_then(|fh| self.file(fh).ok()))
-            && let Err(e) = f.set_len(size) {
-                return reply.error(self.fail("ftruncate", &path, &e));
-            }
+            && let Err(e) = f.set_len(size)
+        {
+            return reply.error(self.fail("ftruncate", &path, &e));
+        }
         let change = AttrChange {
             mode,
             uid,
@@ -457,9 +471,10 @@ impl Filesystem for RegFs {
             Ok(()) => {
                 self.inodes.rename(parent.0, name, newparent.0, newname);
                 if let Some(ino) = self.inodes.find(newparent.0, newname)
-                    && let Ok(Some(e)) = self.view.resolve(&to) {
-                        self.inodes.update(ino, &e);
-                    }
+                    && let Ok(Some(e)) = self.view.resolve(&to)
+                {
+                    self.inodes.update(ino, &e);
+                }
                 self.changed(parent);
                 self.changed(newparent);
                 reply.ok()
@@ -538,7 +553,8 @@ impl Filesystem for RegFs {
             }
             Ok(f) => {
                 // History files never change: the kernel may keep their pages.
-                let fopen = if !writes && e.top() != UPPER { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+                let fopen =
+                    if !writes && e.top() != UPPER { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
                 reply.opened(self.add_handle(Handle::File(Arc::new(f))), fopen)
             }
             Err(err) => reply.error(self.fail("open", &path, &err)),
@@ -610,13 +626,14 @@ impl Filesystem for RegFs {
         reply: ReplyEmpty,
     ) {
         if let Some((_, Handle::Passthrough(_, ino))) = self.handles.remove(&fh.0)
-            && let dashmap::Entry::Occupied(mut b) = self.backings.entry(ino) {
-                b.get_mut().users -= 1;
-                if b.get().users == 0 {
-                    // Dropping the id closes the backing file in the kernel.
-                    b.remove();
-                }
+            && let dashmap::Entry::Occupied(mut b) = self.backings.entry(ino)
+        {
+            b.get_mut().users -= 1;
+            if b.get().users == 0 {
+                // Dropping the id closes the backing file in the kernel.
+                b.remove();
             }
+        }
         reply.ok();
     }
 
@@ -691,7 +708,16 @@ impl Filesystem for RegFs {
         }
     }
 
-    fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
         let path = match self.node(ino) {
             Ok(n) => n.path,
             Err(e) => return reply.error(e),
@@ -754,7 +780,16 @@ impl Filesystem for RegFs {
         reply.ok();
     }
 
-    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
         let (_, path) = match self.child_path(parent, name) {
             Ok(p) => p,
             Err(e) => return reply.error(e),

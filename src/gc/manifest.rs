@@ -92,11 +92,7 @@ fn descriptor(field: impl FnOnce() -> String, d: &Descriptor) -> Result<Ref, Man
 }
 
 fn list(name: &str, ds: &Option<Vec<Descriptor>>) -> Result<Vec<Ref>, ManifestError> {
-    ds.iter()
-        .flatten()
-        .enumerate()
-        .map(|(i, d)| descriptor(|| format!("{name}[{i}].digest"), d))
-        .collect()
+    ds.iter().flatten().enumerate().map(|(i, d)| descriptor(|| format!("{name}[{i}].digest"), d)).collect()
 }
 
 /// Parses a manifest and lists what it references.

@@ -209,7 +209,10 @@ fn read_manifest(blobs: &HashMap<Digest, BlobScan>, p: &Pending) -> Result<Optio
     }
     let bytes = fs::read(real).map_err(|source| GcError::Io { path: path.display().to_string(), source })?;
     if Digest::of(&bytes) != p.digest {
-        return Err(bad(&path, format!("the data does not hash to {} (corrupt blob; named by {})", p.digest, p.origin)));
+        return Err(bad(
+            &path,
+            format!("the data does not hash to {} (corrupt blob; named by {})", p.digest, p.origin),
+        ));
     }
     manifest::references(&bytes)
         .map(Some)
@@ -307,7 +310,9 @@ pub fn plan(view: &View, opts: &GcOptions) -> Result<Plan, GcError> {
     for blob in blobs.values() {
         match &blob.data {
             Some((size, _)) if marks.marked.contains(&blob.digest) => b.keep(Kind::Blob, *size),
-            data => b.delete(Kind::Blob, layout::blob_dir(&blob.digest), None, data.as_ref().map_or((0, 0), |d| (1, d.0))),
+            data => {
+                b.delete(Kind::Blob, layout::blob_dir(&blob.digest), None, data.as_ref().map_or((0, 0), |d| (1, d.0)))
+            }
         }
     }
     let has_data = |d: &Digest| blobs.get(d).is_some_and(|s| s.data.is_some());
@@ -327,13 +332,7 @@ pub fn plan(view: &View, opts: &GcOptions) -> Result<Plan, GcError> {
     deletions.sort_by(|a, b| (a.kind == Kind::Blob).cmp(&(b.kind == Kind::Blob)).then_with(|| a.path.cmp(&b.path)));
     let empty = empty_dirs(&sc, &deletions, &protected)?;
     deletions.extend(empty);
-    Ok(Plan {
-        delete_untagged: opts.delete_untagged,
-        deletions,
-        kept,
-        manifests_read,
-        warnings: marks.warnings,
-    })
+    Ok(Plan { delete_untagged: opts.delete_untagged, deletions, kept, manifests_read, warnings: marks.warnings })
 }
 
 #[derive(Default)]

@@ -54,8 +54,12 @@ impl Report {
         }
         if let Some(r) = kinds.get_mut(&Kind::Repository) {
             // A stale repository loses up to two sections: count it once.
-            let mut names: Vec<_> =
-                plan.deletions.iter().filter(|d| d.kind == Kind::Repository).filter_map(|d| d.repo.as_deref()).collect();
+            let mut names: Vec<_> = plan
+                .deletions
+                .iter()
+                .filter(|d| d.kind == Kind::Repository)
+                .filter_map(|d| d.repo.as_deref())
+                .collect();
             names.sort_unstable();
             names.dedup();
             r.deleted.count = names.len() as u64;

@@ -158,7 +158,12 @@ impl<'v> Scanner<'v> {
 
     /// Reads the `link` file in directory `dir`. `expect` is the digest the
     /// directory name stands for: the file must name exactly that.
-    fn read_link(&self, dir: &Path, dir_entry: &Entry, expect: Option<&Digest>) -> Result<Option<(Digest, u64)>, GcError> {
+    fn read_link(
+        &self,
+        dir: &Path,
+        dir_entry: &Entry,
+        expect: Option<&Digest>,
+    ) -> Result<Option<(Digest, u64)>, GcError> {
         let rel = dir.join(layout::LINK);
         let Some(e) = self.view.lookup(dir, dir_entry, layout::LINK.as_ref()).map_err(io_err(&rel))? else {
             return Ok(None);
@@ -303,7 +308,11 @@ impl<'v> Scanner<'v> {
                             return Err(bad(&rel, "a blob must be a directory"));
                         }
                         let data_rel = rel.join(layout::DATA);
-                        let data = match self.view.lookup(&rel, &item.entry, layout::DATA.as_ref()).map_err(io_err(&data_rel))? {
+                        let data = match self
+                            .view
+                            .lookup(&rel, &item.entry, layout::DATA.as_ref())
+                            .map_err(io_err(&data_rel))?
+                        {
                             Some(d) if d.meta.is_file() => Some((d.meta.len(), self.view.real_path(&data_rel, &d))),
                             Some(_) => return Err(bad(&data_rel, "blob data must be a regular file")),
                             None => None,

@@ -116,7 +116,9 @@ pub fn materialise(view: &View) -> io::Result<Materialised> {
     }
     let marks = paths
         .par_iter()
-        .map(|rel| view.hide_in_upper(rel).map_err(|e| io::Error::new(e.kind(), format!("hiding {}: {e}", rel.display()))))
+        .map(|rel| {
+            view.hide_in_upper(rel).map_err(|e| io::Error::new(e.kind(), format!("hiding {}: {e}", rel.display())))
+        })
         .collect::<io::Result<Vec<Hidden>>>()?;
     // Deepest first: setting a child's times does not touch its parent's.
     for dir in created.iter().rev() {
@@ -140,7 +142,9 @@ pub fn default_workdir(upper: &Path) -> PathBuf {
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
-    #[error("work dir {work} is on another filesystem than upper {upper}; overlayfs needs both on one (pass --work DIR next to the upper)")]
+    #[error(
+        "work dir {work} is on another filesystem than upper {upper}; overlayfs needs both on one (pass --work DIR next to the upper)"
+    )]
     WorkOtherFs { work: PathBuf, upper: PathBuf },
     #[error("work dir {work} lies inside upper {upper}; put it beside the upper")]
     WorkInsideUpper { work: PathBuf, upper: PathBuf },

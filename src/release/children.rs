@@ -14,11 +14,7 @@ use crate::sys;
 
 /// Finds an executable on PATH.
 fn on_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
+    std::env::var_os("PATH").iter().flat_map(std::env::split_paths).map(|d| d.join(name)).find(|p| p.is_file())
 }
 
 /// `--registry-bin`, else `registry` or `docker-registry` from PATH.
@@ -30,7 +26,9 @@ pub fn find_registry(explicit: Option<&Path>) -> Result<PathBuf> {
         return Ok(p.to_path_buf());
     }
     on_path("registry").or_else(|| on_path("docker-registry")).ok_or_else(|| {
-        anyhow!("no registry binary: install docker-registry (Debian) or put `registry` on PATH, or pass --registry-bin")
+        anyhow!(
+            "no registry binary: install docker-registry (Debian) or put `registry` on PATH, or pass --registry-bin"
+        )
     })
 }
 
@@ -61,7 +59,8 @@ impl RegistryChild {
                 let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free loopback port")?;
                 l.local_addr()?
             };
-            std::fs::write(&config, registry_config(root, addr)).with_context(|| format!("writing {}", config.display()))?;
+            std::fs::write(&config, registry_config(root, addr))
+                .with_context(|| format!("writing {}", config.display()))?;
             let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
             let mut cmd = Command::new(binary);
             sys::die_with_parent(&mut cmd);
@@ -169,7 +168,8 @@ pub struct Skopeo {
 
 impl Skopeo {
     pub fn find(src_tls_verify: bool) -> Result<Skopeo> {
-        let binary = on_path("skopeo").ok_or_else(|| anyhow!("skopeo not found on PATH: install it (Debian: apt-get install skopeo)"))?;
+        let binary = on_path("skopeo")
+            .ok_or_else(|| anyhow!("skopeo not found on PATH: install it (Debian: apt-get install skopeo)"))?;
         Ok(Skopeo { binary, src_tls_verify })
     }
 

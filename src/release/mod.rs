@@ -231,7 +231,8 @@ struct Work {
 /// inside the history never writes there. Returns the work dir and the
 /// absolute tar path.
 fn prepare_work(req: &ReleaseRequest, histories: &[PathBuf], images: &[ImageName]) -> Result<(Work, PathBuf)> {
-    let output = mount::resolve_maybe_missing(&req.output).with_context(|| format!("-o {}: bad path", req.output.display()))?;
+    let output =
+        mount::resolve_maybe_missing(&req.output).with_context(|| format!("-o {}: bad path", req.output.display()))?;
     let dir = match &req.workdir {
         Some(d) => mount::resolve_maybe_missing(d).with_context(|| format!("--workdir {}: bad path", d.display()))?,
         None => {
@@ -410,7 +411,17 @@ fn release_in(
     interrupts.check("mounting")?;
     let mode = if crate::kernel::overlay_using_upper(&work.upper).is_some() { "kernel" } else { "fuse" };
 
-    let pushed = runtime.block_on(push_all(req, registry_bin, skopeo, source, images, work, interrupts, &mut phases, &mut progress));
+    let pushed = runtime.block_on(push_all(
+        req,
+        registry_bin,
+        skopeo,
+        source,
+        images,
+        work,
+        interrupts,
+        &mut phases,
+        &mut progress,
+    ));
     progress.done();
     // Unmount whatever happened; a failed push keeps upper for inspection.
     let t = Instant::now();
@@ -592,7 +603,10 @@ async fn copy_images(
             CopyOutcome::Copied { attempts: a, seconds } => {
                 attempts += a;
                 copied += 1;
-                progress.step(&format!("{img} ({seconds:.1} s{})", if a > 1 { format!(", {a} attempts") } else { String::new() }));
+                progress.step(&format!(
+                    "{img} ({seconds:.1} s{})",
+                    if a > 1 { format!(", {a} attempts") } else { String::new() }
+                ));
             }
             CopyOutcome::Failed { attempts: a, message } => {
                 progress.step(&format!("{img} FAILED"));

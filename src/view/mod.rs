@@ -227,9 +227,10 @@ impl View {
     fn is_opaque(&self, dir: &Path) -> io::Result<bool> {
         for ns in ALL_NS {
             if let Some(v) = overlay_xattr(dir, ns.opaque())?
-                && v == b"y" {
-                    return Ok(true);
-                }
+                && v == b"y"
+            {
+                return Ok(true);
+            }
         }
         Ok(false)
     }
@@ -315,14 +316,15 @@ impl View {
     pub fn refresh(&self, rel: &Path, e: &Entry) -> io::Result<Entry> {
         let p = self.layer_path(UPPER, rel);
         if let Some(meta) = lstat(&p)?
-            && !self.is_whiteout(&p, &meta)? {
-                let mut layers = vec![UPPER];
-                layers.extend(e.layers.iter().copied().filter(|&l| l != UPPER));
-                if !meta.is_dir() {
-                    layers.truncate(1);
-                }
-                return Ok(Entry { layers, meta });
+            && !self.is_whiteout(&p, &meta)?
+        {
+            let mut layers = vec![UPPER];
+            layers.extend(e.layers.iter().copied().filter(|&l| l != UPPER));
+            if !meta.is_dir() {
+                layers.truncate(1);
             }
+            return Ok(Entry { layers, meta });
+        }
         Ok(e.clone())
     }
 
@@ -332,13 +334,14 @@ impl View {
     pub fn stat_stack(&self, rel: &Path, layers: &[LayerIdx]) -> io::Result<Entry> {
         let up = self.layer_path(UPPER, rel);
         if let Some(meta) = lstat(&up)?
-            && !self.is_whiteout(&up, &meta)? {
-                let mut all = vec![UPPER];
-                if meta.is_dir() {
-                    all.extend(layers.iter().copied().filter(|&l| l != UPPER));
-                }
-                return Ok(Entry { layers: all, meta });
+            && !self.is_whiteout(&up, &meta)?
+        {
+            let mut all = vec![UPPER];
+            if meta.is_dir() {
+                all.extend(layers.iter().copied().filter(|&l| l != UPPER));
             }
+            return Ok(Entry { layers: all, meta });
+        }
         let lowers: Vec<LayerIdx> = layers.iter().copied().filter(|&l| l != UPPER).collect();
         let top = *lowers.first().ok_or_else(|| errno(libc::ENOENT))?;
         let meta = lstat(&self.layer_path(top, rel))?.ok_or_else(|| errno(libc::ENOENT))?;
@@ -404,9 +407,10 @@ impl View {
     fn ensure_upper_dir(&self, rel: &Path) -> io::Result<()> {
         let up = self.layer_path(UPPER, rel);
         if let Some(m) = lstat(&up)?
-            && m.is_dir() {
-                return Ok(());
-            }
+            && m.is_dir()
+        {
+            return Ok(());
+        }
         let Some(entry) = self.resolve(rel)? else { return Err(errno(libc::ENOENT)) };
         if !entry.is_dir() {
             return Err(errno(libc::ENOTDIR));
@@ -491,12 +495,7 @@ impl View {
         let _g = self.lock();
         self.prepare_new(rel)?;
         let p = self.layer_path(UPPER, rel);
-        let f = OpenOptions::new()
-            .read(read || !write)
-            .write(write)
-            .create_new(true)
-            .mode(mode & 0o7777)
-            .open(&p)?;
+        let f = OpenOptions::new().read(read || !write).write(write).create_new(true).mode(mode & 0o7777).open(&p)?;
         let entry = self.resolve_existing(rel)?;
         Ok((f, entry))
     }
@@ -830,13 +829,14 @@ fn copy_file_data(src: &Path, dst: &Path, mode: u32) -> io::Result<()> {
 /// Owner (where permitted), mode and times of `meta` onto `dst`.
 fn copy_attrs(meta: &Metadata, dst: &Path) -> io::Result<()> {
     if sys::geteuid() == 0
-        && let Err(e) = std::os::unix::fs::lchown(dst, Some(meta.uid()), Some(meta.gid())) {
-            // In a user namespace, ids outside its map cannot be given
-            // (EINVAL): the copy keeps the namespace root's ownership.
-            if !(sys::in_user_namespace() && matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EPERM))) {
-                return Err(e);
-            }
+        && let Err(e) = std::os::unix::fs::lchown(dst, Some(meta.uid()), Some(meta.gid()))
+    {
+        // In a user namespace, ids outside its map cannot be given
+        // (EINVAL): the copy keeps the namespace root's ownership.
+        if !(sys::in_user_namespace() && matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EPERM))) {
+            return Err(e);
         }
+    }
     if !meta.file_type().is_symlink() {
         fs::set_permissions(dst, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
     }

@@ -123,9 +123,8 @@ pub fn parse_policy(text: &str, path: &str) -> Result<Policy, PolicyError> {
         policy.hidden_sections = names
             .iter()
             .map(|n| {
-                Section::from_name(n).ok_or_else(|| {
-                    err(format!("unknown section {n:?}: use _manifests, _uploads or _layers"))
-                })
+                Section::from_name(n)
+                    .ok_or_else(|| err(format!("unknown section {n:?}: use _manifests, _uploads or _layers")))
             })
             .collect::<Result<_, _>>()?;
     }

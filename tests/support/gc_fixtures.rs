@@ -281,7 +281,8 @@ pub fn assert_serves(root: &Path, images: &[&ImageRef], tag: &str, pull_root: &P
         let out = oci::layout_dir(pull_root, &image.repo);
         registry::pull_to_layout(&registry, &image.repo, tag, &out)
             .unwrap_or_else(|o| panic!("pulling {}:{tag} from {}:\n{o}", image.repo, root.display()));
-        let index: Value = serde_json::from_slice(&fs::read(out.join("index.json")).expect("index.json")).expect("json");
+        let index: Value =
+            serde_json::from_slice(&fs::read(out.join("index.json")).expect("index.json")).expect("json");
         let named: Vec<&str> = index["manifests"]
             .as_array()
             .expect("manifests")

@@ -4,8 +4,8 @@
 //! helper, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod mount;
 pub mod oci;
 pub mod registry;
-pub mod mount;
-pub mod tree;
 pub mod release;
+pub mod tree;

@@ -27,7 +27,12 @@ pub fn is_root() -> bool {
 }
 
 fn text(o: &Output) -> String {
-    format!("status {}\nstdout:\n{}\nstderr:\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// Whether `path` is a mountpoint (a dead FUSE mount answers ENOTCONN).
@@ -68,7 +73,11 @@ impl Mount {
         cmd.args(extra).arg(mp);
         let out = cmd.output().expect("running regfs mount");
         if out.status.success() {
-            Ok(Mount { mountpoint: mp.to_path_buf(), stderr: String::from_utf8_lossy(&out.stderr).into_owned(), active: true })
+            Ok(Mount {
+                mountpoint: mp.to_path_buf(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+                active: true,
+            })
         } else {
             Err(text(&out))
         }
@@ -77,7 +86,8 @@ impl Mount {
     /// The FUSE daemon's pid, from `regfs mount`'s "daemon pid N".
     pub fn daemon_pid(&self) -> u32 {
         let pid = self.stderr.split("daemon pid ").nth(1).and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next());
-        pid.and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no \"daemon pid N\" in regfs mount's output:\n{}", self.stderr))
+        pid.and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no \"daemon pid N\" in regfs mount's output:\n{}", self.stderr))
     }
 
     /// `regfs umount`, asserting it succeeds; returns its output.
@@ -130,7 +140,8 @@ impl KernelOverlay {
         }
         let lowerdir: Vec<String> = lowers.iter().map(|l| l.display().to_string()).collect();
         let data = format!("lowerdir={},upperdir={},workdir={}", lowerdir.join(":"), upper.display(), work.display());
-        regfs::sys::mount("overlay", mp, "overlay", &data).unwrap_or_else(|e| panic!("mount -t overlay -o {data}: {e}"));
+        regfs::sys::mount("overlay", mp, "overlay", &data)
+            .unwrap_or_else(|e| panic!("mount -t overlay -o {data}: {e}"));
         KernelOverlay { mountpoint: mp.to_path_buf() }
     }
 }

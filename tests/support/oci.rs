@@ -39,14 +39,9 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
 
 /// The 64 hex digits of a `sha256:<hex>` digest (as used in registry store paths).
 pub fn digest_hex(digest: &str) -> &str {
-    let hex = digest
-        .strip_prefix("sha256:")
-        .unwrap_or_else(|| panic!("not a sha256 digest: {digest:?}"));
+    let hex = digest.strip_prefix("sha256:").unwrap_or_else(|| panic!("not a sha256 digest: {digest:?}"));
     assert!(
-        hex.len() == 64
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
         "malformed sha256 digest: {digest:?}"
     );
     hex
@@ -78,20 +73,12 @@ fn seeded_bytes(seed: &str, size: usize) -> Vec<u8> {
 pub fn layer_bytes(seed: &str, size: usize) -> Vec<u8> {
     let name: String = seed
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
         .take(80)
         .collect();
     let data = seeded_bytes(seed, size);
     let mut header = tar::Header::new_ustar();
-    header
-        .set_path(format!("data/{name}.bin"))
-        .unwrap_or_else(|e| panic!("tar path for layer seed {seed:?}: {e}"));
+    header.set_path(format!("data/{name}.bin")).unwrap_or_else(|e| panic!("tar path for layer seed {seed:?}: {e}"));
     header.set_entry_type(tar::EntryType::Regular);
     header.set_size(size as u64);
     header.set_mode(0o644);
@@ -178,11 +165,7 @@ impl ImageRef {
 
     /// Digests of child manifests of an index (empty for a single manifest).
     pub fn child_digests(&self) -> Vec<String> {
-        if self.is_index() {
-            self.manifests.iter().map(|m| m.digest.clone()).collect()
-        } else {
-            Vec::new()
-        }
+        if self.is_index() { self.manifests.iter().map(|m| m.digest.clone()).collect() } else { Vec::new() }
     }
 
     /// Config digests (one per manifest).
@@ -192,10 +175,7 @@ impl ImageRef {
 
     /// Layer digests of all manifests.
     pub fn layer_digests(&self) -> BTreeSet<String> {
-        self.manifests
-            .iter()
-            .flat_map(|m| m.layers.iter().cloned())
-            .collect()
+        self.manifests.iter().flat_map(|m| m.layers.iter().cloned()).collect()
     }
 
     /// Configs and layers: the blobs a registry records under `_layers` once pushed.
@@ -249,11 +229,7 @@ fn put_blob(layout_dir: &Path, media_type: &'static str, bytes: &[u8]) -> Descri
     if !path.exists() {
         fs::write(&path, bytes).unwrap_or_else(|e| panic!("writing blob {}: {e}", path.display()));
     }
-    Descriptor {
-        media_type,
-        digest,
-        size: bytes.len(),
-    }
+    Descriptor { media_type, digest, size: bytes.len() }
 }
 
 /// Stores a JSON document as a blob.
@@ -265,11 +241,8 @@ fn put_json(layout_dir: &Path, media_type: &'static str, value: &Value) -> Descr
 /// Writes config, layers and manifest of one platform image; returns the manifest's
 /// descriptor and digests.
 fn put_manifest(layout_dir: &Path, arch: &str, spec: &ImageSpec) -> (Descriptor, ManifestRef) {
-    let layers: Vec<Descriptor> = spec
-        .layers
-        .iter()
-        .map(|layer| put_blob(layout_dir, MEDIA_TYPE_LAYER, layer))
-        .collect();
+    let layers: Vec<Descriptor> =
+        spec.layers.iter().map(|layer| put_blob(layout_dir, MEDIA_TYPE_LAYER, layer)).collect();
     // Uncompressed layers: each diff_id is the layer digest itself.
     let diff_ids: Vec<&str> = layers.iter().map(|l| l.digest.as_str()).collect();
     let config = put_json(
@@ -308,8 +281,8 @@ fn set_ref(layout_dir: &Path, tag: &str, top: &Descriptor) {
     let path = layout_dir.join("index.json");
     let mut entries: Vec<Value> = match fs::read(&path) {
         Ok(bytes) => {
-            let index: Value = serde_json::from_slice(&bytes)
-                .unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()));
+            let index: Value =
+                serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()));
             index["manifests"].as_array().cloned().unwrap_or_default()
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -348,10 +321,7 @@ pub fn write_index_image<A: AsRef<str>>(
     tag: &str,
     platforms: &[(A, ImageSpec)],
 ) -> ImageRef {
-    assert!(
-        !platforms.is_empty(),
-        "index {repo}:{tag} needs at least one platform"
-    );
+    assert!(!platforms.is_empty(), "index {repo}:{tag} needs at least one platform");
     init_layout(layout_dir);
     let mut children = Vec::new();
     let mut manifests = Vec::new();
@@ -406,10 +376,7 @@ fn changed_in(i: usize, release: u32, changed_every: usize) -> bool {
 
 /// The app version of image `i` at `release`: the last release that changed it, or 1.
 fn app_version(i: usize, release: u32, changed_every: usize) -> u32 {
-    (2..=release)
-        .rev()
-        .find(|&r| changed_in(i, r, changed_every))
-        .unwrap_or(1)
+    (2..=release).rev().find(|&r| changed_in(i, r, changed_every)).unwrap_or(1)
 }
 
 /// One platform image of a release: a shared OS base layer, on even images a shared
@@ -417,17 +384,11 @@ fn app_version(i: usize, release: u32, changed_every: usize) -> u32 {
 fn release_image_spec(i: usize, repo: &str, arch: &str, version: u32) -> ImageSpec {
     let mut layers = vec![layer_bytes(&format!("base-os-{arch}"), OS_BASE_SIZE)];
     if i.is_multiple_of(2) {
-        layers.push(layer_bytes(
-            &format!("base-runtime-{arch}"),
-            RUNTIME_BASE_SIZE,
-        ));
+        layers.push(layer_bytes(&format!("base-runtime-{arch}"), RUNTIME_BASE_SIZE));
     }
     let app = format!("app-{repo}-{arch}-v{version}");
     layers.push(layer_bytes(&app, APP_LAYER_SIZE + i * 512));
-    ImageSpec {
-        layers,
-        config_seed: app,
-    }
+    ImageSpec { layers, config_seed: app }
 }
 
 /// Release `release` (1, 2, …) of a product of `n_images` images, one repo each,
@@ -449,22 +410,13 @@ pub fn release_set(release: u32, n_images: usize, changed_every: usize) -> Vec<T
                 Content::Index(
                     INDEX_ARCHES
                         .iter()
-                        .map(|arch| {
-                            (
-                                arch.to_string(),
-                                release_image_spec(i, &repo, arch, version),
-                            )
-                        })
+                        .map(|arch| (arch.to_string(), release_image_spec(i, &repo, arch, version)))
                         .collect(),
                 )
             } else {
                 Content::Single(release_image_spec(i, &repo, DEFAULT_ARCH, version))
             };
-            TaggedImage {
-                repo,
-                tag: format!("r{release}"),
-                content,
-            }
+            TaggedImage { repo, tag: format!("r{release}"), content }
         })
         .collect()
 }

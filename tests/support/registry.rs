@@ -82,12 +82,7 @@ impl Registry {
                 .prefix("regfs-registry-")
                 .tempdir()
                 .unwrap_or_else(|e| panic!("creating a registry work dir: {e}"));
-            let mut registry = Registry {
-                child: None,
-                addr,
-                root: rootdirectory.to_path_buf(),
-                workdir,
-            };
+            let mut registry = Registry { child: None, addr, root: rootdirectory.to_path_buf(), workdir };
             registry.spawn(&binary);
             match registry.wait_ready() {
                 Ok(()) => return registry,
@@ -96,10 +91,7 @@ impl Registry {
                 Err(log) => {
                     // Dropped first: the log is in the message, Drop need not print it.
                     drop(registry);
-                    panic!(
-                        "docker-registry on {addr} (root {}) did not come up: {log}",
-                        rootdirectory.display()
-                    )
+                    panic!("docker-registry on {addr} (root {}) did not come up: {log}", rootdirectory.display())
                 }
             }
         }
@@ -147,13 +139,8 @@ impl Registry {
     /// One HTTP/1.0 exchange with the registry; panics (with the registry log) on an
     /// I/O error.
     pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
-        http_request(self.addr, method, path, headers).unwrap_or_else(|e| {
-            panic!(
-                "{method} http://{}{path}: {e}\nregistry log:\n{}",
-                self.addr,
-                self.log()
-            )
-        })
+        http_request(self.addr, method, path, headers)
+            .unwrap_or_else(|e| panic!("{method} http://{}{path}: {e}\nregistry log:\n{}", self.addr, self.log()))
     }
 
     fn log_path(&self) -> PathBuf {
@@ -165,11 +152,9 @@ impl Registry {
         let config = self.config_path();
         fs::write(&config, config_yaml(&self.root, self.addr))
             .unwrap_or_else(|e| panic!("writing {}: {e}", config.display()));
-        let log = File::create(self.log_path())
-            .unwrap_or_else(|e| panic!("creating {}: {e}", self.log_path().display()));
-        let log_err = log
-            .try_clone()
-            .unwrap_or_else(|e| panic!("duplicating log handle: {e}"));
+        let log =
+            File::create(self.log_path()).unwrap_or_else(|e| panic!("creating {}: {e}", self.log_path().display()));
+        let log_err = log.try_clone().unwrap_or_else(|e| panic!("duplicating log handle: {e}"));
         let child = Command::new(binary)
             .arg("serve")
             .arg(&config)
@@ -177,13 +162,7 @@ impl Registry {
             .stdout(log)
             .stderr(log_err)
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "spawning {} serve {}: {e}",
-                    binary.display(),
-                    config.display()
-                )
-            });
+            .unwrap_or_else(|e| panic!("spawning {} serve {}: {e}", binary.display(), config.display()));
         self.child = Some(child);
     }
 
@@ -194,20 +173,14 @@ impl Registry {
             let child = self.child.as_mut().expect("wait_ready after spawn");
             if let Some(status) = child.try_wait().expect("polling docker-registry") {
                 self.child = None;
-                return Err(format!(
-                    "exited with {status} before answering; log:\n{}",
-                    self.log()
-                ));
+                return Err(format!("exited with {status} before answering; log:\n{}", self.log()));
             }
             if matches!(http_request(self.addr, "GET", "/v2/", &[]), Ok(r) if r.status == 200) {
                 return Ok(());
             }
             if Instant::now() >= deadline {
                 self.shutdown();
-                return Err(format!(
-                    "no 200 on GET /v2/ within {STARTUP_TIMEOUT:?}; log:\n{}",
-                    self.log()
-                ));
+                return Err(format!("no 200 on GET /v2/ within {STARTUP_TIMEOUT:?}; log:\n{}", self.log()));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -256,9 +229,7 @@ impl Drop for Registry {
 /// A loopback address with a port that was free a moment ago.
 fn free_loopback_addr() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
-    listener
-        .local_addr()
-        .expect("local_addr of a bound listener")
+    listener.local_addr().expect("local_addr of a bound listener")
 }
 
 /// Registry config: filesystem storage at `root`, deletes enabled, no blob descriptor
@@ -299,21 +270,13 @@ impl HttpResponse {
     /// The first value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
     }
 }
 
 /// One HTTP/1.0 request (so the server closes the connection after a body that is
 /// never chunked). `path` includes any query string.
-pub fn http_request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> io::Result<HttpResponse> {
+pub fn http_request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> io::Result<HttpResponse> {
     let mut stream = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)?;
     stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
     stream.set_write_timeout(Some(HTTP_TIMEOUT))?;
@@ -329,12 +292,8 @@ pub fn http_request(
 }
 
 fn parse_response(raw: &[u8]) -> io::Result<HttpResponse> {
-    let bad =
-        |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("HTTP response: {what}"));
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad("no end of headers"))?;
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("HTTP response: {what}"));
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("no end of headers"))?;
     let head = std::str::from_utf8(&raw[..split]).map_err(|_| bad("non-UTF-8 headers"))?;
     let mut lines = head.split("\r\n");
     let status = lines
@@ -346,11 +305,7 @@ fn parse_response(raw: &[u8]) -> io::Result<HttpResponse> {
         .filter_map(|line| line.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    Ok(HttpResponse {
-        status,
-        headers,
-        body: raw[split + 4..].to_vec(),
-    })
+    Ok(HttpResponse { status, headers, body: raw[split + 4..].to_vec() })
 }
 
 /// All repositories, following `GET /v2/_catalog` pagination; panics on a non-200.
@@ -359,26 +314,13 @@ pub fn catalog(registry: &Registry) -> Vec<String> {
     let mut path = "/v2/_catalog?n=1000".to_string();
     loop {
         let response = registry.request("GET", &path, &[]);
-        assert_eq!(
-            response.status,
-            200,
-            "GET {path}: {}",
-            String::from_utf8_lossy(&response.body)
-        );
-        let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap_or_else(|e| {
-            panic!(
-                "GET {path}: bad JSON ({e}): {}",
-                String::from_utf8_lossy(&response.body)
-            )
-        });
+        assert_eq!(response.status, 200, "GET {path}: {}", String::from_utf8_lossy(&response.body));
+        let body: serde_json::Value = serde_json::from_slice(&response.body)
+            .unwrap_or_else(|e| panic!("GET {path}: bad JSON ({e}): {}", String::from_utf8_lossy(&response.body)));
         let page = body["repositories"].as_array().cloned().unwrap_or_default();
         repos.extend(page.iter().filter_map(|r| r.as_str().map(str::to_string)));
         // `Link: </v2/_catalog?last=…&n=…>; rel="next"` when there are more.
-        match response
-            .header("link")
-            .and_then(|l| l.split_once('<'))
-            .and_then(|(_, r)| r.split_once('>'))
-        {
+        match response.header("link").and_then(|l| l.split_once('<')).and_then(|(_, r)| r.split_once('>')) {
             Some((next, _)) => path = next.to_string(),
             None => return repos,
         }
@@ -479,14 +421,8 @@ pub fn skopeo_copy_env(
     env: &[(&str, &OsStr)],
 ) -> Result<CopyOutput, CopyOutput> {
     let skopeo = require_tool("skopeo");
-    let mut args = vec![
-        "--insecure-policy",
-        "--debug",
-        "--command-timeout",
-        SKOPEO_TIMEOUT,
-        "copy",
-        "--preserve-digests",
-    ];
+    let mut args =
+        vec!["--insecure-policy", "--debug", "--command-timeout", SKOPEO_TIMEOUT, "copy", "--preserve-digests"];
     if src.starts_with("docker://") {
         args.push("--src-tls-verify=false");
     }
@@ -510,11 +446,7 @@ pub fn skopeo_copy_env(
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         elapsed: started.elapsed(),
     };
-    if result.status.success() {
-        Ok(result)
-    } else {
-        Err(result)
-    }
+    if result.status.success() { Ok(result) } else { Err(result) }
 }
 
 /// Pushes `oci:<layout_dir>:<layout_tag>` to `registry` as `repo:tag`, all platforms
@@ -532,33 +464,18 @@ pub fn push_layout(
 
 /// Pushes a written image under its own repo and tag.
 pub fn push_image(registry: &Registry, image: &ImageRef) -> Result<CopyOutput, CopyOutput> {
-    push_layout(
-        &image.layout_dir,
-        &image.tag,
-        registry,
-        &image.repo,
-        &image.tag,
-    )
+    push_layout(&image.layout_dir, &image.tag, registry, &image.repo, &image.tag)
 }
 
 /// Pulls `repo:tag` (all platforms) into the OCI layout `out_dir`, named `tag`,
 /// layers kept uncompressed and digests preserved.
-pub fn pull_to_layout(
-    registry: &Registry,
-    repo: &str,
-    tag: &str,
-    out_dir: &Path,
-) -> Result<CopyOutput, CopyOutput> {
+pub fn pull_to_layout(registry: &Registry, repo: &str, tag: &str, out_dir: &Path) -> Result<CopyOutput, CopyOutput> {
     if let Some(parent) = out_dir.parent() {
         // skopeo creates the layout directory but not its parents.
         fs::create_dir_all(parent).unwrap_or_else(|e| panic!("creating {}: {e}", parent.display()));
     }
     let dst = format!("oci:{}:{tag}", out_dir.display());
-    skopeo_copy(
-        &registry.reference(repo, tag),
-        &dst,
-        &["--all", "--dest-oci-accept-uncompressed-layers"],
-    )
+    skopeo_copy(&registry.reference(repo, tag), &dst, &["--all", "--dest-oci-accept-uncompressed-layers"])
 }
 
 /// The digest after `marker` on each line of `text` that contains it.
@@ -572,9 +489,7 @@ fn digests_after<'a>(text: &'a str, marker: &'a str) -> impl Iterator<Item = Str
 /// Every blob skopeo handled: the `Copying blob sha256:…` / `Copying config sha256:…`
 /// lines of stdout (printed whether or not the blob is then reused).
 pub fn listed_blobs(output: &str) -> BTreeSet<String> {
-    digests_after(output, "Copying blob ")
-        .chain(digests_after(output, "Copying config "))
-        .collect()
+    digests_after(output, "Copying blob ").chain(digests_after(output, "Copying config ")).collect()
 }
 
 /// Blobs skopeo reused because the destination already had them (or mounted them

@@ -44,15 +44,9 @@ impl SkopeoCache {
     /// `skopeo copy` (see [`registry::skopeo_copy`]) using this cache; `Err`
     /// holds the whole output when the copy fails.
     pub fn copy(&self, src: &str, dst: &str, extra_args: &[&str]) -> Result<CopyOutput, String> {
-        let env = [
-            ("_CONTAINERS_ROOTLESS_UID", OsStr::new("1000")),
-            ("XDG_DATA_HOME", self.dir.path().as_os_str()),
-        ];
+        let env = [("_CONTAINERS_ROOTLESS_UID", OsStr::new("1000")), ("XDG_DATA_HOME", self.dir.path().as_os_str())];
         let out = registry::skopeo_copy_env(src, dst, extra_args, &env).map_err(|o| o.to_string())?;
-        let marker = format!(
-            "Using blob info cache at {}",
-            self.dir.path().join("containers/cache").display()
-        );
+        let marker = format!("Using blob info cache at {}", self.dir.path().join("containers/cache").display());
         if !out.stderr.contains(&marker) {
             return Err(format!("skopeo did not use the private blob-info cache ({marker:?} missing):\n{out}"));
         }
@@ -263,16 +257,10 @@ pub fn expected_push_files(history: &[ImageRef], pushed: &[ImageRef]) -> BTreeSe
         files.extend(image.blob_digests().difference(&stored).map(|d| blob_path(d)));
         let link = |rel: String| repo_path(&image.repo, &format!("{rel}/link"));
         files.extend(
-            image
-                .linked_blob_digests()
-                .difference(&linked)
-                .map(|d| link(format!("_layers/sha256/{}", digest_hex(d)))),
+            image.linked_blob_digests().difference(&linked).map(|d| link(format!("_layers/sha256/{}", digest_hex(d)))),
         );
         files.extend(
-            image
-                .manifest_digests()
-                .iter()
-                .map(|d| link(format!("_manifests/revisions/sha256/{}", digest_hex(d)))),
+            image.manifest_digests().iter().map(|d| link(format!("_manifests/revisions/sha256/{}", digest_hex(d)))),
         );
         files.insert(link(format!("_manifests/tags/{}/current", image.tag)));
         files.insert(link(format!("_manifests/tags/{}/index/sha256/{}", image.tag, digest_hex(&image.digest))));

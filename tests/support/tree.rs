@@ -130,11 +130,7 @@ fn xattrs(p: &Path) -> Vec<(String, Vec<u8>)> {
 }
 
 fn xattr_names(p: &Path) -> Vec<String> {
-    regfs::sys::llistxattr(p)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|n| n.to_string_lossy().into_owned())
-        .collect()
+    regfs::sys::llistxattr(p).unwrap_or_default().into_iter().map(|n| n.to_string_lossy().into_owned()).collect()
 }
 
 fn walk(root: &Path, rel: &Path, out: &mut BTreeMap<PathBuf, Node>) {
@@ -173,10 +169,7 @@ pub fn assert_unchanged(root: &Path, before: &Snapshot, when: &str) {
 
 /// The relative paths of a snapshot with a one-letter kind, for readable asserts.
 pub fn shape(snap: &BTreeMap<PathBuf, Node>) -> Vec<String> {
-    snap.iter()
-        .filter(|(p, _)| !p.as_os_str().is_empty())
-        .map(|(p, n)| format!("{} {}", n.kind, p.display()))
-        .collect()
+    snap.iter().filter(|(p, _)| !p.as_os_str().is_empty()).map(|(p, n)| format!("{} {}", n.kind, p.display())).collect()
 }
 
 /// An `ls -lR`-like listing of a mounted view: one line per entry with kind,
