@@ -152,15 +152,24 @@ impl RegFs {
         })
     }
 
-    /// A change in upper may have copied up `ino`'s ancestors, which changes
-    /// their attributes (a merged directory reports nlink 1, upper's times)
-    /// although the kernel saw no change to them: drop its cached attributes
-    /// for `ino` and every ancestor. Only attributes (offset -1), no pages.
+    /// A change in upper makes the kernel's cached attributes of `ino` and
+    /// its parent stale (upper's parent gained or lost an entry). When the
+    /// request also copied up directories, every ancestor may have turned
+    /// into a merged directory (nlink 1, upper's times) although the kernel
+    /// saw no change to it: then the whole chain is dropped. Only attributes
+    /// (offset -1), no pages.
     fn changed(&self, ino: INodeNo) {
+        self.changed_with(ino, crate::view::take_dir_copyups() > 0);
+    }
+
+    /// [`Self::changed`] for requests that touch two places (rename, link):
+    /// `deep` is decided once for both.
+    fn changed_with(&self, ino: INodeNo, deep: bool) {
         self.listings.remove(&ino.0);
+        let depth = if deep { 4096 } else { 2 };
         let Some(notifier) = self.notifier.get() else { return };
         let mut cur = ino.0;
-        for _ in 0..4096 {
+        for _ in 0..depth {
             if let Err(e) = notifier.inval_inode(INodeNo(cur), -1, 0) {
                 // ENOENT: the kernel holds no such inode; nothing to drop.
                 if e.raw_os_error() != Some(libc::ENOENT) {
@@ -475,8 +484,9 @@ impl Filesystem for RegFs {
                 {
                     self.inodes.update(ino, &e);
                 }
-                self.changed(parent);
-                self.changed(newparent);
+                let deep = crate::view::take_dir_copyups() > 0;
+                self.changed_with(parent, deep);
+                self.changed_with(newparent, deep);
                 reply.ok()
             }
             Err(err) => reply.error(self.fail("rename", &from, &err)),
@@ -495,8 +505,9 @@ impl Filesystem for RegFs {
                     self.inodes.update(ino.0, &src);
                 }
                 let new_ino = self.inodes.intern(newparent.0, newname, &e);
-                self.changed(ino);
-                self.changed(newparent);
+                let deep = crate::view::take_dir_copyups() > 0;
+                self.changed_with(ino, deep);
+                self.changed_with(newparent, deep);
                 reply.entry(&ttl_for(&e), &attr(new_ino, &e), Generation(0));
             }
             Err(err) => reply.error(self.fail("link", &to, &err)),

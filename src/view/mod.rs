@@ -27,6 +27,19 @@ pub use policy::Policy;
 pub type LayerIdx = usize;
 pub const UPPER: LayerIdx = 0;
 
+thread_local! {
+    /// Directories this thread copied up since the last [`take_dir_copyups`].
+    static DIR_COPYUPS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many directories the calling thread copied up since the last call.
+/// A front end serving one request per thread learns whether the request
+/// changed the attributes of ancestors it did not name (a copied-up
+/// directory turns into a merged one).
+pub fn take_dir_copyups() -> u64 {
+    DIR_COPYUPS.with(|c| c.replace(0))
+}
+
 /// Names regfs uses for its own temporary files in upper; never shown.
 const TMP_PREFIX: &str = ".regfs-tmp.";
 
@@ -421,6 +434,7 @@ impl View {
         // A whiteout can't sit where the view shows a directory, but a stale
         // temporary or foreign file could: only a missing name is created.
         fs::create_dir(&up).or_else(|e| if e.kind() == io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })?;
+        DIR_COPYUPS.with(|c| c.set(c.get() + 1));
         copy_attrs(&entry.meta, &up)?;
         Ok(())
     }
