@@ -293,7 +293,9 @@ impl View {
                     e.layers.push(li);
                 }
             }
-            if self.is_opaque(&p)? {
+            // Nothing lies below the bottom layer: its opaque marks cut
+            // nothing, so they are not read (two getxattrs per directory).
+            if li + 1 < self.roots.len() && self.is_opaque(&p)? {
                 break;
             }
         }
