@@ -17,7 +17,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
-use crate::layout::{self, Digest};
+use crate::layout::{self, Digest, Section};
 use crate::mount;
 
 /// What an absorb did.
@@ -180,7 +180,9 @@ pub fn absorb(history: &Path, upper: &Path) -> Result<AbsorbReport> {
         }
     }
 
-    for repo in repos_with_layers(&upper)? {
+    let repos = layout::repositories_in(&upper, |s| s == Section::Layers)
+        .with_context(|| format!("listing the repositories of {}", upper.display()))?;
+    for repo in repos {
         let dir = upper.join(layout::layers_dir(&repo));
         for hex in subdirs(&dir)? {
             let link_path = dir.join(&hex).join(layout::LINK);
@@ -203,24 +205,6 @@ pub fn absorb(history: &Path, upper: &Path) -> Result<AbsorbReport> {
         }
     }
     Ok(report)
-}
-
-/// Repositories of a store that have a `_layers` directory.
-fn repos_with_layers(root: &Path) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    let base = root.join(layout::repositories_root());
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        for name in subdirs(&base.join(&rel))? {
-            if name == layout::LAYERS {
-                out.push(rel.to_string_lossy().into_owned());
-            } else if layout::may_hold_repos(&name) {
-                stack.push(rel.join(name));
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
 }
 
 /// `regfs absorb`: runs and prints the report.

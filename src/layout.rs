@@ -4,6 +4,7 @@
 //! relative to a registry `rootdirectory`; a [`Digest`] is validated before it
 //! ever becomes part of a path.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
 
@@ -237,6 +238,40 @@ pub fn skeleton_dirs() -> Vec<PathBuf> {
 /// manifests: `_layers`, `_manifests`, `_manifests/revisions`, `_manifests/tags`.
 pub fn live_repo_dirs(repo: &str) -> [PathBuf; 4] {
     [section_dir(repo, Section::Layers), section_dir(repo, Section::Manifests), revisions_parent(repo), tags_dir(repo)]
+}
+
+/// The repositories of the store directory `root` (one layer, read
+/// directly): directories under `repositories/` holding a section `wanted`
+/// accepts. Walks as the registry does (other `_` names are not descended);
+/// a missing `repositories/` is an empty store.
+pub fn repositories_in(root: &Path, wanted: impl Fn(Section) -> bool) -> std::io::Result<BTreeSet<String>> {
+    let base = root.join(repositories_root());
+    let mut out = BTreeSet::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let rd = match std::fs::read_dir(base.join(&rel)) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for de in rd {
+            let de = de?;
+            if !de.file_type()?.is_dir() {
+                continue;
+            }
+            let name = de.file_name().to_string_lossy().into_owned();
+            match Section::from_name(&name) {
+                // A section directly under repositories/ belongs to no repository.
+                Some(section) if wanted(section) && !rel.as_os_str().is_empty() => {
+                    out.insert(rel.to_string_lossy().into_owned());
+                }
+                Some(_) => {}
+                None if may_hold_repos(&name) => stack.push(rel.join(name)),
+                None => {}
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The parts of a repository directory a registry keeps.

@@ -2,7 +2,6 @@
 //! mounting anything, so a policy can be checked before a release.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -11,7 +10,7 @@ use serde::Serialize;
 
 use crate::layout::{self, Place, Section};
 use crate::mount;
-use crate::view::{View, XattrNs};
+use crate::view::{UPPER, View};
 
 /// The plan: repositories kept and stale, what policy hides, blobs visible.
 #[derive(Debug, Default, Serialize)]
@@ -33,47 +32,18 @@ pub struct Plan {
     pub blob_bytes_visible: u64,
 }
 
-/// Every repository of the lowers: directories under `repositories/` that
-/// hold a `_layers`, `_manifests` or `_uploads` section.
-fn history_repos(lowers: &[PathBuf]) -> io::Result<BTreeSet<String>> {
-    let mut out = BTreeSet::new();
-    for lower in lowers {
-        let base = lower.join(layout::repositories_root());
-        let mut stack = vec![PathBuf::new()];
-        while let Some(rel) = stack.pop() {
-            let rd = match fs::read_dir(base.join(&rel)) {
-                Ok(rd) => rd,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            for de in rd {
-                let de = de?;
-                if !de.file_type()?.is_dir() {
-                    continue;
-                }
-                let name = de.file_name().to_string_lossy().into_owned();
-                if Section::from_name(&name).is_some() {
-                    out.insert(rel.to_string_lossy().into_owned());
-                } else if layout::may_hold_repos(&name) {
-                    stack.push(rel.join(name));
-                }
-            }
-        }
-    }
-    out.remove("");
-    Ok(out)
-}
-
 /// Builds the plan. Reads the lowers only; the view it consults has an
 /// empty, temporary upper.
 pub fn plan(lowers: &[PathBuf], keep: Option<&Path>, policy: Option<&Path>) -> Result<Plan> {
     let scratch = tempfile::tempdir().context("creating a scratch upper")?;
     let layers = mount::check_layers(lowers, scratch.path(), keep, policy)?;
-    let view =
-        View::new(layers.upper.clone(), layers.lowers.clone(), layers.policy.clone(), XattrNs::for_current_user())?;
+    let view = layers.view()?;
     let mut p = Plan { lowers: layers.lowers.clone(), ..Plan::default() };
 
-    let repos = history_repos(&layers.lowers).context("listing the history's repositories")?;
+    let mut repos = BTreeSet::new();
+    for lower in &layers.lowers {
+        repos.extend(layout::repositories_in(lower, |_| true).context("listing the history's repositories")?);
+    }
     for repo in &repos {
         if layers.policy.keeps_repo(repo) {
             p.repos_kept.push(repo.clone());
@@ -94,19 +64,43 @@ pub fn plan(lowers: &[PathBuf], keep: Option<&Path>, policy: Option<&Path>) -> R
         }
     }
 
+    let blobs = blob_origins(&view)?;
+    p.blobs_visible = blobs.uploaded + blobs.reused;
+    p.blob_bytes_visible = blobs.uploaded_bytes + blobs.reused_bytes;
+    Ok(p)
+}
+
+/// Where the blobs a view shows keep their data: upper (written in this
+/// release) or a history layer (reused).
+#[derive(Debug, Default, Serialize)]
+pub struct BlobOrigins {
+    pub uploaded: u64,
+    pub uploaded_bytes: u64,
+    pub reused: u64,
+    pub reused_bytes: u64,
+}
+
+/// Counts the view's blobs (`blobs/sha256/<xx>/<hex>/data`) by origin.
+pub fn blob_origins(view: &View) -> io::Result<BlobOrigins> {
+    let mut o = BlobOrigins::default();
     let root = layout::blobs_root();
-    if let Some(blobs) = view.resolve(&root)? {
-        for prefix in view.list(&root, &blobs)? {
-            let prel = root.join(&prefix.name);
-            for blob in view.list(&prel, &prefix.entry)? {
-                if let Some(e) = view.resolve(&prel.join(&blob.name).join(layout::DATA))? {
-                    p.blobs_visible += 1;
-                    p.blob_bytes_visible += e.meta.len();
-                }
+    let Some(blobs) = view.resolve(&root)? else { return Ok(o) };
+    for prefix in view.list(&root, &blobs)? {
+        let prel = root.join(&prefix.name);
+        for blob in view.list(&prel, &prefix.entry)? {
+            let Some(e) = view.lookup(&prel.join(&blob.name), &blob.entry, layout::DATA.as_ref())? else {
+                continue;
+            };
+            if e.top() == UPPER {
+                o.uploaded += 1;
+                o.uploaded_bytes += e.meta.len();
+            } else {
+                o.reused += 1;
+                o.reused_bytes += e.meta.len();
             }
         }
     }
-    Ok(p)
+    Ok(o)
 }
 
 /// A per-group tally for the human report.

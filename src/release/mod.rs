@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::layout;
 use crate::mount::{self, Mode};
-use crate::view::{UPPER, View, policy};
+use crate::view::policy;
 use children::{CopyOutcome, RegistryChild, Skopeo};
 
 /// What `regfs release` was asked to do.
@@ -144,15 +144,6 @@ impl Phases {
     }
 }
 
-/// Where the release's blobs came from, counted after GC.
-#[derive(Debug, Default, Serialize)]
-pub struct BlobOrigins {
-    pub uploaded: u64,
-    pub uploaded_bytes: u64,
-    pub reused: u64,
-    pub reused_bytes: u64,
-}
-
 /// The closing summary (also the `--json` document).
 #[derive(Debug, Serialize)]
 pub struct Summary {
@@ -160,7 +151,7 @@ pub struct Summary {
     pub copied: usize,
     pub copy_attempts: u32,
     pub mode: String,
-    pub blobs: BlobOrigins,
+    pub blobs: crate::plan::BlobOrigins,
     pub gc: crate::gc::Report,
     pub tar: PathBuf,
     pub tar_bytes: u64,
@@ -337,30 +328,6 @@ fn mode_name(m: Mode) -> &'static str {
     }
 }
 
-/// Counts the release's blobs by where their data lives: upper (uploaded in
-/// this release) or a history layer (reused).
-fn blob_origins(view: &View) -> Result<BlobOrigins> {
-    let mut o = BlobOrigins::default();
-    let root = layout::blobs_root();
-    let Some(blobs) = view.resolve(&root)? else { return Ok(o) };
-    for prefix in view.list(&root, &blobs)? {
-        let prel = root.join(&prefix.name);
-        for blob in view.list(&prel, &prefix.entry)? {
-            let data = prel.join(&blob.name).join(layout::DATA);
-            if let Some(e) = view.resolve(&data)? {
-                if e.top() == UPPER {
-                    o.uploaded += 1;
-                    o.uploaded_bytes += e.meta.len();
-                } else {
-                    o.reused += 1;
-                    o.reused_bytes += e.meta.len();
-                }
-            }
-        }
-    }
-    Ok(o)
-}
-
 /// Runs the release; prints the summary. Returns the summary for tests.
 pub fn run(req: &ReleaseRequest) -> Result<Summary> {
     let images = parse_images(
@@ -446,7 +413,7 @@ fn release_in(
     progress.phase("gc", None);
     let (_, gc_report) = crate::gc::run(&view, &crate::gc::GcOptions { delete_untagged: req.delete_untagged }, false)?;
     phases.add("gc", t);
-    let blobs = blob_origins(&view)?;
+    let blobs = crate::plan::blob_origins(&view)?;
     interrupts.check("the gc")?;
     let t = Instant::now();
     progress.phase("export", None);
