@@ -503,10 +503,8 @@ fn lower_symlinks_show_as_symlinks_through_the_mount() {
     assert_eq!(fs::read_link(mv2.join("escaped")).unwrap(), out);
     std::os::unix::fs::lchown(mv2.join("repositories/evil"), Some(regfs::sys::geteuid()), Some(regfs::sys::getegid()))
         .unwrap();
-    let t = libc::timespec { tv_sec: 1_000_000, tv_nsec: 0 };
-    let c = std::ffi::CString::new(mv2.join("alias").into_os_string().into_vec()).unwrap();
-    // SAFETY: a valid path and a two-element timespec array.
-    assert_eq!(unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), [t, t].as_ptr(), libc::AT_SYMLINK_NOFOLLOW) }, 0);
+    let t = regfs::sys::SetTime::At(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000));
+    regfs::sys::utimens(&mv2.join("alias"), t, t).unwrap();
     assert_eq!(fs::symlink_metadata(mv2.join("alias")).unwrap().mtime(), 1_000_000);
     fs::remove_file(mv2.join("repositories/evil")).unwrap();
     m.umount();

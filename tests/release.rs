@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
-use support::mount::{regfs_bin, test_mode};
+use support::mount::{regfs_bin, test_mode, text};
 use support::oci::{self, ImageRef, digest_hex};
 use support::registry::{self, Registry};
 use support::release::{self, Pulled, SkopeoCache, StoreFiles, V2};
@@ -102,15 +102,6 @@ fn images_list(path: &Path, lines: &[String]) -> PathBuf {
 
 fn list_of(images: &[ImageRef]) -> Vec<String> {
     images.iter().map(|i| format!("{}:{}", i.repo, i.tag)).collect()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// `regfs release --history H... --images LIST --from FROM -o OUT --json --mode MODE EXTRA...`

@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 
 use serde_json::{Value, json};
 
-use crate::support::mount::regfs_bin;
+pub use crate::support::mount::{regfs, text};
 use crate::support::oci::{self, ImageRef};
 use crate::support::registry::{self, Registry, require_tool};
 use crate::support::tree::{self, sha256_hex};
@@ -21,24 +21,6 @@ pub const V2: &str = "docker/registry/v2";
 pub fn empty_root(root: &Path) -> PathBuf {
     fs::create_dir_all(root.join(V2)).unwrap_or_else(|e| panic!("mkdir {}: {e}", root.display()));
     root.to_path_buf()
-}
-
-/// Runs `regfs ARGS...`.
-pub fn regfs<I, S>(args: I) -> Output
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<std::ffi::OsStr>,
-{
-    Command::new(regfs_bin()).args(args).output().expect("running the regfs binary")
-}
-
-pub fn text(o: &Output) -> String {
-    format!(
-        "status {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// `--lower L... --upper U` arguments.

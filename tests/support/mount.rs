@@ -11,7 +11,11 @@ pub fn regfs_bin() -> PathBuf {
 }
 
 /// Runs `regfs ARGS` and returns its output.
-pub fn regfs(args: &[&std::ffi::OsStr]) -> Output {
+pub fn regfs<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
     Command::new(regfs_bin()).args(args).output().expect("running the regfs binary")
 }
 
@@ -26,9 +30,10 @@ pub fn is_root() -> bool {
     regfs::sys::geteuid() == 0
 }
 
-fn text(o: &Output) -> String {
+/// A command's status and output, for failure messages.
+pub fn text(o: &Output) -> String {
     format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
+        "status {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
         o.status,
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
@@ -93,7 +98,7 @@ impl Mount {
     /// `regfs umount`, asserting it succeeds; returns its output.
     pub fn umount(mut self) -> Output {
         self.active = false;
-        let out = regfs(&["umount".as_ref(), self.mountpoint.as_os_str()]);
+        let out = regfs(["umount".as_ref(), self.mountpoint.as_os_str()]);
         assert!(out.status.success(), "regfs umount failed:\n{}", text(&out));
         out
     }
@@ -101,7 +106,7 @@ impl Mount {
     /// `regfs umount` without asserting (for failure-path tests).
     pub fn umount_status(mut self) -> Output {
         self.active = false;
-        regfs(&["umount".as_ref(), self.mountpoint.as_os_str()])
+        regfs(["umount".as_ref(), self.mountpoint.as_os_str()])
     }
 }
 
@@ -110,7 +115,7 @@ impl Drop for Mount {
         if !self.active {
             return;
         }
-        let out = regfs(&["umount".as_ref(), self.mountpoint.as_os_str()]);
+        let out = regfs(["umount".as_ref(), self.mountpoint.as_os_str()]);
         if !out.status.success() {
             detach(&self.mountpoint);
         }

@@ -191,10 +191,8 @@ impl Registry {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
-        // SAFETY: plain kill(2) on the pid of a child we have not reaped yet, so the
-        // pid cannot have been recycled for another process.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+        // The pid of a child not yet reaped cannot have been recycled.
+        let _ = regfs::sys::kill(child.id(), libc::SIGTERM);
         let deadline = Instant::now() + STOP_GRACE;
         while Instant::now() < deadline {
             match child.try_wait() {
