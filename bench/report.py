@@ -142,9 +142,10 @@ def main():
             v, t = r(fig), ("without passthrough" if meta.get("passthrough_flag") == "1" else "as mounted")
         if v is not None:
             target("blob %s (%s)" % (fig.replace("_", " "), t), "<= 1.5x kernel overlay", "%.2fx" % v, v <= 1.5)
-    v = r("push")
-    if v is not None:
-        target("push", "<= 1.1x kernel overlay", "%.2fx" % v, v <= 1.1)
+    for t, how in (("regfs-fuse", "--fsync full"), ("regfs-fuse-finalize", "--fsync finalize")):
+        v = r("push", t)
+        if v is not None:
+            target("push (%s)" % how, "<= 1.1x kernel overlay", "%.2fx" % v, v <= 1.1)
     for fig in ("gc_cold", "gc_warm"):
         v = r(fig, "regfs-gc")
         if v:

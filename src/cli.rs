@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::durability::FsyncPolicy;
 use crate::export::ExportOptions;
 use crate::gc::GcOptions;
 use crate::mount::{self, MountRequest};
@@ -229,9 +230,9 @@ struct MountArgs {
     /// Stay in the foreground (Ctrl-C or SIGTERM unmounts cleanly).
     #[arg(long)]
     foreground: bool,
-    /// FUSE worker threads.
-    #[arg(long, default_value_t = 4, value_name = "N")]
-    threads: usize,
+    /// FUSE worker threads (default: one per CPU, at least 2).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
     /// Let other users (e.g. a registry running as another user) use the
     /// mount. Needs `user_allow_other` in /etc/fuse.conf when not root.
     #[arg(long)]
@@ -247,6 +248,15 @@ struct MountArgs {
     /// it is off by default.
     #[arg(long)]
     passthrough: bool,
+    /// When the registry's fsyncs reach the disk. `full`: each one, before
+    /// it returns (as the kernel overlay). `finalize` (FUSE only; `auto`
+    /// then picks FUSE): they return at once and one syncfs of upper makes
+    /// everything durable when the mount ends, before `--export` runs. If
+    /// the machine goes down meanwhile, regfs later refuses that upper
+    /// (its files may be incomplete) and says so; a crash of regfs alone
+    /// loses nothing.
+    #[arg(long, value_enum, default_value_t = FsyncPolicy::Full, value_name = "POLICY")]
+    fsync: FsyncPolicy,
     /// overlayfs work dir for kernel mode; must be on upper's filesystem.
     /// Default: `.<upper name>.regfs-work` beside upper.
     #[arg(long, value_name = "DIR")]
@@ -299,13 +309,16 @@ pub fn main() -> i32 {
                 keep: a.layers.keep,
                 policy: a.layers.policy,
                 mountpoint: a.mountpoint,
-                threads: a.threads,
+                threads: a.threads.unwrap_or_else(|| {
+                    std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get).max(2)
+                }),
                 allow_other: a.allow_other,
                 mode: a.mode,
                 work: a.work,
                 export: a.export,
                 delete_untagged: a.delete_untagged,
                 passthrough: a.passthrough,
+                fsync: a.fsync,
             };
             if a.foreground {
                 mount::mount_foreground(&req, a.ready_file.as_deref())

@@ -340,6 +340,13 @@ pub fn classify(rel: &Path) -> Place<'_> {
     if prefix.is_empty() { Place::RepositoriesRoot } else { Place::RepoOrNamespace { prefix } }
 }
 
+/// Whether no child of directory `dir` can lie in the repository tree
+/// (`blobs/...`, say): [`classify`] puts every one of them `Outside`.
+pub fn children_outside_repositories(dir: &Path) -> bool {
+    let root = repositories_root();
+    !(dir.starts_with(&root) || root.starts_with(dir))
+}
+
 /// A repository name in its usual `a/b/c` form.
 pub fn repo_name(components: &[&str]) -> String {
     components.join("/")

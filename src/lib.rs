@@ -6,6 +6,7 @@
 
 pub mod absorb;
 pub mod cli;
+pub mod durability;
 pub mod export;
 pub mod fuse;
 pub mod gc;

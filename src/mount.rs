@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::durability::{self, FsyncPolicy};
 use crate::export::{self, ExportOptions};
 use crate::fuse::RegFs;
 use crate::gc::{self, GcOptions};
@@ -44,6 +45,8 @@ pub struct MountRequest {
     pub delete_untagged: bool,
     /// FUSE passthrough for history reads (needs CAP_SYS_ADMIN).
     pub passthrough: bool,
+    /// When the registry's fsyncs reach the disk (FUSE mode).
+    pub fsync: FsyncPolicy,
 }
 
 /// Which front end serves the view.
@@ -274,7 +277,7 @@ pub fn mount_background(req: &MountRequest, args: &[std::ffi::OsString]) -> Resu
     }
     let mp = check_mountpoint(&req.mountpoint)?;
     check_no_overlap(&layers, &mp)?;
-    if choose_mode(req.mode) == Mode::Kernel {
+    if choose_mode(req) == Mode::Kernel {
         match mount_kernel(req, &layers, &mp) {
             Ok(()) => return Ok(()),
             Err(e) if req.mode == Mode::Auto && is_permission_error(&e) => {
@@ -364,6 +367,7 @@ pub fn lock_upper(upper: &Path, what: &str) -> Result<UpperLock> {
         );
     }
     check_no_kernel_mount(upper, what)?;
+    durability::check(upper)?;
     Ok(UpperLock { _dir: dir })
 }
 
@@ -386,7 +390,7 @@ pub fn mount_foreground(req: &MountRequest, ready_file: Option<&Path>) -> Result
     let export_to = req.export.as_deref().map(|out| export::check_target(out, &layers)).transpose()?;
     let mp = check_mountpoint(&req.mountpoint)?;
     check_no_overlap(&layers, &mp)?;
-    if choose_mode(req.mode) == Mode::Kernel {
+    if choose_mode(req) == Mode::Kernel {
         match mount_kernel(req, &layers, &mp) {
             Ok(()) => {
                 if let Some(r) = ready_file {
@@ -407,10 +411,14 @@ pub fn mount_foreground(req: &MountRequest, ready_file: Option<&Path>) -> Result
     let _ = fs::remove_file(&files.status);
     // The FUSE front end applies each caller's umask itself.
     sys::set_umask(0);
+    let finalize = req.fsync == FsyncPolicy::Finalize;
+    if finalize {
+        durability::begin(&layers.upper)?;
+    }
     let view = Arc::new(layers.view()?);
     let notifier = Arc::new(std::sync::OnceLock::new());
-    let fs_impl =
-        RegFs::new(Arc::clone(&view), notifier.clone(), req.passthrough).context("reading the layer roots")?;
+    let fs_impl = RegFs::new(Arc::clone(&view), notifier.clone(), req.passthrough, finalize)
+        .context("reading the layer roots")?;
 
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -457,7 +465,10 @@ pub fn mount_foreground(req: &MountRequest, ready_file: Option<&Path>) -> Result
     sig_handle.close();
     tracing::info!(mountpoint = %mp.display(), "unmounted");
     // The upper lock is still held: the release work runs without re-locking.
-    let outcome = served.context("serving the FUSE session").and_then(|()| match &export_to {
+    let served = served.context("serving the FUSE session");
+    // Synced even when serving failed: what was written stays.
+    let synced = if finalize { durability::finish(&layers.upper) } else { Ok(()) };
+    let outcome = served.and(synced).and_then(|()| match &export_to {
         Some(out) => {
             let finish = Finish::of(req).unwrap_or(Finish {
                 keep: None,
@@ -670,9 +681,11 @@ fn check_no_overlap(layers: &Layers, mp: &Path) -> Result<()> {
 
 /// `auto` picks the kernel where this process may mount overlayfs (root, or
 /// root of a user namespace); a refusal then falls back to FUSE.
-fn choose_mode(mode: Mode) -> Mode {
-    match mode {
-        Mode::Auto if sys::geteuid() == 0 => Mode::Kernel,
+/// `auto`: the kernel where root may mount it, except that `--fsync
+/// finalize` asks for what only the FUSE front end does.
+fn choose_mode(req: &MountRequest) -> Mode {
+    match req.mode {
+        Mode::Auto if sys::geteuid() == 0 && req.fsync == FsyncPolicy::Full => Mode::Kernel,
         Mode::Auto => Mode::Fuse,
         m => m,
     }
@@ -690,6 +703,9 @@ fn is_permission_error(e: &anyhow::Error) -> bool {
 fn mount_kernel(req: &MountRequest, layers: &Layers, mp: &Path) -> Result<()> {
     // Held only while materialising: the kernel keeps no lock of its own
     // beyond the mountinfo entry that check_no_kernel_mount reads.
+    if req.fsync == FsyncPolicy::Finalize {
+        bail!("--fsync finalize needs the FUSE front end (--mode fuse): a kernel overlay passes every fsync to upper");
+    }
     let _lock = lock_upper(&layers.upper, "a kernel mount")?;
     let work = req.work.clone().unwrap_or_else(|| kernel::default_workdir(&layers.upper));
     let work = kernel::prepare_workdir(&layers.upper, &work)?;

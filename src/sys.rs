@@ -189,6 +189,18 @@ pub fn try_lock_exclusive(f: &impl AsRawFd) -> io::Result<bool> {
 }
 
 /// `syncfs` on the filesystem that holds `f`.
+/// Starts writeback of `len` bytes of `f` at `offset` and, with `wait`,
+/// first waits for what is already under writeback there
+/// (`sync_file_range(2)`; not a durability point: fsync is).
+pub fn write_back(f: &impl AsRawFd, offset: u64, len: u64, wait: bool) -> io::Result<()> {
+    let mut flags = libc::SYNC_FILE_RANGE_WRITE;
+    if wait {
+        flags |= libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    }
+    // SAFETY: fd is valid for the lifetime of f; plain syscall on values.
+    check(unsafe { libc::sync_file_range(f.as_raw_fd(), offset as i64, len as i64, flags) })
+}
+
 pub fn syncfs(f: &impl AsRawFd) -> io::Result<()> {
     // SAFETY: fd valid for the lifetime of f.
     check(unsafe { libc::syncfs(f.as_raw_fd()) })

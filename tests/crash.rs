@@ -443,3 +443,59 @@ fn export_killed_midway_leaves_no_tar_and_the_next_run_cleans_up() {
     assert_eq!(file_sha(&target), want);
     assert_unchanged(&lower, &before, "at the end");
 }
+
+/// `--fsync finalize`: a marker naming the boot sits in upper (hidden from
+/// the view) while the mount may hold unsynced data and is gone after a
+/// clean unmount. A daemon killed meanwhile leaves it; the next taker of
+/// the upper in the same boot syncs and clears it. One from another boot
+/// (the machine went down before the sync) makes mount and gc refuse the
+/// upper, saying what to do.
+#[test]
+fn fsync_finalize_marks_upper_until_synced_and_refuses_it_after_a_machine_crash() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let history = tmp.path().join("history");
+    tree::write_store(&history, &[RepoSpec { name: "app", tags: &["1.0"] }], "r1");
+    let before = tree::snapshot(&history);
+    let upper = tmp.path().join("upper");
+    fs::create_dir_all(&upper).expect("mkdir upper");
+    let mnt = tmp.path().join("mnt");
+    let marker = upper.join(regfs::durability::MARKER);
+    let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("boot id");
+    let finalize = ["--mode", "fuse", "--fsync", "finalize"];
+
+    let m = Mount::fuse(&[&history], &upper, &mnt, &finalize);
+    assert_eq!(fs::read_to_string(&marker).expect("marker while mounted").trim(), boot.trim());
+    let root: Vec<_> = fs::read_dir(&mnt).expect("listing the view root").map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(root, vec![std::ffi::OsString::from("docker")], "the marker is not part of the view");
+    let written = mnt.join(V2).join("written-while-finalize");
+    fs::write(&written, b"kept\n").expect("writing through the mount");
+    fs::File::open(&written).and_then(|f| f.sync_all()).expect("fsync through the mount");
+    m.umount();
+    assert!(!marker.exists(), "a clean unmount syncs upper and removes the marker");
+    assert_eq!(fs::read(upper.join(V2).join("written-while-finalize")).expect("in upper"), b"kept\n");
+
+    // The daemon killed: the marker stays; gc (same boot) syncs and clears it.
+    let m = Mount::fuse(&[&history], &upper, &mnt, &finalize);
+    fs::write(mnt.join(V2).join("second"), b"also kept\n").expect("writing through the mount");
+    let daemon = m.daemon_pid();
+    regfs::sys::kill(daemon, libc::SIGKILL).expect("kill -9 the regfs daemon");
+    wait_gone(daemon);
+    let out = m.umount_status();
+    assert!(!is_mountpoint(&mnt), "the dead mount is detached:\n{}", text(&out));
+    assert!(marker.exists(), "a killed finalize mount leaves its marker");
+    regfs_ok("gc", &[&history], &upper, &["--dry-run"]);
+    assert!(!marker.exists(), "the next taker of upper in the same boot syncs it and removes the marker");
+    assert_eq!(fs::read(upper.join(V2).join("second")).expect("in upper"), b"also kept\n");
+
+    // A marker from another boot: refused until the user decides.
+    fs::write(&marker, b"00000000-0000-4000-8000-000000000000\n").expect("faking an earlier boot");
+    let gc = fixtures::regfs_layers("gc", &[&history], &upper, &["--dry-run"]);
+    assert!(!gc.status.success(), "gc must refuse an unsynced upper of an earlier boot:\n{}", text(&gc));
+    let said = String::from_utf8_lossy(&gc.stderr);
+    assert!(said.contains("went down") && said.contains(regfs::durability::MARKER), "{}", text(&gc));
+    let refused = Mount::try_fuse(&[&history], &upper, &mnt, &["--mode", "fuse"]);
+    assert!(refused.as_ref().is_err_and(|e| e.contains("went down")), "mount must refuse it too: {:?}", refused.err());
+    fs::remove_file(&marker).expect("the user vouches for the upper");
+    Mount::fuse(&[&history], &upper, &mnt, &["--mode", "fuse"]).umount();
+    assert_unchanged(&history, &before, "after the finalize mounts");
+}

@@ -155,3 +155,57 @@ fn the_policy_view_is_the_same_in_fuse_and_kernel_mode() {
     assert!(fuse.iter().all(|l| !l.contains("_manifests") && !l.contains("_uploads")), "{fuse:#?}");
     assert_eq!(fuse, kernel);
 }
+
+/// Set-user/group-ID bits after an unprivileged user writes or truncates:
+/// regfs (which writes upper as root and is told by the kernel when a
+/// writer lacks CAP_FSETID) must leave the modes the kernel overlay leaves.
+#[test]
+fn an_unprivileged_writer_drops_setid_bits_as_under_the_kernel() {
+    use std::os::unix::fs::PermissionsExt;
+    let l = Layers::new();
+    // The writer (nobody) must reach the mountpoints.
+    fs::set_permissions(l.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let lower_file = l.lower.join("docker/lower-suid");
+    fs::write(&lower_file, b"history\n").unwrap();
+    fs::set_permissions(&lower_file, fs::Permissions::from_mode(0o6777)).unwrap();
+
+    let modes_after = |root: &Path| -> Vec<(String, u32)> {
+        let d = root.join("docker");
+        for (name, mode) in [("new-suid", 0o6777), ("new-sgid-noexec", 0o6767), ("trunc", 0o6777)] {
+            fs::write(d.join(name), b"x\n").unwrap();
+            fs::set_permissions(d.join(name), fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let script = "echo more >> new-suid && echo more >> new-sgid-noexec && echo more >> lower-suid \
+                      && truncate -s 0 trunc";
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c", script])
+            .current_dir(&d)
+            .output()
+            .expect("running setpriv (util-linux)");
+        assert!(out.status.success(), "writing as nobody: {}", support::mount::text(&out));
+        ["new-suid", "new-sgid-noexec", "lower-suid", "trunc"]
+            .iter()
+            .map(|n| (n.to_string(), fs::metadata(d.join(n)).unwrap().permissions().mode() & 0o7777))
+            .collect()
+    };
+    let ours = {
+        let m = Mount::fuse(
+            &[&l.lower],
+            &l.upper,
+            &l.path("mnt"),
+            &["--allow-other", "--policy", l.transparent.to_str().unwrap()],
+        );
+        let modes = modes_after(&m.mountpoint);
+        m.umount();
+        modes
+    };
+    let kernel = {
+        let upper = l.path("kernel-upper");
+        fs::create_dir_all(&upper).unwrap();
+        let k = KernelOverlay::mount(&[&l.lower], &upper, &l.path("kwork"), &l.path("kmnt"));
+        modes_after(&k.mountpoint)
+    };
+    assert_eq!(ours, kernel, "modes after unprivileged writes (regfs, then kernel)");
+    let expected = [("new-suid", 0o777), ("new-sgid-noexec", 0o767), ("lower-suid", 0o777), ("trunc", 0o777)];
+    assert_eq!(ours, expected.map(|(n, m)| (n.to_string(), m)).to_vec());
+}

@@ -14,7 +14,7 @@ use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::RwLock;
 
-use crate::view::{Entry, LayerIdx};
+use crate::view::{Dir, Entry, LayerIdx};
 
 pub const ROOT: u64 = 1;
 
@@ -47,6 +47,13 @@ pub struct NodeInfo {
     pub path: PathBuf,
     pub layers: Vec<LayerIdx>,
     pub dir: bool,
+}
+
+impl NodeInfo {
+    /// The node as a directory of the view, for operations on its names.
+    pub fn as_dir(&self) -> Dir<'_> {
+        Dir { rel: &self.path, layers: &self.layers }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -145,7 +152,12 @@ impl Inodes {
     /// The inode for `name` in `parent`, created on first sight; its layers
     /// and kind are set from `entry`.
     pub fn intern(&self, parent: u64, name: &OsStr, entry: &Entry) -> u64 {
-        let (stack, dir) = (Stack::of(&entry.layers), entry.is_dir());
+        self.intern_stack(parent, name, &entry.layers, entry.is_dir())
+    }
+
+    /// [`Inodes::intern`] from a layer stack and whether it is a directory.
+    pub fn intern_stack(&self, parent: u64, name: &OsStr, layers: &[LayerIdx], dir: bool) -> u64 {
+        let stack = Stack::of(layers);
         let mut t = self.write();
         if let Some(ino) = t.find(parent, name) {
             if let Some(n) = t.nodes.get_mut(ino as usize) {

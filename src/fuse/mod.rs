@@ -65,6 +65,8 @@ pub struct RegFs {
     /// Whether passthrough was asked for (`--passthrough`).
     want_passthrough: bool,
     backings: DashMap<u64, Backing>,
+    /// `--fsync finalize`: fsyncs are answered without syncing.
+    finalize: bool,
 }
 
 fn io_errno(e: &io::Error) -> Errno {
@@ -80,7 +82,10 @@ fn to_system_time(sec: i64, nsec: i64) -> SystemTime {
 }
 
 fn file_type(m: &Metadata) -> FileType {
-    let ft = m.file_type();
+    kind_of(m.file_type())
+}
+
+fn kind_of(ft: std::fs::FileType) -> FileType {
     if ft.is_dir() {
         FileType::Directory
     } else if ft.is_symlink() {
@@ -126,6 +131,50 @@ fn attr(ino: u64, e: &Entry) -> FileAttr {
     }
 }
 
+/// What a write or truncate by a caller without CAP_FSETID leaves of a
+/// file's `mode` (the kernel's rule): no set-user-ID, and no set-group-ID
+/// where group execute is set or the caller is not in the file's group
+/// (`caller_gid`: the primary group; FUSE tells no others). `None` when
+/// nothing changes.
+fn killed_suidgid(mode: u32, file_gid: u32, caller_gid: u32) -> Option<u32> {
+    let mut kill = libc::S_ISUID;
+    if mode & libc::S_IXGRP != 0 || file_gid != caller_gid {
+        kill |= libc::S_ISGID;
+    }
+    (mode & kill != 0).then_some(mode & !kill & 0o7777)
+}
+
+/// Applies [`killed_suidgid`] to an open file; whether the mode changed.
+fn kill_suidgid_of(f: &File, caller_gid: u32) -> io::Result<bool> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = f.metadata()?;
+    match killed_suidgid(meta.mode(), meta.gid(), caller_gid) {
+        Some(mode) => f.set_permissions(std::fs::Permissions::from_mode(mode)).map(|()| true),
+        None => Ok(false),
+    }
+}
+
+/// The attributes of a negative entry: node id 0 means "no such name".
+fn negative_attr() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}
+
 fn set_time(t: TimeOrNow) -> SetTime {
     match t {
         TimeOrNow::Now => SetTime::Now,
@@ -135,7 +184,14 @@ fn set_time(t: TimeOrNow) -> SetTime {
 
 impl RegFs {
     /// `notifier` is filled in by the caller once the session is mounted.
-    pub fn new(view: Arc<View>, notifier: Arc<OnceLock<fuser::Notifier>>, passthrough: bool) -> io::Result<RegFs> {
+    /// `finalize`: fsyncs return at once (`--fsync finalize`; the mount
+    /// syncs upper when it ends).
+    pub fn new(
+        view: Arc<View>,
+        notifier: Arc<OnceLock<fuser::Notifier>>,
+        passthrough: bool,
+        finalize: bool,
+    ) -> io::Result<RegFs> {
         let root = view.root()?;
         Ok(RegFs {
             view,
@@ -149,24 +205,39 @@ impl RegFs {
             passthrough: std::sync::atomic::AtomicBool::new(false),
             want_passthrough: passthrough,
             backings: DashMap::new(),
+            finalize,
         })
     }
 
-    /// A change in upper makes the kernel's cached attributes of `ino` and
-    /// its parent stale (upper's parent gained or lost an entry). When the
-    /// request also copied up directories, every ancestor may have turned
-    /// into a merged directory (nlink 1, upper's times) although the kernel
-    /// saw no change to it: then the whole chain is dropped. Only attributes
-    /// (offset -1), no pages.
+    /// After a request on the entry `ino` itself (setattr, open for
+    /// writing, xattrs). The kernel takes the entry's new attributes from
+    /// the reply or drops them itself; what it cannot know is what a
+    /// copy-up changed: a copied-up file's parent gained an upper entry,
+    /// and copied-up directories turned into merged ones (nlink 1, upper's
+    /// times), up to the root.
     fn changed(&self, ino: INodeNo) {
-        self.changed_with(ino, crate::view::take_dir_copyups() > 0);
+        self.invalidate(ino, crate::view::take_copyups(), true);
     }
 
-    /// [`Self::changed`] for requests that touch two places (rename, link):
-    /// `deep` is decided once for both.
-    fn changed_with(&self, ino: INodeNo, deep: bool) {
+    /// After a request on names in directory `dir` (create, mkdir, unlink,
+    /// rmdir, rename, link): the kernel drops `dir`'s attributes itself, so
+    /// only directory copy-ups leave it something to learn.
+    fn changed_in(&self, dir: INodeNo) {
+        self.invalidate(dir, crate::view::take_copyups(), false);
+    }
+
+    /// Drops the listing cache of `ino` and, after copy-ups, the kernel's
+    /// attributes of `ino` and its ancestors (offset -1: no pages). `entry`:
+    /// `ino` is the entry a request acted on, not a directory it changed.
+    fn invalidate(&self, ino: INodeNo, copyups: crate::view::CopyUps, entry: bool) {
         self.listings.remove(&ino.0);
-        let depth = if deep { 4096 } else { 2 };
+        let depth = if copyups.dirs > 0 {
+            4096
+        } else if entry && copyups.others > 0 {
+            2
+        } else {
+            return;
+        };
         let Some(notifier) = self.notifier.get() else { return };
         let mut cur = ino.0;
         for _ in 0..depth {
@@ -214,12 +285,13 @@ impl RegFs {
         io_errno(e)
     }
 
-    fn child_path(&self, parent: INodeNo, name: &OsStr) -> Result<(PathBuf, PathBuf), Errno> {
-        let dir = self.node(parent)?.path;
+    /// The parent directory's node and the path of `name` in it.
+    fn child_path(&self, parent: INodeNo, name: &OsStr) -> Result<(NodeInfo, PathBuf), Errno> {
+        let dir = self.node(parent)?;
         if name.len() > 255 {
             return Err(Errno::ENAMETOOLONG);
         }
-        let path = dir.join(name);
+        let path = dir.path.join(name);
         Ok((dir, path))
     }
 
@@ -236,7 +308,7 @@ impl RegFs {
         match res.and_then(|e| self.own(req, path, e)) {
             Ok(e) => {
                 let ino = self.inodes.intern(parent.0, name, &e);
-                self.changed(parent);
+                self.changed_in(parent);
                 reply.entry(&ttl_for(&e), &attr(ino, &e), Generation(0));
             }
             Err(err) => reply.error(self.fail("create", path, &err)),
@@ -257,14 +329,14 @@ impl RegFs {
     fn listing(&self, ino: INodeNo) -> Result<Listing, Errno> {
         let info = self.node(ino)?;
         let path = info.path;
-        let items = self.view.list_in(&path, &info.layers).map_err(|err| self.fail("readdir", &path, &err))?;
+        let items = self.view.names_in(&path, &info.layers).map_err(|err| self.fail("readdir", &path, &err))?;
         let parent_ino = self.inodes.parent_of(ino.0).unwrap_or(ROOT);
         let mut listing = Vec::with_capacity(items.len() + 2);
         listing.push((ino.0, FileType::Directory, ".".into()));
         listing.push((parent_ino, FileType::Directory, "..".into()));
         for item in items {
-            let kind = file_type(&item.entry.meta);
-            let child = self.inodes.intern(ino.0, &item.name, &item.entry);
+            let kind = kind_of(item.file_type);
+            let child = self.inodes.intern_stack(ino.0, &item.name, &item.layers, item.is_dir());
             listing.push((child, kind, item.name));
         }
         Ok(listing)
@@ -289,6 +361,15 @@ impl Filesystem for RegFs {
         self.no_opendir = config.capabilities().contains(fuser::InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         if self.no_opendir {
             let _ = config.add_capabilities(fuser::InitFlags::FUSE_NO_OPENDIR_SUPPORT);
+        }
+        // Lookups and readdirs of one directory may run in parallel: they
+        // only read, and the view serialises what changes the namespace.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_PARALLEL_DIROPS);
+        // The kernel then leaves clearing set-user/group-ID bits on writes
+        // to regfs (a flag on the few writes that need it), instead of
+        // asking for `security.capability` before every write.
+        if config.add_capabilities(fuser::InitFlags::FUSE_HANDLE_KILLPRIV_V2).is_ok() {
+            tracing::debug!("FUSE_HANDLE_KILLPRIV_V2 enabled");
         }
         // Passthrough needs CAP_SYS_ADMIN for the backing ids; without it
         // (an ordinary user) reads go through regfs, as before.
@@ -317,7 +398,11 @@ impl Filesystem for RegFs {
                 let ino = self.inodes.intern(parent.0, name, &e);
                 reply.entry(&ttl_for(&e), &attr(ino, &e), Generation(0));
             }
-            Ok(None) => reply.error(Errno::ENOENT),
+            // A negative entry the kernel may keep: a name can only appear
+            // through this mount (upper is locked to it, lowers never
+            // change), and the kernel drops the entry when it creates one.
+            // Registries probe for many names before creating them.
+            Ok(None) => reply.entry(&TTL_LOWER, &negative_attr(), Generation(0)),
             Err(err) => reply.error(self.fail("lookup", &dir.join(name), &err)),
         }
     }
@@ -338,7 +423,7 @@ impl Filesystem for RegFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -364,6 +449,16 @@ impl Filesystem for RegFs {
         {
             return reply.error(self.fail("ftruncate", &path, &e));
         }
+        // A truncate by a caller without CAP_FSETID drops set-user/group-ID
+        // bits (the kernel leaves this to regfs, see `init`).
+        let mode = match mode {
+            None if size.is_some() && req.uid() != 0 => match self.fresh(ino) {
+                Ok((_, e)) if e.meta.is_file() => killed_suidgid(e.meta.mode(), e.meta.gid(), req.gid()),
+                Ok(_) => None,
+                Err(e) => return reply.error(e),
+            },
+            m => m,
+        };
         let change = AttrChange {
             mode,
             uid,
@@ -405,32 +500,32 @@ impl Filesystem for RegFs {
     }
 
     fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
-        let (_, path) = match self.child_path(parent, name) {
+        let (dir, path) = match self.child_path(parent, name) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        let res = self.view.mknod(&path, mode & !umask, rdev as u64);
+        let res = self.view.mknod_in(dir.as_dir(), name, mode & !umask, rdev as u64);
         self.created_entry(req, parent, name, &path, reply, res);
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        let (_, path) = match self.child_path(parent, name) {
+        let (dir, path) = match self.child_path(parent, name) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        let res = self.view.mkdir(&path, mode & !umask);
+        let res = self.view.mkdir_in(dir.as_dir(), name, mode & !umask);
         self.created_entry(req, parent, name, &path, reply, res);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let (_, path) = match self.child_path(parent, name) {
+        let (dir, path) = match self.child_path(parent, name) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        match self.view.unlink(&path) {
+        match self.view.unlink_in(dir.as_dir(), name) {
             Ok(()) => {
                 self.inodes.detach(parent.0, name);
-                self.changed(parent);
+                self.changed_in(parent);
                 reply.ok()
             }
             Err(err) => reply.error(self.fail("unlink", &path, &err)),
@@ -438,14 +533,14 @@ impl Filesystem for RegFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let (_, path) = match self.child_path(parent, name) {
+        let (dir, path) = match self.child_path(parent, name) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        match self.view.rmdir(&path) {
+        match self.view.rmdir_in(dir.as_dir(), name) {
             Ok(()) => {
                 self.inodes.detach(parent.0, name);
-                self.changed(parent);
+                self.changed_in(parent);
                 reply.ok()
             }
             Err(err) => reply.error(self.fail("rmdir", &path, &err)),
@@ -453,11 +548,11 @@ impl Filesystem for RegFs {
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        let (_, path) = match self.child_path(parent, link_name) {
+        let (dir, path) = match self.child_path(parent, link_name) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        let res = self.view.symlink(&path, target);
+        let res = self.view.symlink_in(dir.as_dir(), link_name, target);
         self.created_entry(req, parent, link_name, &path, reply, res);
     }
 
@@ -484,9 +579,9 @@ impl Filesystem for RegFs {
                 {
                     self.inodes.update(ino, &e);
                 }
-                let deep = crate::view::take_dir_copyups() > 0;
-                self.changed_with(parent, deep);
-                self.changed_with(newparent, deep);
+                let copyups = crate::view::take_copyups();
+                self.invalidate(parent, copyups, false);
+                self.invalidate(newparent, copyups, false);
                 reply.ok()
             }
             Err(err) => reply.error(self.fail("rename", &from, &err)),
@@ -505,9 +600,9 @@ impl Filesystem for RegFs {
                     self.inodes.update(ino.0, &src);
                 }
                 let new_ino = self.inodes.intern(newparent.0, newname, &e);
-                let deep = crate::view::take_dir_copyups() > 0;
-                self.changed_with(ino, deep);
-                self.changed_with(newparent, deep);
+                let copyups = crate::view::take_copyups();
+                self.invalidate(ino, copyups, true);
+                self.invalidate(newparent, copyups, false);
                 reply.entry(&ttl_for(&e), &attr(new_ino, &e), Generation(0));
             }
             Err(err) => reply.error(self.fail("link", &to, &err)),
@@ -602,12 +697,12 @@ impl Filesystem for RegFs {
 
     fn write(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
@@ -616,6 +711,16 @@ impl Filesystem for RegFs {
             Ok(f) => f,
             Err(e) => return reply.error(e),
         };
+        // The writer may not keep set-user/group-ID bits (no CAP_FSETID):
+        // regfs, which writes upper as root, clears them as the kernel would.
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+            match kill_suidgid_of(&f, req.gid()) {
+                // The kernel's cached mode still has the bits.
+                Ok(true) => self.invalidate(ino, crate::view::CopyUps { dirs: 0, others: 1 }, true),
+                Ok(false) => {}
+                Err(e) => return reply.error(self.fail("write", Path::new(""), &e)),
+            }
+        }
         match f.write_all_at(data, offset) {
             Ok(()) => reply.written(data.len() as u32),
             Err(e) => reply.error(self.fail("write", Path::new(""), &e)),
@@ -623,7 +728,10 @@ impl Filesystem for RegFs {
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        reply.ok();
+        // Writes reach upper synchronously, so a close has nothing to
+        // report; ENOSYS makes the kernel stop sending FLUSH at all (one
+        // round trip less per close).
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(
@@ -653,7 +761,13 @@ impl Filesystem for RegFs {
             Ok(f) => f,
             Err(e) => return reply.error(e),
         };
-        let res = if datasync { f.sync_data() } else { f.sync_all() };
+        let res = if self.finalize {
+            Ok(())
+        } else if datasync {
+            f.sync_data()
+        } else {
+            f.sync_all()
+        };
         match res {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.fail("fsync", Path::new(""), &e)),
@@ -801,19 +915,19 @@ impl Filesystem for RegFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let (_, path) = match self.child_path(parent, name) {
+        let (dir, path) = match self.child_path(parent, name) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
         let acc = flags & libc::O_ACCMODE;
         let res = self
             .view
-            .create_file(&path, mode & !umask, acc != libc::O_RDONLY, acc != libc::O_WRONLY)
+            .create_file_in(dir.as_dir(), name, mode & !umask, acc != libc::O_RDONLY, acc != libc::O_WRONLY)
             .and_then(|(f, e)| Ok((f, self.own(req, &path, e)?)));
         match res {
             Ok((f, e)) => {
                 let ino = self.inodes.intern(parent.0, name, &e);
-                self.changed(parent);
+                self.changed_in(parent);
                 let fh = self.add_handle(Handle::File(Arc::new(f)));
                 reply.created(&ttl_for(&e), &attr(ino, &e), Generation(0), fh, FopenFlags::empty());
             }

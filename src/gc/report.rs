@@ -122,8 +122,13 @@ impl Report {
 /// Every path a plan deletes, in sweep order.
 pub fn write_plan(out: &mut impl Write, plan: &Plan) -> io::Result<()> {
     for d in &plan.deletions {
-        let size = if d.kind == Kind::EmptyDir { String::new() } else { format!(" ({})", human_bytes(d.bytes)) };
-        writeln!(out, "delete {:<12} {}{size}", d.kind.name(), d.path.display())?;
+        // The path's own bytes: a plan lists tens of thousands of them.
+        write!(out, "delete {:<12} ", d.kind.name())?;
+        out.write_all(d.path.as_os_str().as_encoded_bytes())?;
+        match d.kind {
+            Kind::EmptyDir => writeln!(out)?,
+            _ => writeln!(out, " ({})", human_bytes(d.bytes))?,
+        }
     }
     Ok(())
 }

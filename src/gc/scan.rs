@@ -1,6 +1,12 @@
 //! Reading the registry tree through the view: repositories, their links,
 //! and the blob store. Nothing here writes.
 //!
+//! Directories are listed by name ([`View::names_in`]: one getdents per
+//! layer, no stat per name), and a blob's `data` is looked up only when GC
+//! needs it (a marked blob, or one in upper whose bytes a deletion frees):
+//! a cold-cache dry run over a large history then reads directories, not
+//! tens of thousands of inodes.
+//!
 //! Every directory listed is remembered (name lists only), so the planner
 //! can tell which directories GC leaves empty without listing them again.
 
@@ -15,7 +21,7 @@ use rayon::prelude::*;
 
 use super::GcError;
 use crate::layout::{self, Digest, Section};
-use crate::view::{DirItem, Entry, View};
+use crate::view::{LayerIdx, Named, UPPER, View};
 
 /// A link directory (`.../sha256/<hex>`) and what its `link` file says.
 #[derive(Clone, Debug)]
@@ -27,6 +33,8 @@ pub struct LinkRef {
     pub present: bool,
     /// Size of the link file.
     pub bytes: u64,
+    /// Whether the link file is upper's (deleting it frees its bytes).
+    pub in_upper: bool,
 }
 
 /// One tag of a repository.
@@ -40,9 +48,9 @@ pub struct TagScan {
     pub history: Vec<LinkRef>,
 }
 
-/// A directory of the view and its resolved entry: where lookups start, so
+/// A directory of the view and its layer stack: where lookups start, so
 /// the scan never resolves a deep path from the root again.
-pub type At = (PathBuf, Entry);
+pub type At = (PathBuf, Vec<LayerIdx>);
 
 /// One repository: a directory under `repositories/` with a section.
 #[derive(Clone, Debug, Default)]
@@ -53,6 +61,13 @@ pub struct RepoScan {
     pub revisions: Vec<LinkRef>,
     pub tags: Vec<TagScan>,
     pub layer_links: Vec<LinkRef>,
+}
+
+impl LinkRef {
+    /// Files and bytes deleting the link frees (an upper link only).
+    pub fn freed(&self) -> (u64, u64) {
+        if self.present && self.in_upper { (1, self.bytes) } else { (0, 0) }
+    }
 }
 
 impl RepoScan {
@@ -69,9 +84,12 @@ impl RepoScan {
 #[derive(Clone, Debug)]
 pub struct BlobScan {
     pub digest: Digest,
-    /// Size and real path of the data file; `None` when there is none.
-    pub data: Option<(u64, PathBuf)>,
+    /// The blob directory's layer stack.
+    pub layers: Vec<LayerIdx>,
 }
+
+/// Size and real path of a blob's data file.
+pub type BlobData = Option<(u64, PathBuf)>;
 
 pub struct Scanner<'v> {
     view: &'v View,
@@ -90,7 +108,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> GcError + '_ {
 }
 
 /// The UTF-8 name of a listed item; registries only create UTF-8 names.
-fn utf8<'a>(dir: &Path, item: &'a DirItem) -> Result<&'a str, GcError> {
+fn utf8<'a>(dir: &Path, item: &'a Named) -> Result<&'a str, GcError> {
     item.name.to_str().ok_or_else(|| bad(&dir.join(&item.name), "not a UTF-8 name; a registry never creates one"))
 }
 
@@ -100,9 +118,9 @@ impl<'v> Scanner<'v> {
     }
 
     /// Resolves a path that must be a directory if it exists.
-    pub fn dir(&self, rel: &Path) -> Result<Option<Entry>, GcError> {
+    pub fn dir(&self, rel: &Path) -> Result<Option<Vec<LayerIdx>>, GcError> {
         match self.view.resolve(rel).map_err(io_err(rel))? {
-            Some(e) if e.is_dir() => Ok(Some(e)),
+            Some(e) if e.is_dir() => Ok(Some(e.layers)),
             Some(_) => Err(bad(rel, "expected a directory, found a file")),
             None => Ok(None),
         }
@@ -113,40 +131,36 @@ impl<'v> Scanner<'v> {
     /// way is not a directory.
     fn descend(&self, from: &At, target: &Path) -> Result<Option<At>, GcError> {
         let tail = target.strip_prefix(&from.0).map_err(|_| bad(target, "internal: not below the scan's position"))?;
-        let (mut rel, mut e) = from.clone();
+        let (mut rel, mut layers) = from.clone();
         for c in tail.components() {
-            if !e.is_dir() {
-                return Err(bad(&rel, "expected a directory, found a file"));
-            }
-            match self.view.lookup(&rel, &e, c.as_os_str()).map_err(io_err(&rel))? {
-                Some(next) => e = next,
+            match self.view.lookup_in(&rel, &layers, c.as_os_str()).map_err(io_err(&rel))? {
+                Some(next) if next.is_dir() => layers = next.layers,
+                Some(_) => return Err(bad(&rel.join(c), "expected a directory, found a file")),
                 None => return Ok(None),
             }
             rel.push(c);
         }
-        if !e.is_dir() {
-            return Err(bad(&rel, "expected a directory, found a file"));
-        }
-        Ok(Some((rel, e)))
+        Ok(Some((rel, layers)))
     }
 
-    /// Lists a directory of the view, remembering the names.
-    pub fn list(&self, rel: &Path, e: &Entry) -> Result<Vec<DirItem>, GcError> {
-        let mut items = self.view.list(rel, e).map_err(io_err(rel))?;
+    /// Lists a directory of the view by name, remembering the names.
+    pub fn list(&self, rel: &Path, layers: &[LayerIdx]) -> Result<Vec<Named>, GcError> {
+        let mut items = self.view.names_in(rel, layers).map_err(io_err(rel))?;
         items.sort_by(|a, b| a.name.cmp(&b.name));
         let names = items.iter().map(|i| i.name.clone()).collect();
         self.listings.lock().unwrap_or_else(|p| p.into_inner()).insert(rel.to_path_buf(), names);
         Ok(items)
     }
 
-    /// The names in a directory: remembered from the scan, or listed now.
-    pub fn names(&self, rel: &Path) -> Result<Vec<OsString>, GcError> {
+    /// How many names a directory holds: remembered from the scan, or
+    /// listed now.
+    pub fn name_count(&self, rel: &Path) -> Result<usize, GcError> {
         if let Some(n) = self.listings.lock().unwrap_or_else(|p| p.into_inner()).get(rel) {
-            return Ok(n.clone());
+            return Ok(n.len());
         }
         match self.dir(rel)? {
-            Some(e) => Ok(self.list(rel, &e)?.into_iter().map(|i| i.name).collect()),
-            None => Ok(Vec::new()),
+            Some(layers) => Ok(self.list(rel, &layers)?.len()),
+            None => Ok(0),
         }
     }
 
@@ -157,15 +171,16 @@ impl<'v> Scanner<'v> {
     }
 
     /// Reads the `link` file in directory `dir`. `expect` is the digest the
-    /// directory name stands for: the file must name exactly that.
+    /// directory name stands for: the file must name exactly that. Returns
+    /// the digest, the file's size and whether it is upper's.
     fn read_link(
         &self,
         dir: &Path,
-        dir_entry: &Entry,
+        dir_layers: &[LayerIdx],
         expect: Option<&Digest>,
-    ) -> Result<Option<(Digest, u64)>, GcError> {
+    ) -> Result<Option<(Digest, u64, bool)>, GcError> {
         let rel = dir.join(layout::LINK);
-        let Some(e) = self.view.lookup(dir, dir_entry, layout::LINK.as_ref()).map_err(io_err(&rel))? else {
+        let Some(e) = self.view.lookup_in(dir, dir_layers, layout::LINK.as_ref()).map_err(io_err(&rel))? else {
             return Ok(None);
         };
         if !e.meta.is_file() {
@@ -182,14 +197,14 @@ impl<'v> Scanner<'v> {
         if let Some(x) = expect.filter(|x| **x != d) {
             return Err(bad(&rel, format!("the link names {d} but is filed under {x}")));
         }
-        Ok(Some((d, content.len() as u64)))
+        Ok(Some((d, content.len() as u64, e.top() == UPPER)))
     }
 
     /// Lists `<dir>/<hex>/link` entries (`_layers/sha256`, `revisions/sha256`,
     /// a tag's `index/sha256`): every name must be a digest directory.
     fn links(&self, from: &At, dir: &Path) -> Result<Vec<LinkRef>, GcError> {
-        let Some((_, e)) = self.descend(from, dir)? else { return Ok(Vec::new()) };
-        let items = self.list(dir, &e)?;
+        let Some((_, layers)) = self.descend(from, dir)? else { return Ok(Vec::new()) };
+        let items = self.list(dir, &layers)?;
         items
             .par_iter()
             .map(|item| {
@@ -198,11 +213,17 @@ impl<'v> Scanner<'v> {
                 let d = Digest::from_hex(name).map_err(|_| {
                     bad(&rel, "unexpected entry: only sha256 digest directories (64 lowercase hex) belong here")
                 })?;
-                if !item.entry.is_dir() {
+                if !item.is_dir() {
                     return Err(bad(&rel, "a link directory must be a directory"));
                 }
-                let link = self.read_link(&rel, &item.entry, Some(&d))?;
-                Ok(LinkRef { digest: d, dir: rel, present: link.is_some(), bytes: link.map_or(0, |l| l.1) })
+                let link = self.read_link(&rel, &item.layers, Some(&d))?;
+                Ok(LinkRef {
+                    digest: d,
+                    dir: rel,
+                    present: link.is_some(),
+                    bytes: link.map_or(0, |l| l.1),
+                    in_upper: link.is_some_and(|l| l.2),
+                })
             })
             .collect::<Vec<_>>()
             .into_iter()
@@ -213,12 +234,12 @@ impl<'v> Scanner<'v> {
     pub fn repositories(&self) -> Result<Vec<RepoScan>, GcError> {
         let root = layout::repositories_root();
         let mut out = Vec::new();
-        let Some(e) = self.dir(&root)? else { return Ok(out) };
-        let mut stack = vec![(root, e, String::new())];
-        while let Some((rel, entry, name)) = stack.pop() {
+        let Some(layers) = self.dir(&root)? else { return Ok(out) };
+        let mut stack = vec![(root, layers, String::new())];
+        while let Some((rel, layers, name)) = stack.pop() {
             let mut sections = Vec::new();
-            for item in self.list(&rel, &entry)? {
-                if !item.entry.is_dir() {
+            for item in self.list(&rel, &layers)? {
+                if !item.is_dir() {
                     continue;
                 }
                 // A repository name is UTF-8: skipping one that is not would
@@ -226,11 +247,11 @@ impl<'v> Scanner<'v> {
                 let n = utf8(&rel, &item)?;
                 if let Some(s) = Section::from_name(n) {
                     if !name.is_empty() {
-                        sections.push((s, (rel.join(&item.name), item.entry)));
+                        sections.push((s, (rel.join(&item.name), item.layers)));
                     }
                 } else if layout::may_hold_repos(n) {
                     let child = if name.is_empty() { n.to_string() } else { format!("{name}/{n}") };
-                    stack.push((rel.join(&item.name), item.entry, child));
+                    stack.push((rel.join(&item.name), item.layers, child));
                 }
             }
             if !sections.is_empty() {
@@ -257,19 +278,19 @@ impl<'v> Scanner<'v> {
 
     fn tags(&self, manifests: &At, repo: &str) -> Result<Vec<TagScan>, GcError> {
         let dir = layout::tags_dir(repo);
-        let Some((_, e)) = self.descend(manifests, &dir)? else { return Ok(Vec::new()) };
+        let Some((_, layers)) = self.descend(manifests, &dir)? else { return Ok(Vec::new()) };
         let mut out = Vec::new();
-        for item in self.list(&dir, &e)? {
+        for item in self.list(&dir, &layers)? {
             let name = utf8(&dir, &item)?.to_string();
             let tag_dir = layout::tag_dir(repo, &name);
-            if !item.entry.is_dir() {
+            if !item.is_dir() {
                 return Err(bad(&tag_dir, "a tag must be a directory"));
             }
-            let tag: At = (tag_dir.clone(), item.entry);
+            let tag: At = (tag_dir.clone(), item.layers);
             let current_link = layout::tag_current_link(repo, &name);
             let current = match current_link.parent() {
                 Some(p) => match self.descend(&tag, p)? {
-                    Some((_, ce)) => self.read_link(p, &ce, None)?,
+                    Some((_, cl)) => self.read_link(p, &cl, None)?,
                     None => None,
                 },
                 None => None,
@@ -284,40 +305,30 @@ impl<'v> Scanner<'v> {
         Ok(out)
     }
 
-    /// Every blob directory of the store. Anything else under
-    /// `blobs/sha256` is an error: GC does not guess what it is.
+    /// Every blob directory of the store, by name: what is inside one is
+    /// looked at only when GC needs it ([`Scanner::blob_data`]). Anything
+    /// else under `blobs/sha256` is an error: GC does not guess what it is.
     pub fn blobs(&self) -> Result<Vec<BlobScan>, GcError> {
         let root = layout::blobs_root();
-        let Some(e) = self.dir(&root)? else { return Ok(Vec::new()) };
-        let prefixes = self.list(&root, &e)?;
+        let Some(layers) = self.dir(&root)? else { return Ok(Vec::new()) };
+        let prefixes = self.list(&root, &layers)?;
         let per_prefix: Vec<Vec<BlobScan>> = prefixes
             .par_iter()
             .map(|p| {
                 let prel = root.join(&p.name);
                 let prefix = utf8(&root, p)?;
-                if !p.entry.is_dir() {
+                if !p.is_dir() {
                     return Err(bad(&prel, "unexpected file in the blob store"));
                 }
-                self.list(&prel, &p.entry)?
-                    .iter()
+                self.list(&prel, &p.layers)?
+                    .into_iter()
                     .map(|item| {
-                        let rel = prel.join(&item.name);
-                        let digest = layout::blob_dir_digest(prefix, utf8(&prel, item)?)
-                            .map_err(|err| bad(&rel, format!("not a blob directory: {err}")))?;
-                        if !item.entry.is_dir() {
-                            return Err(bad(&rel, "a blob must be a directory"));
+                        let digest = layout::blob_dir_digest(prefix, utf8(&prel, &item)?)
+                            .map_err(|err| bad(&prel.join(&item.name), format!("not a blob directory: {err}")))?;
+                        if !item.is_dir() {
+                            return Err(bad(&prel.join(&item.name), "a blob must be a directory"));
                         }
-                        let data_rel = rel.join(layout::DATA);
-                        let data = match self
-                            .view
-                            .lookup(&rel, &item.entry, layout::DATA.as_ref())
-                            .map_err(io_err(&data_rel))?
-                        {
-                            Some(d) if d.meta.is_file() => Some((d.meta.len(), self.view.real_path(&data_rel, &d))),
-                            Some(_) => return Err(bad(&data_rel, "blob data must be a regular file")),
-                            None => None,
-                        };
-                        Ok(BlobScan { digest, data })
+                        Ok(BlobScan { digest, layers: item.layers })
                     })
                     .collect()
             })
@@ -328,23 +339,39 @@ impl<'v> Scanner<'v> {
         Ok(per_prefix.into_iter().flatten().collect())
     }
 
-    /// Files and bytes below `rel` (or of `rel` itself), through the view.
-    pub fn usage(&self, rel: &Path) -> Result<(u64, u64), GcError> {
-        match self.view.resolve(rel).map_err(io_err(rel))? {
-            Some(e) => self.usage_of(rel, &e),
-            None => Ok((0, 0)),
+    /// The size and real path of a blob's `data` file; `None` when there is
+    /// none.
+    pub fn blob_data(&self, blob: &BlobScan) -> Result<BlobData, GcError> {
+        let dir = layout::blob_dir(&blob.digest);
+        let data_rel = dir.join(layout::DATA);
+        match self.view.lookup_in(&dir, &blob.layers, layout::DATA.as_ref()).map_err(io_err(&data_rel))? {
+            Some(d) if d.meta.is_file() => Ok(Some((d.meta.len(), self.view.real_path(&data_rel, &d)))),
+            Some(_) => Err(bad(&data_rel, "blob data must be a regular file")),
+            None => Ok(None),
         }
     }
 
-    fn usage_of(&self, rel: &Path, e: &Entry) -> Result<(u64, u64), GcError> {
-        if !e.is_dir() {
-            return Ok((1, if e.meta.is_file() { e.meta.len() } else { 0 }));
+    /// Files and bytes that removing the view path `rel` (and everything
+    /// below it) frees: what upper holds there. History entries are only
+    /// hidden by a whiteout, which frees nothing, so they are not visited.
+    pub fn upper_usage(&self, rel: &Path) -> Result<(u64, u64), GcError> {
+        fn walk(p: &Path, rel: &Path) -> Result<(u64, u64), GcError> {
+            let meta = match fs::symlink_metadata(p) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
+                Err(e) => return Err(io_err(rel)(e)),
+            };
+            if !meta.is_dir() {
+                return Ok(if meta.is_file() { (1, meta.len()) } else { (0, 0) });
+            }
+            let mut total = (0, 0);
+            for de in fs::read_dir(p).map_err(io_err(rel))? {
+                let de = de.map_err(io_err(rel))?;
+                let (f, b) = walk(&de.path(), &rel.join(de.file_name()))?;
+                total = (total.0 + f, total.1 + b);
+            }
+            Ok(total)
         }
-        let mut total = (0, 0);
-        for item in self.view.list(rel, e).map_err(io_err(rel))? {
-            let (f, b) = self.usage_of(&rel.join(&item.name), &item.entry)?;
-            total = (total.0 + f, total.1 + b);
-        }
-        Ok(total)
+        walk(&self.view.layer_path(UPPER, rel), rel)
     }
 }

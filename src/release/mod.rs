@@ -303,6 +303,7 @@ fn mount_view<'a>(req: &ReleaseRequest, work: &'a Work) -> Result<Mounted<'a>> {
         export: None,
         delete_untagged: false,
         passthrough: false,
+        fsync: crate::durability::FsyncPolicy::Full,
     };
     let mut args: Vec<std::ffi::OsString> = vec!["mount".into()];
     for h in &req.histories {

@@ -28,16 +28,35 @@ pub type LayerIdx = usize;
 pub const UPPER: LayerIdx = 0;
 
 thread_local! {
-    /// Directories this thread copied up since the last [`take_dir_copyups`].
-    static DIR_COPYUPS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// What this thread copied up since the last [`take_copyups`].
+    static COPYUPS: std::cell::Cell<CopyUps> = const { std::cell::Cell::new(CopyUps { dirs: 0, others: 0 }) };
 }
 
-/// How many directories the calling thread copied up since the last call.
-/// A front end serving one request per thread learns whether the request
-/// changed the attributes of ancestors it did not name (a copied-up
-/// directory turns into a merged one).
-pub fn take_dir_copyups() -> u64 {
-    DIR_COPYUPS.with(|c| c.replace(0))
+/// Copy-ups counted per thread: a front end serving one request per thread
+/// learns whether the request changed attributes of entries it did not
+/// name (a file's parent gains an upper entry; a copied-up directory turns
+/// into a merged one, and so may every ancestor).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CopyUps {
+    pub dirs: u64,
+    pub others: u64,
+}
+
+/// The calling thread's copy-ups since the last call.
+pub fn take_copyups() -> CopyUps {
+    COPYUPS.with(|c| c.replace(CopyUps::default()))
+}
+
+fn count_copyup(dir: bool) {
+    COPYUPS.with(|c| {
+        let mut n = c.get();
+        if dir {
+            n.dirs += 1
+        } else {
+            n.others += 1
+        }
+        c.set(n);
+    });
 }
 
 /// Names regfs uses for its own temporary files in upper; never shown.
@@ -115,6 +134,33 @@ impl Entry {
 pub struct DirItem {
     pub name: OsString,
     pub entry: Entry,
+}
+
+/// One listed name of a merged directory, known from the layers' directory
+/// entries alone (no stat of the name, see [`View::names_in`]).
+#[derive(Clone, Debug)]
+pub struct Named {
+    pub name: OsString,
+    /// As [`Entry::layers`].
+    pub layers: Vec<LayerIdx>,
+    /// The type of the topmost layer's entry.
+    pub file_type: fs::FileType,
+}
+
+impl Named {
+    pub fn is_dir(&self) -> bool {
+        self.file_type.is_dir()
+    }
+}
+
+/// A directory of the view as a front end holds it: its path and layer
+/// stack. Lower stacks never change while mounted and lookups always
+/// consult upper, so a stack resolved earlier stays good: operations on a
+/// name in it need not resolve the path from the root again.
+#[derive(Clone, Copy, Debug)]
+pub struct Dir<'a> {
+    pub rel: &'a Path,
+    pub layers: &'a [LayerIdx],
 }
 
 #[derive(Debug)]
@@ -222,12 +268,15 @@ impl View {
     }
 
     /// Whether `p` (already known to exist with metadata `m`) is a whiteout.
-    fn is_whiteout(&self, p: &Path, m: &Metadata) -> io::Result<bool> {
+    /// In the bottom layer only the 0/0 device form counts: an xattr
+    /// whiteout there would hide nothing (nothing lies below), and skipping
+    /// it spares a stat of every history file when listing.
+    fn is_whiteout(&self, li: LayerIdx, p: &Path, m: &Metadata) -> io::Result<bool> {
         let ft = m.file_type();
         if ft.is_char_device() && m.rdev() == 0 {
             return Ok(true);
         }
-        if ft.is_file() && m.len() == 0 {
+        if ft.is_file() && m.len() == 0 && !self.is_bottom(li) {
             for ns in ALL_NS {
                 if overlay_xattr(p, ns.whiteout())?.is_some() {
                     return Ok(true);
@@ -235,6 +284,16 @@ impl View {
             }
         }
         Ok(false)
+    }
+
+    fn is_bottom(&self, li: LayerIdx) -> bool {
+        li + 1 == self.roots.len()
+    }
+
+    /// Whether a directory entry of type `ft` in layer `li` may be a
+    /// whiteout, so that it must be stat'ed to know.
+    fn may_be_whiteout(&self, li: LayerIdx, ft: fs::FileType) -> bool {
+        ft.is_char_device() || (ft.is_file() && !self.is_bottom(li))
     }
 
     fn is_opaque(&self, dir: &Path) -> io::Result<bool> {
@@ -275,7 +334,7 @@ impl View {
             }
             let p = self.layer_path(li, &rel);
             let Some(meta) = lstat(&p)? else { continue };
-            if self.is_whiteout(&p, &meta)? {
+            if self.is_whiteout(li, &p, &meta)? {
                 break;
             }
             let is_dir = meta.is_dir();
@@ -295,7 +354,7 @@ impl View {
             }
             // Nothing lies below the bottom layer: its opaque marks cut
             // nothing, so they are not read (two getxattrs per directory).
-            if li + 1 < self.roots.len() && self.is_opaque(&p)? {
+            if !self.is_bottom(li) && self.is_opaque(&p)? {
                 break;
             }
         }
@@ -331,7 +390,7 @@ impl View {
     pub fn refresh(&self, rel: &Path, e: &Entry) -> io::Result<Entry> {
         let p = self.layer_path(UPPER, rel);
         if let Some(meta) = lstat(&p)?
-            && !self.is_whiteout(&p, &meta)?
+            && !self.is_whiteout(UPPER, &p, &meta)?
         {
             let mut layers = vec![UPPER];
             layers.extend(e.layers.iter().copied().filter(|&l| l != UPPER));
@@ -349,7 +408,7 @@ impl View {
     pub fn stat_stack(&self, rel: &Path, layers: &[LayerIdx]) -> io::Result<Entry> {
         let up = self.layer_path(UPPER, rel);
         if let Some(meta) = lstat(&up)?
-            && !self.is_whiteout(&up, &meta)?
+            && !self.is_whiteout(UPPER, &up, &meta)?
         {
             let mut all = vec![UPPER];
             if meta.is_dir() {
@@ -370,28 +429,83 @@ impl View {
 
     /// [`View::list`] given only the directory's layer stack.
     pub fn list_in(&self, dir_rel: &Path, dir_layers: &[LayerIdx]) -> io::Result<Vec<DirItem>> {
-        let mut seen = std::collections::HashSet::new();
-        let mut out = Vec::new();
+        self.names_in(dir_rel, dir_layers)?
+            .into_iter()
+            .map(|n| {
+                let meta = fs::symlink_metadata(self.layer_path(n.layers[0], &dir_rel.join(&n.name)))?;
+                Ok(DirItem { name: n.name, entry: Entry { layers: n.layers, meta } })
+            })
+            .collect()
+    }
+
+    /// Lists a directory of the view from its layers' directory entries:
+    /// each visible name once, upper first, with the same rules as
+    /// [`View::lookup_in`] (whiteouts, opaque cuts, policy). A name is
+    /// stat'ed only where it could be a whiteout (a device, or a file above
+    /// the bottom layer) and a directory's opaque mark is read only above
+    /// the bottom layer, so listing history costs one getdents per layer.
+    pub fn names_in(&self, dir_rel: &Path, dir_layers: &[LayerIdx]) -> io::Result<Vec<Named>> {
+        struct Slot {
+            named: Option<Named>,
+            /// No layer further down may contribute.
+            closed: bool,
+        }
+        let mut index: std::collections::HashMap<OsString, usize> = std::collections::HashMap::new();
+        let mut slots: Vec<Slot> = Vec::new();
+        let judge = self.policy.may_hide_in(dir_rel);
         let stack = std::iter::once(UPPER).chain(dir_layers.iter().copied().filter(|&l| l != UPPER));
         for li in stack {
-            let rd = match fs::read_dir(self.layer_path(li, dir_rel)) {
+            let dir = self.layer_path(li, dir_rel);
+            let rd = match fs::read_dir(&dir) {
                 Ok(rd) => rd,
                 Err(e) if is_missing(&e) => continue,
                 Err(e) => return Err(e),
             };
             for de in rd {
-                let name = de?.file_name();
-                if seen.contains(&name) {
+                let de = de?;
+                let name = de.file_name();
+                if is_internal_name(&name) {
                     continue;
                 }
-                // lookup applies whiteouts, opaque cuts and policy in one place.
-                if let Some(entry) = self.lookup_in(dir_rel, dir_layers, &name)? {
-                    out.push(DirItem { name: name.clone(), entry });
+                let i = match index.get(&name) {
+                    Some(&i) => i,
+                    None => {
+                        index.insert(name.clone(), slots.len());
+                        slots.push(Slot { named: None, closed: false });
+                        slots.len() - 1
+                    }
+                };
+                let slot = &mut slots[i];
+                if slot.closed {
+                    continue;
                 }
-                seen.insert(name);
+                if li != UPPER && judge && self.policy.hides_lower(&dir_rel.join(&name)) {
+                    slot.closed = true;
+                    continue;
+                }
+                let ft = de.file_type()?;
+                if self.may_be_whiteout(li, ft) {
+                    let p = dir.join(&name);
+                    let meta = match lstat(&p)? {
+                        Some(m) => m,
+                        None => continue,
+                    };
+                    if self.is_whiteout(li, &p, &meta)? {
+                        slot.closed = true;
+                        continue;
+                    }
+                }
+                // A non-directory is final, and so is an opaque directory.
+                slot.closed = !ft.is_dir() || (!self.is_bottom(li) && self.is_opaque(&dir.join(&name))?);
+                match &mut slot.named {
+                    None => slot.named = Some(Named { name, layers: vec![li], file_type: ft }),
+                    Some(n) if n.is_dir() && ft.is_dir() => n.layers.push(li),
+                    // Below a directory, a non-directory ends the merge.
+                    Some(_) => slot.closed = true,
+                }
             }
         }
-        Ok(out)
+        Ok(slots.into_iter().filter_map(|s| s.named).collect())
     }
 
     /// Whether any lower layer holds anything at `rel`, visible or not. Where
@@ -436,7 +550,7 @@ impl View {
         // A whiteout can't sit where the view shows a directory, but a stale
         // temporary or foreign file could: only a missing name is created.
         fs::create_dir(&up).or_else(|e| if e.kind() == io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })?;
-        DIR_COPYUPS.with(|c| c.set(c.get() + 1));
+        count_copyup(true);
         copy_attrs(&entry.meta, &up)?;
         Ok(())
     }
@@ -480,6 +594,7 @@ impl View {
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
+        count_copyup(false);
         self.resolve_existing(rel)
     }
 
@@ -488,7 +603,7 @@ impl View {
     fn clear_upper_slot(&self, rel: &Path) -> io::Result<()> {
         let p = self.layer_path(UPPER, rel);
         if let Some(m) = lstat(&p)? {
-            if self.is_whiteout(&p, &m)? {
+            if self.is_whiteout(UPPER, &p, &m)? {
                 fs::remove_file(&p)?;
             } else {
                 return Err(errno(libc::EEXIST));
@@ -497,37 +612,82 @@ impl View {
         Ok(())
     }
 
-    /// Prepares upper for a new name `rel` that does not exist in the view.
-    fn prepare_new(&self, rel: &Path) -> io::Result<()> {
-        if self.resolve(rel)?.is_some() {
+    /// Resolves the parent directory of `rel` and names the last component.
+    fn parent_dir(&self, rel: &Path) -> io::Result<(PathBuf, Entry, OsString)> {
+        let parent = Self::parent_of(rel)?;
+        let name = rel.file_name().ok_or_else(|| errno(libc::EINVAL))?.to_os_string();
+        let e = self.resolve_existing(parent)?;
+        if !e.is_dir() {
+            return Err(errno(libc::ENOTDIR));
+        }
+        Ok((parent.to_path_buf(), e, name))
+    }
+
+    /// Prepares upper for a new name in `dir` that does not exist in the
+    /// view; returns its path.
+    fn prepare_new(&self, dir: Dir, name: &OsStr) -> io::Result<PathBuf> {
+        if self.lookup_in(dir.rel, dir.layers, name)?.is_some() {
             return Err(errno(libc::EEXIST));
         }
-        self.ensure_upper_dir(Self::parent_of(rel)?)?;
-        self.clear_upper_slot(rel)
+        self.ensure_upper_dir(dir.rel)?;
+        let rel = dir.rel.join(name);
+        self.clear_upper_slot(&rel)?;
+        Ok(rel)
+    }
+
+    /// Runs `op` (an `*_in` method) on the name `rel` in its parent,
+    /// resolved from the root. (A stack resolved before the lock is taken
+    /// is as good as one a front end kept, see [`Dir`].)
+    fn in_parent<T>(&self, rel: &Path, op: impl FnOnce(Dir, &OsStr) -> io::Result<T>) -> io::Result<T> {
+        let (parent, e, name) = self.parent_dir(rel)?;
+        op(Dir { rel: &parent, layers: &e.layers }, &name)
+    }
+
+    /// A name just created in upper: the only layer it has.
+    fn new_upper_entry(&self, rel: &Path) -> io::Result<Entry> {
+        Ok(Entry { layers: vec![UPPER], meta: fs::symlink_metadata(self.layer_path(UPPER, rel))? })
     }
 
     /// Creates a regular file (`O_CREAT|O_EXCL` semantics) and opens it.
     pub fn create_file(&self, rel: &Path, mode: u32, write: bool, read: bool) -> io::Result<(File, Entry)> {
+        self.in_parent(rel, |dir, name| self.create_file_in(dir, name, mode, write, read))
+    }
+
+    /// [`View::create_file`] of `name` in `dir`.
+    pub fn create_file_in(
+        &self,
+        dir: Dir,
+        name: &OsStr,
+        mode: u32,
+        write: bool,
+        read: bool,
+    ) -> io::Result<(File, Entry)> {
         let _g = self.lock();
-        self.prepare_new(rel)?;
-        let p = self.layer_path(UPPER, rel);
+        let rel = self.prepare_new(dir, name)?;
+        let p = self.layer_path(UPPER, &rel);
         let f = OpenOptions::new().read(read || !write).write(write).create_new(true).mode(mode & 0o7777).open(&p)?;
-        let entry = self.resolve_existing(rel)?;
-        Ok((f, entry))
+        let meta = f.metadata()?;
+        Ok((f, Entry { layers: vec![UPPER], meta }))
     }
 
     /// Creates a directory; opaque where a lower holds the same name, so
     /// nothing hidden below leaks back in (also under kernel overlay).
     pub fn mkdir(&self, rel: &Path, mode: u32) -> io::Result<Entry> {
+        self.in_parent(rel, |dir, name| self.mkdir_in(dir, name, mode))
+    }
+
+    /// [`View::mkdir`] of `name` in `dir`.
+    pub fn mkdir_in(&self, dir: Dir, name: &OsStr, mode: u32) -> io::Result<Entry> {
         let _g = self.lock();
-        self.prepare_new(rel)?;
-        let p = self.layer_path(UPPER, rel);
+        let rel = self.prepare_new(dir, name)?;
+        let p = self.layer_path(UPPER, &rel);
         fs::create_dir(&p)?;
         fs::set_permissions(&p, fs::Permissions::from_mode(mode & 0o7777))?;
-        if self.lower_has(rel)? {
+        if self.lower_has(&rel)? {
             self.set_opaque(&p)?;
         }
-        self.resolve_existing(rel)
+        // New in upper, and opaque wherever a lower holds the name.
+        self.new_upper_entry(&rel)
     }
 
     fn set_opaque(&self, p: &Path) -> io::Result<()> {
@@ -536,17 +696,27 @@ impl View {
 
     /// Creates a special file (fifo, socket, device) in upper.
     pub fn mknod(&self, rel: &Path, mode: u32, rdev: u64) -> io::Result<Entry> {
+        self.in_parent(rel, |dir, name| self.mknod_in(dir, name, mode, rdev))
+    }
+
+    /// [`View::mknod`] of `name` in `dir`.
+    pub fn mknod_in(&self, dir: Dir, name: &OsStr, mode: u32, rdev: u64) -> io::Result<Entry> {
         let _g = self.lock();
-        self.prepare_new(rel)?;
-        sys::mknod(&self.layer_path(UPPER, rel), mode, rdev)?;
-        self.resolve_existing(rel)
+        let rel = self.prepare_new(dir, name)?;
+        sys::mknod(&self.layer_path(UPPER, &rel), mode, rdev)?;
+        self.new_upper_entry(&rel)
     }
 
     pub fn symlink(&self, rel: &Path, target: &Path) -> io::Result<Entry> {
+        self.in_parent(rel, |dir, name| self.symlink_in(dir, name, target))
+    }
+
+    /// [`View::symlink`] of `name` in `dir`.
+    pub fn symlink_in(&self, dir: Dir, name: &OsStr, target: &Path) -> io::Result<Entry> {
         let _g = self.lock();
-        self.prepare_new(rel)?;
-        std::os::unix::fs::symlink(target, self.layer_path(UPPER, rel))?;
-        self.resolve_existing(rel)
+        let rel = self.prepare_new(dir, name)?;
+        std::os::unix::fs::symlink(target, self.layer_path(UPPER, &rel))?;
+        self.new_upper_entry(&rel)
     }
 
     /// Hard link: the source is copied up first, as the kernel does.
@@ -557,7 +727,8 @@ impl View {
             return Err(errno(libc::EPERM));
         }
         self.copy_up_locked(from)?;
-        self.prepare_new(to)?;
+        let (parent, pe, name) = self.parent_dir(to)?;
+        self.prepare_new(Dir { rel: &parent, layers: &pe.layers }, &name)?;
         fs::hard_link(self.layer_path(UPPER, from), self.layer_path(UPPER, to))?;
         self.resolve_existing(to)
     }
@@ -642,27 +813,38 @@ impl View {
     }
 
     pub fn unlink(&self, rel: &Path) -> io::Result<()> {
+        self.in_parent(rel, |dir, name| self.unlink_in(dir, name))
+    }
+
+    /// [`View::unlink`] of `name` in `dir`.
+    pub fn unlink_in(&self, dir: Dir, name: &OsStr) -> io::Result<()> {
         let _g = self.lock();
-        let e = self.resolve_existing(rel)?;
+        let e = self.lookup_in(dir.rel, dir.layers, name)?.ok_or_else(|| errno(libc::ENOENT))?;
         if e.is_dir() {
             return Err(errno(libc::EISDIR));
         }
-        self.remove_and_whiteout(rel, &e)
+        self.remove_and_whiteout(&dir.rel.join(name), &e)
     }
 
     pub fn rmdir(&self, rel: &Path) -> io::Result<()> {
-        let _g = self.lock();
-        let e = self.resolve_existing(rel)?;
-        if !e.is_dir() {
-            return Err(errno(libc::ENOTDIR));
-        }
         if rel.as_os_str().is_empty() {
             return Err(errno(libc::EBUSY));
         }
-        if !self.list(rel, &e)?.is_empty() {
+        self.in_parent(rel, |dir, name| self.rmdir_in(dir, name))
+    }
+
+    /// [`View::rmdir`] of `name` in `dir`.
+    pub fn rmdir_in(&self, dir: Dir, name: &OsStr) -> io::Result<()> {
+        let _g = self.lock();
+        let e = self.lookup_in(dir.rel, dir.layers, name)?.ok_or_else(|| errno(libc::ENOENT))?;
+        if !e.is_dir() {
+            return Err(errno(libc::ENOTDIR));
+        }
+        let rel = dir.rel.join(name);
+        if !self.names_in(&rel, &e.layers)?.is_empty() {
             return Err(errno(libc::ENOTEMPTY));
         }
-        self.remove_and_whiteout(rel, &e)
+        self.remove_and_whiteout(&rel, &e)
     }
 
     /// Removes `rel` and everything below it, through the view (upper files

@@ -156,6 +156,12 @@ impl Policy {
         }
     }
 
+    /// Whether the policy may hide any lower entry directly in directory
+    /// `dir`; when not, a listing need not judge its names one by one.
+    pub fn may_hide_in(&self, dir: &Path) -> bool {
+        (!self.hidden_sections.is_empty() || self.keep.is_some()) && !layout::children_outside_repositories(dir)
+    }
+
     /// Whether a repository of the history stays visible.
     pub fn keeps_repo(&self, repo: &str) -> bool {
         self.keep.as_ref().is_none_or(|k| k.contains(repo))
