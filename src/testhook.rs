@@ -33,10 +33,15 @@ fn armed() -> Option<&'static (String, u64)> {
         .as_ref()
 }
 
+/// Whether [`point`] will pause at `point` and `n` (so the caller can first
+/// settle what the pause should show).
+pub fn will_pause(point: &str, n: u64) -> bool {
+    armed().is_some_and(|(p, at)| p == point && *at == n)
+}
+
 /// Pauses here if `REGFS_TEST_PAUSE` names `point` and `n`.
 pub fn point(point: &str, n: u64) {
-    let Some((p, at)) = armed() else { return };
-    if p == point && *at == n {
+    if will_pause(point, n) {
         eprintln!("regfs: test pause at {point} {n} (pid {})", std::process::id());
         std::thread::sleep(PAUSE_LIMIT);
         eprintln!("regfs: test pause at {point} {n}: nobody killed this process");

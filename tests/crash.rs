@@ -498,4 +498,13 @@ fn fsync_finalize_marks_upper_until_synced_and_refuses_it_after_a_machine_crash(
     fs::remove_file(&marker).expect("the user vouches for the upper");
     Mount::fuse(&[&history], &upper, &mnt, &["--mode", "fuse"]).umount();
     assert_unchanged(&history, &before, "after the finalize mounts");
+
+    // Only the FUSE front end can defer fsyncs; asking the kernel is an error.
+    let kernel = Mount::try_fuse(&[&history], &upper, &mnt, &["--mode", "kernel", "--fsync", "finalize"]);
+    assert!(
+        kernel.as_ref().is_err_and(|e| e.contains("needs the FUSE front end")),
+        "--mode kernel --fsync finalize must be refused: {:?}",
+        kernel.err()
+    );
+    assert!(!marker.exists(), "a refused mount leaves no marker");
 }

@@ -321,6 +321,8 @@ enum Piece {
     Bytes(Vec<u8>),
     /// A large (or hashed) file's data, then its padding.
     File(Box<LargeFile>),
+    /// Everything before it is written to the file: answered on the channel.
+    Flushed(std::sync::mpsc::SyncSender<()>),
 }
 
 struct LargeFile {
@@ -343,6 +345,10 @@ fn write_pieces(mut out: TarOut, rx: std::sync::mpsc::Receiver<Piece>) -> Result
     for piece in rx {
         match piece {
             Piece::Bytes(b) => out.push(&b).context("writing the tar")?,
+            Piece::Flushed(done) => {
+                out.flush().context("writing the tar")?;
+                let _ = done.send(());
+            }
             Piece::File(large) => {
                 let LargeFile { rel, real, mut reader, blob } = *large;
                 out.data(&mut reader).with_context(|| format!("writing {} ({})", rel.display(), real.display()))?;
@@ -450,7 +456,15 @@ impl TarWriter<'_> {
     }
 
     fn walk(&mut self, rel: &Path, item: &Named) -> Result<()> {
-        crate::testhook::point("export-entry", self.report.dirs + self.report.files + self.report.symlinks + 1);
+        let n = self.report.dirs + self.report.files + self.report.symlinks + 1;
+        if crate::testhook::will_pause("export-entry", n) {
+            // What a pause there shows: every earlier entry in the file.
+            self.send_batch()?;
+            let (done, wait) = std::sync::mpsc::sync_channel(1);
+            self.send(Piece::Flushed(done))?;
+            let _ = wait.recv();
+        }
+        crate::testhook::point("export-entry", n);
         let ft = item.file_type;
         let real = self.view.layer_path(item.layers[0], rel);
         if ft.is_dir() {

@@ -200,6 +200,26 @@ fn overlay_xattr(p: &Path, name: &str) -> io::Result<Option<Vec<u8>>> {
     }
 }
 
+/// Whether `p` carries the overlay mark `name` (in either namespace) with a
+/// value `accept` takes. One `llistxattr` answers for the usual entry
+/// without xattrs, instead of a failing `lgetxattr` per namespace.
+fn overlay_mark(p: &Path, name: fn(XattrNs) -> &'static str, accept: fn(&[u8]) -> bool) -> io::Result<bool> {
+    let names = match sys::llistxattr(p) {
+        Ok(n) => n,
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    for ns in ALL_NS {
+        if names.iter().any(|n| n == name(ns))
+            && let Some(v) = overlay_xattr(p, name(ns))?
+            && accept(&v)
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Whether a name is one of regfs's own temporary files.
 pub fn is_internal_name(name: &OsStr) -> bool {
     name.as_bytes().starts_with(TMP_PREFIX.as_bytes())
@@ -277,11 +297,7 @@ impl View {
             return Ok(true);
         }
         if ft.is_file() && m.len() == 0 && !self.is_bottom(li) {
-            for ns in ALL_NS {
-                if overlay_xattr(p, ns.whiteout())?.is_some() {
-                    return Ok(true);
-                }
-            }
+            return overlay_mark(p, XattrNs::whiteout, |_| true);
         }
         Ok(false)
     }
@@ -297,14 +313,7 @@ impl View {
     }
 
     fn is_opaque(&self, dir: &Path) -> io::Result<bool> {
-        for ns in ALL_NS {
-            if let Some(v) = overlay_xattr(dir, ns.opaque())?
-                && v == b"y"
-            {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        overlay_mark(dir, XattrNs::opaque, |v| v == b"y")
     }
 
     /// Resolves `name` inside the directory `dir` (at `dir_rel`).
