@@ -211,9 +211,10 @@ pub fn command(layers: &Layers, out: &Path, opts: &ExportOptions) -> Result<()> 
     Ok(())
 }
 
-/// The tar file being written: headers and small files gather in a large
-/// buffer; large files go from their layer file to the tar in the kernel
-/// (`copy_file_range`, no copy through user space). Writeback is started
+/// The tar file being written: headers and small files (read by the
+/// walker, see [`SMALL_FILE`]) gather in a large buffer; larger files go
+/// from their layer file to the tar in the kernel (`copy_file_range`, no
+/// copy through user space). Writeback is started
 /// as the tar grows and waited for one window behind, so the disk writes
 /// while regfs reads, the closing fsync finds little left to do, and dirty
 /// pages stay few.
@@ -228,8 +229,9 @@ struct TarOut<'f> {
     in_flight: Option<(u64, u64)>,
 }
 
-/// Files up to this size are copied through the buffer; larger ones by
-/// `copy_file_range` (registry links are 71 bytes: one syscall each, not three).
+/// Files up to this size the walker reads into the tar's bytes itself;
+/// larger ones go to the writer, which copies them with `copy_file_range`
+/// (registry links are 71 bytes: one read each, not a copy's three syscalls).
 const SMALL_FILE: u64 = 256 << 10;
 
 /// Writeback is started every this many bytes of tar.
@@ -273,11 +275,11 @@ impl<'f> TarOut<'f> {
         if rem == 0 { Ok(()) } else { self.push(&ZEROS[..512 - rem]) }
     }
 
-    /// Appends `len` bytes of `src` (positioned at its start) as entry data.
+    /// Appends `src`'s remaining bytes (positioned at its start) as entry data.
     fn data(&mut self, src: &mut ExactReader) -> io::Result<()> {
         let len = src.remaining;
-        if len <= SMALL_FILE || src.hasher.is_some() {
-            // Through the buffer (a hashed blob must pass through regfs).
+        if src.hasher.is_some() {
+            // Through the buffer: a hashed blob must pass through regfs.
             let mut chunk = vec![0; BUF_BYTES.min(len as usize)];
             loop {
                 let n = src.read(&mut chunk)?;

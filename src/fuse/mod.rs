@@ -238,18 +238,23 @@ impl RegFs {
         } else {
             return;
         };
-        let Some(notifier) = self.notifier.get() else { return };
         let mut cur = ino.0;
         for _ in 0..depth {
-            if let Err(e) = notifier.inval_inode(INodeNo(cur), -1, 0) {
-                // ENOENT: the kernel holds no such inode; nothing to drop.
-                if e.raw_os_error() != Some(libc::ENOENT) {
-                    tracing::debug!(ino = cur, error = %e, "attribute invalidation failed");
-                }
-            }
+            self.drop_attrs(cur);
             match self.inodes.parent_of(cur) {
                 Some(parent) if cur != ROOT => cur = parent,
                 _ => break,
+            }
+        }
+    }
+
+    /// Drops the kernel's cached attributes of `ino` (offset -1: no pages).
+    fn drop_attrs(&self, ino: u64) {
+        let Some(notifier) = self.notifier.get() else { return };
+        if let Err(e) = notifier.inval_inode(INodeNo(ino), -1, 0) {
+            // ENOENT: the kernel holds no such inode; nothing to drop.
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                tracing::debug!(ino, error = %e, "attribute invalidation failed");
             }
         }
     }
@@ -716,7 +721,7 @@ impl Filesystem for RegFs {
         if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
             match kill_suidgid_of(&f, req.gid()) {
                 // The kernel's cached mode still has the bits.
-                Ok(true) => self.invalidate(ino, crate::view::CopyUps { dirs: 0, others: 1 }, true),
+                Ok(true) => self.drop_attrs(ino.0),
                 Ok(false) => {}
                 Err(e) => return reply.error(self.fail("write", Path::new(""), &e)),
             }

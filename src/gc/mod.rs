@@ -348,12 +348,13 @@ pub fn plan(view: &View, opts: &GcOptions) -> Result<Plan, GcError> {
     let manifests_read = (marks.read.len() + checked.len()) as u64;
     checked.into_iter().collect::<Result<Vec<_>, _>>()?;
     let mut b = PlanBuilder::default();
+    // `marks.data` holds marked blobs only: one with data there is kept.
     let kept_data = |d: &Digest| marks.data.get(d).and_then(|x| x.as_ref());
     // Unmarked blobs go whole; what that frees is what upper holds of them.
     let mut doomed = Vec::new();
     for blob in store.blobs.values() {
         match kept_data(&blob.digest) {
-            Some((size, _)) if marks.marked.contains(&blob.digest) => b.keep(Kind::Blob, *size),
+            Some((size, _)) => b.keep(Kind::Blob, *size),
             _ => doomed.push(blob),
         }
     }

@@ -293,21 +293,22 @@ impl View {
     /// it spares a stat of every history file when listing.
     fn is_whiteout(&self, li: LayerIdx, p: &Path, m: &Metadata) -> io::Result<bool> {
         let ft = m.file_type();
-        if ft.is_char_device() && m.rdev() == 0 {
-            return Ok(true);
+        if !self.may_be_whiteout(li, ft) {
+            return Ok(false);
         }
-        if ft.is_file() && m.len() == 0 && !self.is_bottom(li) {
-            return overlay_mark(p, XattrNs::whiteout, |_| true);
+        if ft.is_char_device() {
+            return Ok(m.rdev() == 0);
         }
-        Ok(false)
+        Ok(m.len() == 0 && overlay_mark(p, XattrNs::whiteout, |_| true)?)
     }
 
     fn is_bottom(&self, li: LayerIdx) -> bool {
         li + 1 == self.roots.len()
     }
 
-    /// Whether a directory entry of type `ft` in layer `li` may be a
-    /// whiteout, so that it must be stat'ed to know.
+    /// Whether an entry of type `ft` in layer `li` may be a whiteout (so a
+    /// listing must stat it to know): a device, or a file above the bottom
+    /// layer (the xattr form).
     fn may_be_whiteout(&self, li: LayerIdx, ft: fs::FileType) -> bool {
         ft.is_char_device() || (ft.is_file() && !self.is_bottom(li))
     }
@@ -392,6 +393,11 @@ impl View {
 
     fn resolve_existing(&self, rel: &Path) -> io::Result<Entry> {
         self.resolve(rel)?.ok_or_else(|| errno(libc::ENOENT))
+    }
+
+    /// [`View::lookup_in`] of a name that must exist (ENOENT otherwise).
+    fn lookup_existing(&self, dir: Dir, name: &OsStr) -> io::Result<Entry> {
+        self.lookup_in(dir.rel, dir.layers, name)?.ok_or_else(|| errno(libc::ENOENT))
     }
 
     /// Fresh metadata for an entry: upper may have changed since `e` was
@@ -828,7 +834,7 @@ impl View {
     /// [`View::unlink`] of `name` in `dir`.
     pub fn unlink_in(&self, dir: Dir, name: &OsStr) -> io::Result<()> {
         let _g = self.lock();
-        let e = self.lookup_in(dir.rel, dir.layers, name)?.ok_or_else(|| errno(libc::ENOENT))?;
+        let e = self.lookup_existing(dir, name)?;
         if e.is_dir() {
             return Err(errno(libc::EISDIR));
         }
@@ -845,7 +851,7 @@ impl View {
     /// [`View::rmdir`] of `name` in `dir`.
     pub fn rmdir_in(&self, dir: Dir, name: &OsStr) -> io::Result<()> {
         let _g = self.lock();
-        let e = self.lookup_in(dir.rel, dir.layers, name)?.ok_or_else(|| errno(libc::ENOENT))?;
+        let e = self.lookup_existing(dir, name)?;
         if !e.is_dir() {
             return Err(errno(libc::ENOTDIR));
         }
