@@ -311,6 +311,9 @@ meta docker_registry "$(docker-registry --version | awk '{ print $3 }')"
 meta skopeo "$(skopeo --version | awk '{ print $3 }')"
 meta date "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 meta load_at_start "$(cut -d' ' -f1-3 /proc/loadavg)"
+# Proactive reclaim pages out page cache left cold; it shapes "warm" figures.
+DAMON=$(cat /sys/kernel/mm/damon/admin/kdamonds/*/state 2>/dev/null | tr '\n' ' ' || true)
+meta damon "${DAMON:-none}"
 
 # ------------------------------------------------------------------ data
 H=$DATA/history        # the full store (+ release 1 pushed into it)
@@ -370,18 +373,21 @@ umount_views() {
 
 rss_mb() { awk '/^VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 
+# Each view is warmed up and then timed back to back: interleaving the views
+# left a view idle for as long as the others took (fuse-overlayfs: 35 s a
+# round), and a machine that pages out cold page cache (DAMON on this one:
+# `meta damon`) then drops part of what "warm" means, unevenly by view.
 traversal() {  # SIZE
     local size=$1 v run
-    log "traversal ($size): warm-up"
     for v in "${VIEWS[@]}"; do
+        log "traversal ($size): ${VNAME[$v]}: warm-up, $RUNS runs"
         du -s "${VMP[$v]}" > /dev/null
         find "${VMP[$v]}" -ls > /dev/null
         record entries "$size" "${VNAME[$v]}" n "$(find "${VMP[$v]}" -mindepth 1 | wc -l)"
-    done
-    for run in $(seq "$RUNS"); do
-        log "traversal ($size): run $run"
-        for v in "${VIEWS[@]}"; do timed du "$size" "${VNAME[$v]}" du -s "${VMP[$v]}"; done
-        for v in "${VIEWS[@]}"; do timed find "$size" "${VNAME[$v]}" find "${VMP[$v]}" -ls; done
+        for run in $(seq "$RUNS"); do
+            timed du "$size" "${VNAME[$v]}" du -s "${VMP[$v]}"
+            timed find "$size" "${VNAME[$v]}" find "${VMP[$v]}" -ls
+        done
     done
     record rss "$size" regfs-fuse MB "$(rss_mb "${VPID[fuse]}")"
     record rss "$size" fuse-overlayfs MB "$(rss_mb "${VPID[fo]}")"

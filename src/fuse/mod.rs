@@ -766,13 +766,12 @@ impl Filesystem for RegFs {
             Ok(f) => f,
             Err(e) => return reply.error(e),
         };
-        let res = if self.finalize {
-            Ok(())
-        } else if datasync {
-            f.sync_data()
-        } else {
-            f.sync_all()
-        };
+        if self.finalize {
+            // Upper is synced once when the mount ends; ENOSYS makes the
+            // kernel answer every later fsync itself (no round trip).
+            return reply.error(Errno::ENOSYS);
+        }
+        let res = if datasync { f.sync_data() } else { f.sync_all() };
         match res {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.fail("fsync", Path::new(""), &e)),
@@ -827,8 +826,22 @@ impl Filesystem for RegFs {
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        reply.ok();
+    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        if self.finalize {
+            // As fsync: the syncfs at the end covers directories too.
+            return reply.error(Errno::ENOSYS);
+        }
+        let path = match self.node(ino) {
+            Ok(n) => n.path,
+            Err(e) => return reply.error(e),
+        };
+        // Only upper changes; a directory upper lacks holds nothing unsynced.
+        let up = self.view.layer_path(UPPER, &path);
+        match File::open(&up).and_then(|d| d.sync_all()) {
+            Ok(()) => reply.ok(),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => reply.ok(),
+            Err(e) => reply.error(self.fail("fsyncdir", &path, &e)),
+        }
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
