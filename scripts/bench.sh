@@ -10,7 +10,7 @@
 # Figures (each as a ratio to the kernel overlayfs or stock-tool figure,
 # median of --runs runs with min-max):
 #   traversal  warm `du -s` and `find -ls` of the mounted view; daemon peak RSS
-#   read       sequential read (dd bs=1M) of the large blob, cold and warm;
+#   read       sequential read (dd bs=1M) of the large blob: cold, second, warm (third);
 #              regfs-fuse reads through the daemon, regfs-fuse-passthrough is
 #              `regfs mount --passthrough`. (Builds before --passthrough used
 #              passthrough whenever root: there regfs-fuse-nopt, the daemon
@@ -395,6 +395,18 @@ traversal() {  # SIZE
 
 # regfs-fuse-passthrough / regfs-fuse-nopt: the other side of passthrough
 # from regfs-fuse (see the top of this file).
+# After drop_caches: the cold read, the second read and the warm read (the
+# third, the steady state). Through a FUSE view the second read of the 2 GiB
+# blob took ~0.08 s more than later ones here, with no request reaching
+# regfs (3 per read): the kernel's page cache settling. It is reported, not
+# a target.
+read_three() {  # SIZE TARGET FILE [READER...]
+    local size=$1 target=$2 file=$3; shift 3
+    timed read_cold "$size" "$target" "$@" dd if="$file" of=/dev/null bs=1M status=none
+    timed read_second "$size" "$target" "$@" dd if="$file" of=/dev/null bs=1M status=none
+    timed read_warm "$size" "$target" "$@" dd if="$file" of=/dev/null bs=1M status=none
+}
+
 read_blob() {  # SIZE
     local size=$1 v run out pid up=$RUN/$1/pt/upper mp=$RUN/$1/pt/mnt extra extra_pid reader
     mkdir -p "$up" "$mp"
@@ -416,16 +428,13 @@ read_blob() {  # SIZE
     for run in $(seq "$RUNS"); do
         log "blob read: run $run"
         drop_caches
-        timed read_cold "$size" lower-file dd if="$H/$BIG_PATH" of=/dev/null bs=1M status=none
-        timed read_warm "$size" lower-file dd if="$H/$BIG_PATH" of=/dev/null bs=1M status=none
+        read_three "$size" lower-file "$H/$BIG_PATH"
         for v in "${VIEWS[@]}"; do
             drop_caches
-            timed read_cold "$size" "${VNAME[$v]}" dd if="${VMP[$v]}/$BIG_PATH" of=/dev/null bs=1M status=none
-            timed read_warm "$size" "${VNAME[$v]}" dd if="${VMP[$v]}/$BIG_PATH" of=/dev/null bs=1M status=none
+            read_three "$size" "${VNAME[$v]}" "${VMP[$v]}/$BIG_PATH"
         done
         drop_caches
-        timed read_cold "$size" "$extra" "${reader[@]}" dd if="$mp/$BIG_PATH" of=/dev/null bs=1M status=none
-        timed read_warm "$size" "$extra" "${reader[@]}" dd if="$mp/$BIG_PATH" of=/dev/null bs=1M status=none
+        read_three "$size" "$extra" "$mp/$BIG_PATH" "${reader[@]}"
     done
     if [ "$PT_FLAG" = 1 ]; then
         umount_view fuse "$mp" "$extra_pid"
