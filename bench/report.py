@@ -86,7 +86,7 @@ def main():
 
     figures = []
     for fig, (title, base) in FIGURES.items():
-        for size in ("full", "tenth"):
+        for size in ("full", "tenth", "empty"):
             b = med(fig, size, base)
             for (f, sz, target), s in stat.items():
                 if f != fig or sz != size:
@@ -100,11 +100,17 @@ def main():
                         s["us_per_entry"] = s["median"] / n * 1e6
                     if target == "fuse-overlayfs" and med(fig, size, "plain-overlay"):
                         s["ratio_to_plain_overlay"] = s["median"] / med(fig, size, "plain-overlay")
-                if fig.startswith("gc_"):
+                if fig.startswith("gc_") and size != "empty":
                     n = meta.get("history_entries" if size == "full" else "history_10_entries")
                     if n:
                         s["entries"] = int(n)
                         s["us_per_entry"] = s["median"] / int(n) * 1e6
+                        # What a store without entries costs (start-up, loading
+                        # the binary after drop_caches) is no cost per entry.
+                        start = med(fig, "empty", target)
+                        if start is not None:
+                            s["start_s"] = start
+                            s["net_us_per_entry"] = (s["median"] - start) / int(n) * 1e6
                 figures.append(s)
 
     # Per-entry cost at both sizes.
@@ -120,6 +126,13 @@ def main():
                     "us_per_entry_full": big["us_per_entry"], "us_per_entry_tenth": small["us_per_entry"],
                     "ratio": big["us_per_entry"] / small["us_per_entry"],
                 })
+                if big.get("net_us_per_entry") and small.get("net_us_per_entry"):
+                    scaling[-1].update({
+                        "start_s": big["start_s"],
+                        "net_us_per_entry_full": big["net_us_per_entry"],
+                        "net_us_per_entry_tenth": small["net_us_per_entry"],
+                        "net_ratio": big["net_us_per_entry"] / small["net_us_per_entry"],
+                    })
 
     # Issue 7's targets.
     targets = []
@@ -162,7 +175,16 @@ def main():
         n = med("entries", "full", "regfs-fuse")
         target("daemon RSS", "<= 150 MB at 460k entries", "%.0f MB (%d entries in the view)" % (v, n or 0), v <= 150)
     for s in scaling:
-        if s["target"] in ("regfs-fuse", "regfs-gc"):
+        if s["target"] not in ("regfs-fuse", "regfs-gc"):
+            continue
+        if "net_ratio" in s:
+            # Judged net of the empty-store run; the raw ratio is shown too.
+            target("per-entry %s" % s["figure"], "flat +-30% from 1/10 to full size",
+                   "%.2fx net of %.0f ms start-up (%.2f -> %.2f us/entry); raw %.2fx" % (
+                       s["net_ratio"], s["start_s"] * 1e3, s["net_us_per_entry_tenth"],
+                       s["net_us_per_entry_full"], s["ratio"]),
+                   abs(s["net_ratio"] - 1) <= 0.3)
+        else:
             target("per-entry %s" % s["figure"], "flat +-30% from 1/10 to full size",
                    "%.2fx (%.2f -> %.2f us/entry)" % (s["ratio"], s["us_per_entry_tenth"], s["us_per_entry_full"]),
                    abs(s["ratio"] - 1) <= 0.3)
@@ -208,11 +230,16 @@ def main():
     if info:
         out.write("\n" + "; ".join("%s %s %s: %s" % (k[0], k[1], k[2], fmt(s["median"], s["unit"])) for k, s in info) + "\n")
     if scaling:
-        out.write("\n| per-entry cost | target | µs/entry at 1/10 | µs/entry full | full ÷ 1/10 |\n|---|---|---|---|---|\n")
+        out.write("\n| per-entry cost | target | µs/entry at 1/10 | µs/entry full | full ÷ 1/10 | net of start-up |\n"
+                  "|---|---|---|---|---|---|\n")
         for s in scaling:
-            out.write("| %s | %s | %.2f (%d entries) | %.2f (%d entries) | %.2f |\n" % (
+            net = ""
+            if "net_ratio" in s:
+                net = "%.2f (%.2f -> %.2f µs/entry; empty store %s)" % (
+                    s["net_ratio"], s["net_us_per_entry_tenth"], s["net_us_per_entry_full"], fmt(s["start_s"], "s"))
+            out.write("| %s | %s | %.2f (%d entries) | %.2f (%d entries) | %.2f | %s |\n" % (
                 s["figure"], s["target"], s["us_per_entry_tenth"], s["entries_tenth"],
-                s["us_per_entry_full"], s["entries_full"], s["ratio"]))
+                s["us_per_entry_full"], s["entries_full"], s["ratio"], net))
     if targets:
         out.write("\n| issue-7 target | goal | measured | met |\n|---|---|---|---|\n")
         for t in targets:

@@ -18,7 +18,8 @@
 #   push       release 2 (skopeo, 4 at a time) through a stock registry
 #   gc         regfs gc --dry-run vs docker-registry garbage-collect --dry-run
 #   export     regfs export vs GNU tar of the kernel-overlay view
-#   scaling    traversal and gc again on a store 1/10 the size
+#   scaling    traversal and gc again on a store 1/10 the size, gc on an empty
+#              store (start-up, not a cost per entry)
 # --only takes a comma list of these (data is generated either way).
 # regfs is `cargo build --release` of the work tree, or of git revision REV
 # alone (--rev: built from `git archive REV`, so uncommitted edits in the tree
@@ -551,6 +552,10 @@ if want scaling; then
     traversal tenth
     umount_views
     gc_fig tenth "$H10"
+    # A store with no entries: what each GC costs before the first one
+    # (start-up, its binary read back after drop_caches).
+    mkdir -p "$RUN/empty-store/docker/registry/v2/repositories" "$RUN/empty-store/docker/registry/v2/blobs"
+    gc_fig empty "$RUN/empty-store"
 fi
 meta load_at_end "$(cut -d' ' -f1-3 /proc/loadavg)"
 

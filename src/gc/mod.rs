@@ -318,7 +318,13 @@ fn mark(store: &Store, roots: Vec<Pending>) -> Result<Marks, GcError> {
 /// Builds the plan; reads the view, writes nothing.
 pub fn plan(view: &View, opts: &GcOptions) -> Result<Plan, GcError> {
     let sc = Scanner::new(view);
-    let (repos, blobs) = rayon::join(|| sc.repositories(), || sc.blobs());
+    // Phase times (-v): what a cold run waits for is directory reads.
+    let t0 = std::time::Instant::now();
+    let ms = || t0.elapsed().as_secs_f64() * 1e3;
+    let (repos, blobs) = rayon::join(
+        || sc.repositories().inspect(|_| tracing::debug!(ms = ms(), "gc: repositories listed")),
+        || sc.blobs().inspect(|_| tracing::debug!(ms = ms(), "gc: blob prefixes listed")),
+    );
     let mut repos = repos?;
     let store = Store { sc: &sc, blobs: blobs?.into_iter().map(|b| (b.digest, b)).collect() };
     // Layer links matter only where manifests are: the rest goes whole.
@@ -330,6 +336,7 @@ pub fn plan(view: &View, opts: &GcOptions) -> Result<Plan, GcError> {
         })
         .collect();
     scanned.into_iter().collect::<Result<(), _>>()?;
+    tracing::debug!(ms = ms(), "gc: repositories scanned");
 
     let (mut roots, mut others) = (Vec::new(), Vec::new());
     for r in &repos {
