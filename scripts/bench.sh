@@ -394,8 +394,6 @@ traversal() {  # SIZE
     record rss "$size" fuse-overlayfs MB "$(rss_mb "${VPID[fo]}")"
 }
 
-# regfs-fuse-passthrough / regfs-fuse-nopt: the other side of passthrough
-# from regfs-fuse (see the top of this file).
 # After drop_caches: the cold read, the second read and the warm read (the
 # third, the steady state). Through a FUSE view the second read of the 2 GiB
 # blob took ~0.08 s more than later ones here, with no request reaching
@@ -408,6 +406,8 @@ read_three() {  # SIZE TARGET FILE [READER...]
     timed read_warm "$size" "$target" "$@" dd if="$file" of=/dev/null bs=1M status=none
 }
 
+# regfs-fuse-passthrough / regfs-fuse-nopt: the other side of passthrough
+# from regfs-fuse (see the top of this file).
 read_blob() {  # SIZE
     local size=$1 v run out pid up=$RUN/$1/pt/upper mp=$RUN/$1/pt/mnt extra extra_pid reader
     mkdir -p "$up" "$mp"

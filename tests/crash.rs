@@ -506,6 +506,7 @@ fn fsync_finalize_marks_upper_until_synced_and_refuses_it_after_a_machine_crash(
     // holds nothing unsynced, one upper has is synced.
     let fresh = mnt.join(V2).join("fresh");
     fs::create_dir(&fresh).expect("mkdir through the mount");
+    assert!(!upper.join("docker/registry/v2/blobs").exists(), "blobs/ is history's alone here");
     for dir in [mnt.join("docker/registry/v2/blobs"), fresh] {
         fs::File::open(&dir).and_then(|d| d.sync_all()).unwrap_or_else(|e| panic!("fsync of {}: {e}", dir.display()));
     }
