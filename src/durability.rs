@@ -47,16 +47,12 @@ fn boot_id() -> Result<String> {
     Ok(id.trim().to_string())
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 /// Before a `finalize` mount writes anything: the durable marker.
 pub fn begin(upper: &Path) -> Result<()> {
     let path = marker(upper);
     let mut f = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
     writeln!(f, "{}", boot_id()?).and_then(|()| f.sync_all()).with_context(|| format!("writing {}", path.display()))?;
-    sync_dir(upper).with_context(|| format!("syncing {}", upper.display()))?;
+    sys::sync_dir(upper).with_context(|| format!("syncing {}", upper.display()))?;
     Ok(())
 }
 
@@ -69,7 +65,7 @@ pub fn finish(upper: &Path) -> Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e).with_context(|| format!("removing {}", marker(upper).display())),
     }
-    sync_dir(upper).with_context(|| format!("syncing {}", upper.display()))?;
+    sys::sync_dir(upper).with_context(|| format!("syncing {}", upper.display()))?;
     Ok(())
 }
 

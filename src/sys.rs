@@ -188,7 +188,6 @@ pub fn try_lock_exclusive(f: &impl AsRawFd) -> io::Result<bool> {
     if err.raw_os_error() == Some(libc::EWOULDBLOCK) { Ok(false) } else { Err(err) }
 }
 
-/// `syncfs` on the filesystem that holds `f`.
 /// Starts writeback of `len` bytes of `f` at `offset` and, with `wait`,
 /// first waits for what is already under writeback there
 /// (`sync_file_range(2)`; not a durability point: fsync is).
@@ -201,9 +200,16 @@ pub fn write_back(f: &impl AsRawFd, offset: u64, len: u64, wait: bool) -> io::Re
     check(unsafe { libc::sync_file_range(f.as_raw_fd(), offset as i64, len as i64, flags) })
 }
 
+/// `syncfs` on the filesystem that holds `f`.
 pub fn syncfs(f: &impl AsRawFd) -> io::Result<()> {
     // SAFETY: fd valid for the lifetime of f.
     check(unsafe { libc::syncfs(f.as_raw_fd()) })
+}
+
+/// fsync of a directory: makes its entries (names created, renamed,
+/// removed in it) durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Whether a process with this pid exists and is not a zombie.

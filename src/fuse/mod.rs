@@ -762,15 +762,15 @@ impl Filesystem for RegFs {
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
-        let f = match self.file(fh) {
-            Ok(f) => f,
-            Err(e) => return reply.error(e),
-        };
         if self.finalize {
             // Upper is synced once when the mount ends; ENOSYS makes the
             // kernel answer every later fsync itself (no round trip).
             return reply.error(Errno::ENOSYS);
         }
+        let f = match self.file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
         let res = if datasync { f.sync_data() } else { f.sync_all() };
         match res {
             Ok(()) => reply.ok(),
@@ -837,7 +837,7 @@ impl Filesystem for RegFs {
         };
         // Only upper changes; a directory upper lacks holds nothing unsynced.
         let up = self.view.layer_path(UPPER, &path);
-        match File::open(&up).and_then(|d| d.sync_all()) {
+        match sys::sync_dir(&up) {
             Ok(()) => reply.ok(),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => reply.ok(),
             Err(e) => reply.error(self.fail("fsyncdir", &path, &e)),
