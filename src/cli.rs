@@ -41,6 +41,10 @@ enum Command {
     /// Garbage-collect the view, registry-aware, without mounting it:
     /// unreferenced blobs, dangling links, stale repositories and uploads go
     /// (upper files deleted, history entries whited out, history untouched).
+    #[command(
+        after_help = "Environment:\n  REGFS_GC_THREADS=N  scan the store on N threads. Default: one per CPU, or 32 when \
+the store is not in the page cache (a cold scan waits on directory reads, not on the CPU)."
+    )]
     Gc(GcArgs),
     /// Write the view as an uncompressed, deterministic tar rooted like a
     /// registry rootdirectory (docker/registry/v2/...): the release package.

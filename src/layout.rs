@@ -105,8 +105,13 @@ pub fn blob_data(d: &Digest) -> PathBuf {
 
 /// The directory that holds a blob's data file.
 pub fn blob_dir(d: &Digest) -> PathBuf {
+    // One allocation: GC names tens of thousands of these.
     let hex = d.hex();
-    Path::new(V2).join("blobs/sha256").join(&hex[..2]).join(hex)
+    let mut p = String::with_capacity(V2.len() + "/blobs/sha256/xx/".len() + hex.len() + "/data".len());
+    for part in [V2, "/blobs/sha256/", &hex[..2], "/", hex] {
+        p.push_str(part);
+    }
+    PathBuf::from(p)
 }
 
 /// `docker/registry/v2/blobs/sha256`

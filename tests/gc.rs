@@ -453,3 +453,65 @@ fn gc_and_export_refuse_an_upper_in_use() {
     mnt.umount();
     regfs_ok("gc", &[&lower], &upper, &[]);
 }
+
+/// GC walks repositories and blob prefixes in parallel, on one thread per
+/// CPU or, when the store is not in the page cache, on 32
+/// (`REGFS_GC_THREADS` sets the number): the plan is the same on any number
+/// of threads, with nested repositories, live and stale ones side by side.
+#[test]
+fn the_plan_is_the_same_on_one_thread_and_on_many() {
+    let work = tempfile::tempdir().unwrap();
+    let (lower, upper) = (work.path().join("history"), work.path().join("release"));
+    let h = StoreWriter::new(&lower);
+    let base = h.blob(b"a base layer every image shares");
+    for i in 0..48 {
+        // Repositories one to three levels deep, a repository inside another's directory.
+        let repo = match i % 4 {
+            0 => format!("team{}/svc{i}", i % 5),
+            1 => format!("team{}/deep/svc{i}", i % 5),
+            2 => format!("solo{i}"),
+            _ => format!("team{}/svc{}/sub{i}", i % 5, i - 3),
+        };
+        let (manifest, _, _) = h.image(&repo, &format!("seed {i}"), &[&base]);
+        if i % 3 != 0 {
+            h.tag(&repo, "v1", &manifest);
+        }
+        if i % 7 == 0 {
+            h.upload(&repo);
+        }
+    }
+    // Garbage: blobs nothing names.
+    for i in 0..64 {
+        h.blob(format!("orphan {i}").as_bytes());
+    }
+    fs::create_dir_all(&upper).unwrap();
+    // An empty policy: the history's manifests count, so repositories are live.
+    let policy = work.path().join("policy.json");
+    fs::write(&policy, r#"{"hide_sections": []}"#).unwrap();
+    let plan_on = |threads: &str| {
+        let mut args = vec!["gc".to_string(), "-v".into(), "--dry-run".into(), "--json".into()];
+        args.extend(fixtures::layer_args(&[&lower], &upper));
+        args.extend(["--policy".to_string(), policy.display().to_string()]);
+        let out = std::process::Command::new(support::mount::regfs_bin())
+            .args(&args)
+            .env(regfs::gc::THREADS_VAR, threads)
+            .output()
+            .expect("running regfs gc");
+        assert!(out.status.success(), "regfs gc on {threads} threads:\n{}", text(&out));
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(log.contains(&format!("threads={threads}")), "gc did not scan on {threads} threads:\n{log}");
+        let mut v: Value = serde_json::from_slice(&out.stdout).expect("gc --json output is JSON");
+        // Timings differ from run to run; everything else must not.
+        for k in ["plan_ms", "sweep_ms"] {
+            v["report"][k] = json!(0);
+        }
+        v
+    };
+    let one = plan_on("1");
+    assert!(deleted(&one, "blob") >= 64, "the orphans are planned for deletion: {one:#}");
+    assert!(deleted(&one, "upload") > 0, "uploads are planned for deletion: {one:#}");
+    assert!(one["report"]["kinds"]["repository"]["kept"]["count"].as_u64() > Some(0), "live repositories: {one:#}");
+    for threads in ["2", "32"] {
+        assert_eq!(plan_on(threads), one, "the plan on {threads} threads differs from the one on 1");
+    }
+}

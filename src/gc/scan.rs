@@ -7,17 +7,16 @@
 //! a cold-cache dry run over a large history then reads directories, not
 //! tens of thousands of inodes.
 //!
-//! Every directory listed is remembered (name lists only), so the planner
+//! Every directory listed is remembered (how many names it holds), so the planner
 //! can tell which directories GC leaves empty without listing them again.
 
-use std::collections::HashMap;
-use std::ffi::OsString;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use rayon::prelude::*;
+use rustc_hash::FxHashMap;
 
 use super::GcError;
 use crate::layout::{self, Digest, Section};
@@ -93,7 +92,8 @@ pub type BlobData = Option<(u64, PathBuf)>;
 
 pub struct Scanner<'v> {
     view: &'v View,
-    listings: Mutex<HashMap<PathBuf, Vec<OsString>>>,
+    /// How many names each directory listed holds.
+    listings: Mutex<FxHashMap<PathBuf, usize>>,
 }
 
 /// Largest link file read: a valid one is 71 bytes.
@@ -114,7 +114,7 @@ fn utf8<'a>(dir: &Path, item: &'a Named) -> Result<&'a str, GcError> {
 
 impl<'v> Scanner<'v> {
     pub fn new(view: &'v View) -> Scanner<'v> {
-        Scanner { view, listings: Mutex::new(HashMap::new()) }
+        Scanner { view, listings: Mutex::new(FxHashMap::default()) }
     }
 
     /// Resolves a path that must be a directory if it exists.
@@ -146,9 +146,8 @@ impl<'v> Scanner<'v> {
     /// Lists a directory of the view by name, remembering the names.
     pub fn list(&self, rel: &Path, layers: &[LayerIdx]) -> Result<Vec<Named>, GcError> {
         let mut items = self.view.names_in(rel, layers).map_err(io_err(rel))?;
-        items.sort_by(|a, b| a.name.cmp(&b.name));
-        let names = items.iter().map(|i| i.name.clone()).collect();
-        self.listings.lock().unwrap_or_else(|p| p.into_inner()).insert(rel.to_path_buf(), names);
+        items.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        self.listings.lock().unwrap_or_else(|p| p.into_inner()).insert(rel.to_path_buf(), items.len());
         Ok(items)
     }
 
@@ -156,7 +155,7 @@ impl<'v> Scanner<'v> {
     /// listed now.
     pub fn name_count(&self, rel: &Path) -> Result<usize, GcError> {
         if let Some(n) = self.listings.lock().unwrap_or_else(|p| p.into_inner()).get(rel) {
-            return Ok(n.len());
+            return Ok(*n);
         }
         match self.dir(rel)? {
             Some(layers) => Ok(self.list(rel, &layers)?.len()),
@@ -167,7 +166,7 @@ impl<'v> Scanner<'v> {
     /// Directories the scan found empty.
     pub fn empty_dirs(&self) -> Vec<PathBuf> {
         let l = self.listings.lock().unwrap_or_else(|p| p.into_inner());
-        l.iter().filter(|(_, n)| n.is_empty()).map(|(p, _)| p.clone()).collect()
+        l.iter().filter(|(_, n)| **n == 0).map(|(p, _)| p.clone()).collect()
     }
 
     /// Reads the `link` file in directory `dir`. `expect` is the digest the
@@ -233,32 +232,43 @@ impl<'v> Scanner<'v> {
     /// Every repository of the view, sorted by name (not yet scanned).
     pub fn repositories(&self) -> Result<Vec<RepoScan>, GcError> {
         let root = layout::repositories_root();
-        let mut out = Vec::new();
-        let Some(layers) = self.dir(&root)? else { return Ok(out) };
-        let mut stack = vec![(root, layers, String::new())];
-        while let Some((rel, layers, name)) = stack.pop() {
-            let mut sections = Vec::new();
-            for item in self.list(&rel, &layers)? {
-                if !item.is_dir() {
-                    continue;
-                }
-                // A repository name is UTF-8: skipping one that is not would
-                // sweep the blobs it references and leave its links dangling.
-                let n = utf8(&rel, &item)?;
-                if let Some(s) = Section::from_name(n) {
-                    if !name.is_empty() {
-                        sections.push((s, (rel.join(&item.name), item.layers)));
-                    }
-                } else if layout::may_hold_repos(n) {
-                    let child = if name.is_empty() { n.to_string() } else { format!("{name}/{n}") };
-                    stack.push((rel.join(&item.name), item.layers, child));
-                }
+        let Some(layers) = self.dir(&root)? else { return Ok(Vec::new()) };
+        let mut out = self.repositories_below(root, layers, String::new())?;
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// The repositories at and below `rel` (named `name`): subdirectories
+    /// are walked in parallel, as a cold walk waits on each listing.
+    fn repositories_below(&self, rel: PathBuf, layers: Vec<LayerIdx>, name: String) -> Result<Vec<RepoScan>, GcError> {
+        let mut sections = Vec::new();
+        let mut children = Vec::new();
+        for item in self.list(&rel, &layers)? {
+            if !item.is_dir() {
+                continue;
             }
-            if !sections.is_empty() {
-                out.push(RepoScan { name, sections, ..RepoScan::default() });
+            // A repository name is UTF-8: skipping one that is not would
+            // sweep the blobs it references and leave its links dangling.
+            let n = utf8(&rel, &item)?;
+            if let Some(s) = Section::from_name(n) {
+                if !name.is_empty() {
+                    sections.push((s, (rel.join(&item.name), item.layers)));
+                }
+            } else if layout::may_hold_repos(n) {
+                let child = if name.is_empty() { n.to_string() } else { format!("{name}/{n}") };
+                children.push((rel.join(&item.name), item.layers, child));
             }
         }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
+        // In listing order, so the first bad entry reported is always the same one.
+        let below: Vec<Result<Vec<RepoScan>, GcError>> =
+            children.into_par_iter().map(|(rel, layers, name)| self.repositories_below(rel, layers, name)).collect();
+        let mut out = Vec::new();
+        if !sections.is_empty() {
+            out.push(RepoScan { name, sections, ..RepoScan::default() });
+        }
+        for b in below {
+            out.extend(b?);
+        }
         Ok(out)
     }
 
@@ -305,13 +315,21 @@ impl<'v> Scanner<'v> {
         Ok(out)
     }
 
-    /// Every blob directory of the store, by name: what is inside one is
+    /// The prefix directories of the blob store (`blobs/sha256/<xx>`), for
+    /// [`Scanner::blobs`].
+    pub fn blob_prefixes(&self) -> Result<Vec<Named>, GcError> {
+        let root = layout::blobs_root();
+        match self.dir(&root)? {
+            Some(layers) => self.list(&root, &layers),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Every blob directory of the store (below `prefixes`), by name: what is inside one is
     /// looked at only when GC needs it ([`Scanner::blob_data`]). Anything
     /// else under `blobs/sha256` is an error: GC does not guess what it is.
-    pub fn blobs(&self) -> Result<Vec<BlobScan>, GcError> {
+    pub fn blobs(&self, prefixes: &[Named]) -> Result<Vec<BlobScan>, GcError> {
         let root = layout::blobs_root();
-        let Some(layers) = self.dir(&root)? else { return Ok(Vec::new()) };
-        let prefixes = self.list(&root, &layers)?;
         let per_prefix: Vec<Vec<BlobScan>> = prefixes
             .par_iter()
             .map(|p| {

@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use rustc_hash::FxHashMap;
+
 use crate::sys::{self, SetTime};
 pub use policy::Policy;
 
@@ -461,12 +463,19 @@ impl View {
     /// the bottom layer, so listing history costs one getdents per layer.
     pub fn names_in(&self, dir_rel: &Path, dir_layers: &[LayerIdx]) -> io::Result<Vec<Named>> {
         struct Slot {
-            named: Option<Named>,
+            name: OsString,
+            /// The contributing layers and the topmost entry's type; `None`
+            /// while hidden (a whiteout, or policy).
+            found: Option<(Vec<LayerIdx>, fs::FileType)>,
             /// No layer further down may contribute.
             closed: bool,
         }
-        let mut index: std::collections::HashMap<OsString, usize> = std::collections::HashMap::new();
         let mut slots: Vec<Slot> = Vec::new();
+        // Names are unique within one layer's directory, so the index that
+        // merges layers is built only once a second layer has the directory:
+        // most directories of a history live in one layer alone.
+        let mut index: Option<FxHashMap<OsString, usize>> = None;
+        let mut layers_read = 0;
         let judge = self.policy.may_hide_in(dir_rel);
         let stack = std::iter::once(UPPER).chain(dir_layers.iter().copied().filter(|&l| l != UPPER));
         for li in stack {
@@ -476,31 +485,42 @@ impl View {
                 Err(e) if is_missing(&e) => continue,
                 Err(e) => return Err(e),
             };
+            layers_read += 1;
+            if layers_read == 2 {
+                index = Some(slots.iter().enumerate().map(|(i, s)| (s.name.clone(), i)).collect());
+            }
             for de in rd {
                 let de = de?;
                 let name = de.file_name();
                 if is_internal_name(&name) {
                     continue;
                 }
-                let i = match index.get(&name) {
-                    Some(&i) => i,
-                    None => {
-                        index.insert(name.clone(), slots.len());
-                        slots.push(Slot { named: None, closed: false });
-                        slots.len() - 1
-                    }
+                let i = match index.as_mut() {
+                    None => None,
+                    Some(index) => match index.get(&name) {
+                        Some(&i) => Some(i),
+                        None => {
+                            index.insert(name.clone(), slots.len());
+                            None
+                        }
+                    },
                 };
+                let i = i.unwrap_or_else(|| {
+                    slots.push(Slot { name, found: None, closed: false });
+                    slots.len() - 1
+                });
                 let slot = &mut slots[i];
                 if slot.closed {
                     continue;
                 }
-                if li != UPPER && judge && self.policy.hides_lower(&dir_rel.join(&name)) {
+                let path = || dir.join(&slot.name);
+                if li != UPPER && judge && self.policy.hides_lower(&dir_rel.join(&slot.name)) {
                     slot.closed = true;
                     continue;
                 }
                 let ft = de.file_type()?;
                 if self.may_be_whiteout(li, ft) {
-                    let p = dir.join(&name);
+                    let p = path();
                     let meta = match lstat(&p)? {
                         Some(m) => m,
                         None => continue,
@@ -511,16 +531,19 @@ impl View {
                     }
                 }
                 // A non-directory is final, and so is an opaque directory.
-                slot.closed = !ft.is_dir() || (!self.is_bottom(li) && self.is_opaque(&dir.join(&name))?);
-                match &mut slot.named {
-                    None => slot.named = Some(Named { name, layers: vec![li], file_type: ft }),
-                    Some(n) if n.is_dir() && ft.is_dir() => n.layers.push(li),
+                slot.closed = !ft.is_dir() || (!self.is_bottom(li) && self.is_opaque(&path())?);
+                match &mut slot.found {
+                    None => slot.found = Some((vec![li], ft)),
+                    Some((layers, top)) if top.is_dir() && ft.is_dir() => layers.push(li),
                     // Below a directory, a non-directory ends the merge.
                     Some(_) => slot.closed = true,
                 }
             }
         }
-        Ok(slots.into_iter().filter_map(|s| s.named).collect())
+        Ok(slots
+            .into_iter()
+            .filter_map(|s| s.found.map(|(layers, file_type)| Named { name: s.name, layers, file_type }))
+            .collect())
     }
 
     /// Whether any lower layer holds anything at `rel`, visible or not. Where
