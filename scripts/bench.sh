@@ -474,6 +474,24 @@ export_fig() {  # SIZE
     done
 }
 
+# Read requests the disk holding $1 has completed (/proc/diskstats), or
+# nothing where that disk is not listed there.
+disk_reads() {
+    local dev
+    dev=$(basename "$(findmnt -no SOURCE -T "$1" 2>/dev/null)" 2>/dev/null) || return 0
+    awk -v d="$dev" '$3 == d { print $4 }' /proc/diskstats
+}
+
+# cold_gc SIZE TARGET LOWER CMD...: a cold figure, and the disk reads it took
+# (a cold GC waits on reads: their count per entry is what its cost follows).
+cold_gc() {
+    local size=$1 target=$2 lower=$3 r0 r1; shift 3
+    r0=$(disk_reads "$lower")
+    timed gc_cold "$size" "$target" "$@"
+    r1=$(disk_reads "$lower")
+    if [ -n "$r0" ] && [ -n "$r1" ]; then record gc_cold_reads "$size" "$target" n $((r1 - r0)); fi
+}
+
 gc_fig() {  # SIZE LOWER
     local size=$1 lower=$2 run up
     up=$RUN/$size/gc-upper
@@ -490,13 +508,13 @@ EOF
     for run in $(seq "$RUNS"); do
         log "gc ($size): run $run"
         drop_caches
-        timed gc_cold "$size" docker-registry docker-registry garbage-collect --dry-run "$RUN/gc-$size.yml"
+        cold_gc "$size" docker-registry "$lower" docker-registry garbage-collect --dry-run "$RUN/gc-$size.yml"
         timed gc_warm "$size" docker-registry docker-registry garbage-collect --dry-run "$RUN/gc-$size.yml"
         drop_caches
-        timed gc_cold "$size" regfs-gc "$REGFS" gc --dry-run --lower "$lower" --upper "$up"
+        cold_gc "$size" regfs-gc "$lower" "$REGFS" gc --dry-run --lower "$lower" --upper "$up"
         timed gc_warm "$size" regfs-gc "$REGFS" gc --dry-run --lower "$lower" --upper "$up"
         drop_caches
-        timed gc_cold "$size" regfs-gc-all "$REGFS" gc --dry-run --lower "$lower" --upper "$up" --policy "$RUN/plain-policy.json"
+        cold_gc "$size" regfs-gc-all "$lower" "$REGFS" gc --dry-run --lower "$lower" --upper "$up" --policy "$RUN/plain-policy.json"
         timed gc_warm "$size" regfs-gc-all "$REGFS" gc --dry-run --lower "$lower" --upper "$up" --policy "$RUN/plain-policy.json"
     done
 }
