@@ -515,3 +515,36 @@ fn the_plan_is_the_same_on_one_thread_and_on_many() {
         assert_eq!(plan_on(threads), one, "the plan on {threads} threads differs from the one on 1");
     }
 }
+
+/// The repository tree is walked a level at a time, not by recursion: a
+/// repository nested 1,800 directories deep (a path near PATH_MAX) is found
+/// and kept, on one thread and on many, and the stale one beside it goes.
+#[test]
+fn a_repository_nested_near_path_max_is_found() {
+    let work = tempfile::tempdir().unwrap();
+    let (lower, upper) = (work.path().join("h"), work.path().join("u"));
+    let h = StoreWriter::new(&lower);
+    let deep = vec!["d"; 1800].join("/");
+    let (manifest, _, _) = h.image(&deep, "deep", &[]);
+    h.tag(&deep, "v1", &manifest);
+    let stale = h.blob(b"a layer of a repository without manifests");
+    h.layer_link("stale", &stale);
+    fs::create_dir_all(&upper).unwrap();
+    let policy = work.path().join("policy.json");
+    fs::write(&policy, r#"{"hide_sections": []}"#).unwrap();
+    for threads in ["1", "32"] {
+        let mut args = vec!["gc".to_string(), "--dry-run".into(), "--json".into()];
+        args.extend(fixtures::layer_args(&[&lower], &upper));
+        args.extend(["--policy".to_string(), policy.display().to_string()]);
+        let out = std::process::Command::new(support::mount::regfs_bin())
+            .args(&args)
+            .env(regfs::gc::THREADS_VAR, threads)
+            .output()
+            .expect("running regfs gc");
+        assert!(out.status.success(), "regfs gc on {threads} threads:\n{}", text(&out));
+        let v: Value = serde_json::from_slice(&out.stdout).expect("gc --json output is JSON");
+        assert_eq!(v["report"]["kinds"]["repository"]["kept"]["count"], 1, "the deep repository stays: {v:#}");
+        assert_eq!(deleted(&v, "repository"), 1, "the stale repository goes: {v:#}");
+        assert_eq!(planned_blobs(&v), BTreeSet::from([stale.clone()]), "only the stale repository's blob goes");
+    }
+}

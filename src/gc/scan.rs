@@ -79,6 +79,12 @@ impl RepoScan {
     }
 }
 
+/// A directory of the repository tree (view path, layer stack, repository name).
+type TreeDir = (PathBuf, Vec<LayerIdx>, String);
+/// What one directory of the repository tree holds: the repository it is, if
+/// any, and the directories below it to walk.
+type RepoDir = (Option<RepoScan>, Vec<TreeDir>);
+
 /// One blob directory of the store.
 #[derive(Clone, Debug)]
 pub struct BlobScan {
@@ -143,7 +149,7 @@ impl<'v> Scanner<'v> {
         Ok(Some((rel, layers)))
     }
 
-    /// Lists a directory of the view by name, remembering the names.
+    /// Lists a directory of the view by name, remembering how many it holds.
     pub fn list(&self, rel: &Path, layers: &[LayerIdx]) -> Result<Vec<Named>, GcError> {
         let mut items = self.view.names_in(rel, layers).map_err(io_err(rel))?;
         items.sort_unstable_by(|a, b| a.name.cmp(&b.name));
@@ -229,18 +235,33 @@ impl<'v> Scanner<'v> {
             .collect()
     }
 
-    /// Every repository of the view, sorted by name (not yet scanned).
+    /// Every repository of the view, sorted by name (not yet scanned). The
+    /// tree is walked a level at a time, each level's directories listed in
+    /// parallel (a cold walk waits on every listing); a loop, not recursion,
+    /// so no depth of nesting exhausts a stack.
     pub fn repositories(&self) -> Result<Vec<RepoScan>, GcError> {
         let root = layout::repositories_root();
-        let Some(layers) = self.dir(&root)? else { return Ok(Vec::new()) };
-        let mut out = self.repositories_below(root, layers, String::new())?;
+        let mut out = Vec::new();
+        let Some(layers) = self.dir(&root)? else { return Ok(out) };
+        let mut level = vec![(root, layers, String::new())];
+        while !level.is_empty() {
+            let listed: Vec<_> =
+                level.into_par_iter().map(|(rel, layers, name)| self.repository_dir(rel, layers, name)).collect();
+            level = Vec::new();
+            // In listing order, so the first bad entry reported is always the same one.
+            for l in listed {
+                let (repo, children) = l?;
+                out.extend(repo);
+                level.extend(children);
+            }
+        }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 
-    /// The repositories at and below `rel` (named `name`): subdirectories
-    /// are walked in parallel, as a cold walk waits on each listing.
-    fn repositories_below(&self, rel: PathBuf, layers: Vec<LayerIdx>, name: String) -> Result<Vec<RepoScan>, GcError> {
+    /// One directory of the repository tree: the repository it is (when it
+    /// holds a section) and the subdirectories that may hold more.
+    fn repository_dir(&self, rel: PathBuf, layers: Vec<LayerIdx>, name: String) -> Result<RepoDir, GcError> {
         let mut sections = Vec::new();
         let mut children = Vec::new();
         for item in self.list(&rel, &layers)? {
@@ -259,17 +280,8 @@ impl<'v> Scanner<'v> {
                 children.push((rel.join(&item.name), item.layers, child));
             }
         }
-        // In listing order, so the first bad entry reported is always the same one.
-        let below: Vec<Result<Vec<RepoScan>, GcError>> =
-            children.into_par_iter().map(|(rel, layers, name)| self.repositories_below(rel, layers, name)).collect();
-        let mut out = Vec::new();
-        if !sections.is_empty() {
-            out.push(RepoScan { name, sections, ..RepoScan::default() });
-        }
-        for b in below {
-            out.extend(b?);
-        }
-        Ok(out)
+        let repo = (!sections.is_empty()).then(|| RepoScan { name, sections, ..RepoScan::default() });
+        Ok((repo, children))
     }
 
     /// Reads a repository's revisions and tags and, when `with_layers`, its
