@@ -454,6 +454,24 @@ fn gc_and_export_refuse_an_upper_in_use() {
     regfs_ok("gc", &[&lower], &upper, &[]);
 }
 
+/// `regfs gc -v --dry-run --json` with `policy`, its scan on `threads`
+/// threads (`REGFS_GC_THREADS`, which its log must confirm).
+fn dry_run_on_threads(lower: &Path, upper: &Path, policy: &Path, threads: &str) -> Value {
+    let mut args = vec!["gc".to_string(), "-v".into(), "--dry-run".into(), "--json".into()];
+    args.extend(fixtures::layer_args(&[lower], upper));
+    args.extend(["--policy".to_string(), policy.display().to_string()]);
+    let out = std::process::Command::new(support::mount::regfs_bin())
+        .args(&args)
+        .env(regfs::gc::THREADS_VAR, threads)
+        .output()
+        .expect("running regfs gc");
+    assert!(out.status.success(), "regfs gc on {threads} threads:\n{}", text(&out));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains(&format!("threads={threads}")), "gc did not scan on {threads} threads:\n{log}");
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("gc --json output is not JSON ({e}):\n{}", text(&out)))
+}
+
 /// GC walks repositories and blob prefixes in parallel, on one thread per
 /// CPU or, when the store is not in the page cache, on 32
 /// (`REGFS_GC_THREADS` sets the number): the plan is the same on any number
@@ -489,18 +507,7 @@ fn the_plan_is_the_same_on_one_thread_and_on_many() {
     let policy = work.path().join("policy.json");
     fs::write(&policy, r#"{"hide_sections": []}"#).unwrap();
     let plan_on = |threads: &str| {
-        let mut args = vec!["gc".to_string(), "-v".into(), "--dry-run".into(), "--json".into()];
-        args.extend(fixtures::layer_args(&[&lower], &upper));
-        args.extend(["--policy".to_string(), policy.display().to_string()]);
-        let out = std::process::Command::new(support::mount::regfs_bin())
-            .args(&args)
-            .env(regfs::gc::THREADS_VAR, threads)
-            .output()
-            .expect("running regfs gc");
-        assert!(out.status.success(), "regfs gc on {threads} threads:\n{}", text(&out));
-        let log = String::from_utf8_lossy(&out.stderr);
-        assert!(log.contains(&format!("threads={threads}")), "gc did not scan on {threads} threads:\n{log}");
-        let mut v: Value = serde_json::from_slice(&out.stdout).expect("gc --json output is JSON");
+        let mut v = dry_run_on_threads(&lower, &upper, &policy, threads);
         // Timings differ from run to run; everything else must not.
         for k in ["plan_ms", "sweep_ms"] {
             v["report"][k] = json!(0);
@@ -533,16 +540,7 @@ fn a_repository_nested_near_path_max_is_found() {
     let policy = work.path().join("policy.json");
     fs::write(&policy, r#"{"hide_sections": []}"#).unwrap();
     for threads in ["1", "32"] {
-        let mut args = vec!["gc".to_string(), "--dry-run".into(), "--json".into()];
-        args.extend(fixtures::layer_args(&[&lower], &upper));
-        args.extend(["--policy".to_string(), policy.display().to_string()]);
-        let out = std::process::Command::new(support::mount::regfs_bin())
-            .args(&args)
-            .env(regfs::gc::THREADS_VAR, threads)
-            .output()
-            .expect("running regfs gc");
-        assert!(out.status.success(), "regfs gc on {threads} threads:\n{}", text(&out));
-        let v: Value = serde_json::from_slice(&out.stdout).expect("gc --json output is JSON");
+        let v = dry_run_on_threads(&lower, &upper, &policy, threads);
         assert_eq!(v["report"]["kinds"]["repository"]["kept"]["count"], 1, "the deep repository stays: {v:#}");
         assert_eq!(deleted(&v, "repository"), 1, "the stale repository goes: {v:#}");
         assert_eq!(planned_blobs(&v), BTreeSet::from([stale.clone()]), "only the stale repository's blob goes");
