@@ -390,13 +390,17 @@ pub fn mount_foreground(req: &MountRequest, ready_file: Option<&Path>) -> Result
     let export_to = req.export.as_deref().map(|out| export::check_target(out, &layers)).transpose()?;
     let mp = check_mountpoint(&req.mountpoint)?;
     check_no_overlap(&layers, &mp)?;
+    // Caught before anything is mounted: a SIGTERM the moment the view
+    // appears (a kernel mount is visible at once) must unmount it, not end
+    // regfs and leave the mount behind.
+    let mut signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGHUP])?;
     if choose_mode(req) == Mode::Kernel {
         match mount_kernel(req, &layers, &mp) {
             Ok(()) => {
                 if let Some(r) = ready_file {
                     write_atomic(r, b"ready")?;
                 }
-                return serve_kernel_until_signal(&mp);
+                return serve_kernel_until_signal(&mp, &mut signals);
             }
             Err(e) if req.mode == Mode::Auto && is_permission_error(&e) => {
                 tracing::info!("mode: fuse (kernel overlay not permitted here: {e:#})");
@@ -451,7 +455,6 @@ pub fn mount_foreground(req: &MountRequest, ready_file: Option<&Path>) -> Result
     tracing::info!(mountpoint = %mp.display(), upper = %layers.upper.display(), lowers = layers.lowers.len(), "mounted");
 
     let mut unmounter = session.unmount_callable();
-    let mut signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGHUP])?;
     let sig_handle = signals.handle();
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
@@ -743,8 +746,7 @@ fn mount_kernel(req: &MountRequest, layers: &Layers, mp: &Path) -> Result<()> {
 }
 
 /// `--foreground` in kernel mode: the kernel serves; wait for a signal, then unmount.
-fn serve_kernel_until_signal(mp: &Path) -> Result<()> {
-    let mut signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGHUP])?;
+fn serve_kernel_until_signal(mp: &Path, signals: &mut signal_hook::iterator::Signals) -> Result<()> {
     if let Some(sig) = signals.forever().next() {
         tracing::info!(signal = sig, "signal received: unmounting");
     }
