@@ -105,7 +105,8 @@ pub fn blob_data(d: &Digest) -> PathBuf {
 
 /// The directory that holds a blob's data file.
 pub fn blob_dir(d: &Digest) -> PathBuf {
-    // One allocation: GC names tens of thousands of these.
+    // One allocation, with room for blob_data's `/data`: GC names tens of
+    // thousands of these.
     let hex = d.hex();
     let mut p = String::with_capacity(V2.len() + "/blobs/sha256/xx/".len() + hex.len() + "/data".len());
     for part in [V2, "/blobs/sha256/", &hex[..2], "/", hex] {

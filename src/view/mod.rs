@@ -495,20 +495,16 @@ impl View {
                 if is_internal_name(&name) {
                     continue;
                 }
-                let i = match index.as_mut() {
-                    None => None,
-                    Some(index) => match index.get(&name) {
-                        Some(&i) => Some(i),
-                        None => {
-                            index.insert(name.clone(), slots.len());
-                            None
+                let i = match index.as_ref().and_then(|ix| ix.get(&name)) {
+                    Some(&i) => i,
+                    None => {
+                        if let Some(ix) = index.as_mut() {
+                            ix.insert(name.clone(), slots.len());
                         }
-                    },
+                        slots.push(Slot { name, found: None, closed: false });
+                        slots.len() - 1
+                    }
                 };
-                let i = i.unwrap_or_else(|| {
-                    slots.push(Slot { name, found: None, closed: false });
-                    slots.len() - 1
-                });
                 let slot = &mut slots[i];
                 if slot.closed {
                     continue;
