@@ -196,6 +196,8 @@ def main():
     # The table.
     out = sys.stdout
     runs = meta.get("runs", "?")
+    if meta.get("read_runs"):
+        runs = "%s (blob reads: %s, in rotating order)" % (runs, meta["read_runs"])
     out.write("regfs bench (%s size, median of %s runs; kernel %s, %s CPUs; regfs %s, git %s)\n\n" % (
         meta.get("size"), runs, meta.get("kernel"), meta.get("cpus"), meta.get("regfs_version"), meta.get("git_head")))
     st = meta.get("store", {})

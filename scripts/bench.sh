@@ -10,7 +10,8 @@
 # Figures (each as a ratio to the kernel overlayfs or stock-tool figure,
 # median of --runs runs with min-max):
 #   traversal  warm `du -s` and `find -ls` of the mounted view; daemon peak RSS
-#   read       sequential read (dd bs=1M) of the large blob: cold, second, warm (third);
+#   read       sequential read (dd bs=1M) of the large blob: cold, second, warm (third),
+#              2 x --runs runs, each starting one reader later (a drifting disk);
 #              regfs-fuse reads through the daemon, regfs-fuse-passthrough is
 #              `regfs mount --passthrough`. (Builds before --passthrough used
 #              passthrough whenever root: there regfs-fuse-nopt, the daemon
@@ -36,7 +37,7 @@ export LC_ALL=C
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
 SMALL=0 OUT="" DIR="" KEEP=0 RUNS=3 REGFS_SRC="" REV="" ONLY="traversal,read,push,gc,export,scaling"
-usage() { sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --small) SMALL=1 ;;
@@ -304,6 +305,8 @@ meta regfs_version "$("$REGFS" --version)"
 meta git_head "$GIT_HEAD"
 meta size "$SIZE_NAME"
 meta runs "$RUNS"
+READ_RUNS=$((RUNS * 2))
+meta read_runs "$READ_RUNS"
 meta kernel "$(uname -r)"
 meta cpus "$(nproc)"
 meta mem_gib "$(awk '/MemTotal/ { printf "%.0f", $2 / 1048576 }' /proc/meminfo)"
@@ -426,16 +429,23 @@ read_blob() {  # SIZE
         [ -n "$pid" ] && PIDS+=("$pid")
         reader=(in_mnt_ns)
     fi
-    for run in $(seq "$RUNS"); do
-        log "blob read: run $run"
-        drop_caches
-        read_three "$size" lower-file "$H/$BIG_PATH"
-        for v in "${VIEWS[@]}"; do
+    # Each run starts one reader later: the disk's speed drifts (seen: the
+    # same cold read 1.4 to 2.9 s within the hour), and a fixed order would
+    # hand the drift to whoever comes last. READ_RUNS (twice --runs) lets
+    # every reader take most places.
+    local readers=(lower-file "${VIEWS[@]}" extra) n i r
+    n=${#readers[@]}
+    for run in $(seq "$READ_RUNS"); do
+        log "blob read: run $run of $READ_RUNS"
+        for i in $(seq 0 $((n - 1))); do
+            r=${readers[$(((i + run - 1) % n))]}
             drop_caches
-            read_three "$size" "${VNAME[$v]}" "${VMP[$v]}/$BIG_PATH"
+            case "$r" in
+                lower-file) read_three "$size" lower-file "$H/$BIG_PATH" ;;
+                extra) read_three "$size" "$extra" "$mp/$BIG_PATH" "${reader[@]}" ;;
+                *) read_three "$size" "${VNAME[$r]}" "${VMP[$r]}/$BIG_PATH" ;;
+            esac
         done
-        drop_caches
-        read_three "$size" "$extra" "$mp/$BIG_PATH" "${reader[@]}"
     done
     if [ "$PT_FLAG" = 1 ]; then
         umount_view fuse "$mp" "$extra_pid"
