@@ -564,7 +564,28 @@ push_fig() {  # SIZE
     rm -rf --one-file-system "$RUN/push"
 }
 
-fig_load() { meta "load_before_$1" "$(cut -d' ' -f1 /proc/loadavg)"; }
+# settle NAME: before a figure, waits (at most 60 s) for a second in which
+# the CPUs were at least 90% idle, after a sync: a figure must not pay for
+# the writeback or the stragglers of the one before (seen: the push run
+# right after the gc figure at 1.27x kernel overlay, alone at 1.11x). Records
+# the load and how long it waited.
+settle() {
+    local t0=$EPOCHREALTIME a b i busy=100 a1 a2 a3 a4 a5 a6 a7 a8 b1 b2 b3 b4 b5 b6 b7 b8
+    sync
+    for i in $(seq 60); do
+        read -r _ a1 a2 a3 a4 a5 a6 a7 a8 _ < /proc/stat
+        sleep 1
+        read -r _ b1 b2 b3 b4 b5 b6 b7 b8 _ < /proc/stat
+        a=$((b1 + b2 + b3 + b4 + b5 + b6 + b7 + b8 - a1 - a2 - a3 - a4 - a5 - a6 - a7 - a8))
+        b=$((b4 + b5 - a4 - a5))   # idle + iowait
+        busy=$(( a > 0 ? 100 * (a - b) / a : 0 ))
+        [ "$busy" -le 10 ] && break
+    done
+    [ "$busy" -le 10 ] || log "the machine is still ${busy}% busy after 60 s; measuring $1 anyway"
+    meta "load_before_$1" "$(cut -d' ' -f1 /proc/loadavg)"
+    meta "settle_before_$1" "$(awk -v a="$t0" -v b="$EPOCHREALTIME" -v busy="$busy" 'BEGIN { printf "%.0f s, last second %d%% busy", b - a, busy }')"
+}
+fig_load() { settle "$1"; }
 if want traversal || want read || want export; then
     mount_views full "$H"
     want traversal && fig_load traversal && traversal full
