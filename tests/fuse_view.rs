@@ -166,6 +166,55 @@ fn stat_is_exact_and_inodes_are_stable() {
     fx.assert_lower_unchanged();
 }
 
+/// Attributes of every directory from the view's root down to `rel` (and
+/// `rel` itself), as a stat through the mount shows them.
+fn chain_attrs(mnt: &Path, rel: &str) -> Vec<(String, u64, i64, i64, u32, u64)> {
+    let mut out = Vec::new();
+    let mut p = PathBuf::new();
+    for c in std::iter::once("").chain(rel.split('/')) {
+        p.push(c);
+        let m = fs::symlink_metadata(mnt.join(&p)).unwrap_or_else(|e| panic!("stat {}: {e}", p.display()));
+        out.push((p.display().to_string(), m.nlink(), m.mtime(), m.mtime_nsec(), m.mode(), m.size()));
+    }
+    out
+}
+
+#[test]
+fn a_copy_up_shows_at_once_what_it_changed_in_every_ancestor() {
+    let fx = Fixture::new();
+    let m = fx.mount(&[]);
+    let v2 = "docker/registry/v2";
+    // Upper gains the top of the tree first: later copy-ups start below it.
+    fs::create_dir(fx.v2().join("repositories/app/_layers/first")).expect("mkdir");
+    // A new directory deep in a history-only chain (team, team/api, its
+    // _layers and sha256 are copied up; repositories gains `team` in upper),
+    // and a history file opened for writing (stale's chain and the file).
+    let deep = format!("{v2}/repositories/team/api/_layers/sha256");
+    let hex = &fx.store.layer_links["stale"][0];
+    let link = format!("{v2}/repositories/stale/_layers/sha256/{hex}/link");
+    // Every attribute is in the kernel's cache before the writes.
+    let before = (chain_attrs(&fx.mnt, &deep), chain_attrs(&fx.mnt, &link));
+    // Upper's directory times move on (a copied-up directory gains an entry).
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::create_dir(fx.mnt.join(&deep).join("new")).expect("mkdir deep in history");
+    OpenOptions::new().append(true).open(fx.mnt.join(&link)).expect("open a history link for writing");
+    let live = (chain_attrs(&fx.mnt, &deep), chain_attrs(&fx.mnt, &link));
+    drop(m);
+    // A fresh mount of the same upper has nothing cached: what it shows is
+    // what the live mount must have shown.
+    let m = fx.mount(&[]);
+    let fresh = (chain_attrs(&fx.mnt, &deep), chain_attrs(&fx.mnt, &link));
+    drop(m);
+    assert_eq!(live.0, fresh.0, "after the mkdir, stale attributes were still cached");
+    assert_eq!(live.1, fresh.1, "after the copy-up for writing, stale attributes were still cached");
+    if !kernel_mode() {
+        // The test tells something: the copies-up did change what was cached.
+        assert_ne!(before.0, fresh.0, "the mkdir changed no attribute of the chain");
+        assert_ne!(before.1, fresh.1, "the copy-up changed no attribute of the chain");
+    }
+    fx.assert_lower_unchanged();
+}
+
 #[test]
 fn registry_style_writes_go_to_upper() {
     let fx = Fixture::new();
