@@ -236,7 +236,7 @@ impl RegFs {
     /// its nearest ancestors), and the one above the topmost of them gained
     /// an upper entry. Nothing higher changed: invalidating up to the root
     /// made the kernel ask for every ancestor's attributes again after each
-    /// copy-up (~1,600 GETATTRs per release push).
+    /// copy-up (~1,000 GETATTRs per release push).
     fn invalidate(&self, ino: INodeNo, copyups: crate::view::CopyUps, entry: bool) {
         self.listings.remove(&ino.0);
         let depth = if copyups.dirs > 0 {
