@@ -570,21 +570,21 @@ push_fig() {  # SIZE
 # right after the gc figure at 1.27x kernel overlay, alone at 1.11x). Records
 # the load and how long it waited.
 settle() {
-    local t0=$EPOCHREALTIME a b i busy=100 a1 a2 a3 a4 a5 a6 a7 a8 b1 b2 b3 b4 b5 b6 b7 b8
+    local start=$EPOCHREALTIME i busy=100 t0 i0 t1 i1
     sync
     for i in $(seq 60); do
-        read -r _ a1 a2 a3 a4 a5 a6 a7 a8 _ < /proc/stat
+        read -r t0 i0 < <(cpu_ticks)
         sleep 1
-        read -r _ b1 b2 b3 b4 b5 b6 b7 b8 _ < /proc/stat
-        a=$((b1 + b2 + b3 + b4 + b5 + b6 + b7 + b8 - a1 - a2 - a3 - a4 - a5 - a6 - a7 - a8))
-        b=$((b4 + b5 - a4 - a5))   # idle + iowait
-        busy=$(( a > 0 ? 100 * (a - b) / a : 0 ))
+        read -r t1 i1 < <(cpu_ticks)
+        busy=$(( t1 > t0 ? 100 * ((t1 - t0) - (i1 - i0)) / (t1 - t0) : 0 ))
         [ "$busy" -le 10 ] && break
     done
     [ "$busy" -le 10 ] || log "the machine is still ${busy}% busy after 60 s; measuring $1 anyway"
     meta "load_before_$1" "$(cut -d' ' -f1 /proc/loadavg)"
-    meta "settle_before_$1" "$(awk -v a="$t0" -v b="$EPOCHREALTIME" -v busy="$busy" 'BEGIN { printf "%.0f s, last second %d%% busy", b - a, busy }')"
+    meta "settle_before_$1" "$(awk -v a="$start" -v b="$EPOCHREALTIME" -v busy="$busy" 'BEGIN { printf "%.0f s, last second %d%% busy", b - a, busy }')"
 }
+# All CPU ticks so far (user to steal) and the idle ones (idle + iowait).
+cpu_ticks() { awk '/^cpu / { t = 0; for (i = 2; i <= 9; i++) t += $i; print t, $5 + $6; exit }' /proc/stat; }
 fig_load() { settle "$1"; }
 if want traversal || want read || want export; then
     mount_views full "$H"
