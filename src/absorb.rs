@@ -18,7 +18,7 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use crate::layout::{self, Digest, Section};
-use crate::mount;
+use crate::store;
 
 /// What an absorb did.
 #[derive(Debug, Default, Serialize)]
@@ -153,9 +153,9 @@ fn subdirs(dir: &Path) -> Result<Vec<String>> {
 
 /// Folds upper's blobs and layer links into `history`.
 pub fn absorb(history: &Path, upper: &Path) -> Result<AbsorbReport> {
-    let history = mount::check_lowers(&[history.to_path_buf()])?.remove(0);
+    let history = store::check_lowers(&[history.to_path_buf()])?.remove(0);
     let upper = fs::canonicalize(upper).with_context(|| format!("--upper {}: cannot open", upper.display()))?;
-    let _lock = mount::lock_upper(&upper, "regfs absorb")?;
+    let _lock = store::lock_upper(&upper, "regfs absorb")?;
     let staging = Staging::open(&history)?;
     let mut report = AbsorbReport::default();
 

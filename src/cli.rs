@@ -185,14 +185,14 @@ struct LayerArgs {
 }
 
 impl LayerArgs {
-    fn check(&self) -> anyhow::Result<mount::Layers> {
+    fn check(&self) -> anyhow::Result<crate::store::Layers> {
         if !self.upper.is_dir() {
             anyhow::bail!(
                 "--upper {}: no such directory (gc and export work on the upper of an earlier mount)",
                 self.upper.display()
             );
         }
-        mount::check_layers(&self.lowers, &self.upper, self.keep.as_deref(), self.policy.as_deref())
+        crate::store::check_layers(&self.lowers, &self.upper, self.keep.as_deref(), self.policy.as_deref())
     }
 }
 

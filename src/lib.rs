@@ -16,6 +16,7 @@ pub mod mount;
 pub mod plan;
 pub mod release;
 pub mod sample;
+pub mod store;
 pub mod sys;
 pub mod testhook;
 pub mod view;

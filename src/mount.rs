@@ -22,8 +22,9 @@ use crate::fuse::RegFs;
 use crate::gc::{self, GcOptions};
 use crate::kernel;
 use crate::layout;
+use crate::store::{self, Layers, check_layers, lock_upper};
 use crate::sys;
-use crate::view::{Policy, View, XattrNs, policy};
+use crate::view::View;
 
 /// What a mount needs, as given on the command line.
 #[derive(Clone, Debug)]
@@ -60,115 +61,6 @@ pub enum Mode {
     Fuse,
     /// Native kernel overlayfs: the policy is materialised as whiteouts first.
     Kernel,
-}
-
-/// Layers checked and made absolute, plus the policy they are seen through.
-#[derive(Clone, Debug)]
-pub struct Layers {
-    pub lowers: Vec<PathBuf>,
-    pub upper: PathBuf,
-    pub policy: Policy,
-}
-
-/// Checks the layers and loads the policy. Creates upper if it is missing;
-/// never writes anything else.
-pub fn check_layers(
-    lowers: &[PathBuf],
-    upper: &Path,
-    keep: Option<&Path>,
-    policy_file: Option<&Path>,
-) -> Result<Layers> {
-    let abs_lowers = check_lowers(lowers)?;
-    // Resolved before anything is created, so a bad upper writes nothing.
-    let up = resolve_maybe_missing(upper).with_context(|| format!("--upper {}: bad path", upper.display()))?;
-    for l in &abs_lowers {
-        if up.starts_with(l) || l.starts_with(&up) {
-            bail!(
-                "--upper {} and --lower {} overlap: the upper must live outside every lower \
-                 (and the other way round), or writes would change the history",
-                up.display(),
-                l.display()
-            );
-        }
-    }
-    if !up.exists() {
-        fs::create_dir_all(&up).with_context(|| format!("--upper {}: cannot create", upper.display()))?;
-    }
-    if !up.is_dir() {
-        bail!("--upper {}: not a directory", upper.display());
-    }
-    let mut policy = match policy_file {
-        Some(p) => {
-            let text = fs::read_to_string(p).with_context(|| format!("--policy {}: cannot read", p.display()))?;
-            policy::parse_policy(&text, &p.display().to_string())?
-        }
-        None => Policy::default(),
-    };
-    if let Some(k) = keep {
-        let text = fs::read_to_string(k).with_context(|| format!("--keep {}: cannot read", k.display()))?;
-        policy.keep = Some(policy::parse_keep(&text, &k.display().to_string())?);
-    }
-    Ok(Layers { lowers: abs_lowers, upper: up, policy })
-}
-
-impl Layers {
-    pub fn view(&self) -> Result<View> {
-        View::new(self.upper.clone(), self.lowers.clone(), self.policy.clone(), XattrNs::for_current_user())
-            .context("opening the layers")
-    }
-}
-
-/// The canonical form of a path whose tail may not exist yet: the deepest
-/// existing ancestor is canonicalised and the rest appended.
-pub fn resolve_maybe_missing(p: &Path) -> io::Result<PathBuf> {
-    let abs = std::path::absolute(p)?;
-    let mut existing = abs.as_path();
-    let mut rest = Vec::new();
-    while !existing.exists() {
-        match (existing.parent(), existing.file_name()) {
-            (Some(parent), Some(name)) => {
-                rest.push(name.to_os_string());
-                existing = parent;
-            }
-            _ => break,
-        }
-    }
-    let mut out = fs::canonicalize(existing)?;
-    out.extend(rest.iter().rev());
-    Ok(out)
-}
-
-/// Checks each lower is a registry rootdirectory; returns them canonical.
-pub fn check_lowers(lowers: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let mut abs_lowers = Vec::new();
-    for l in lowers {
-        let c = fs::canonicalize(l).with_context(|| format!("--lower {}: cannot open", l.display()))?;
-        if !c.is_dir() {
-            bail!("--lower {}: not a directory", l.display());
-        }
-        if !c.join(layout::V2).is_dir() {
-            bail!(
-                "--lower {}: not a registry rootdirectory (no {} inside); pass the directory a \
-                 registry's storage.filesystem.rootdirectory names",
-                l.display(),
-                layout::V2
-            );
-        }
-        // The view never follows a symlink, so it would show one here as a
-        // symlink; a registry writing through it would write the history.
-        for dir in layout::skeleton_dirs().iter().skip(1) {
-            if fs::symlink_metadata(c.join(dir)).is_ok_and(|m| m.file_type().is_symlink()) {
-                bail!(
-                    "--lower {}: {} is a symlink; a registry rootdirectory holds real directories \
-                     (pass the directory it points to instead)",
-                    l.display(),
-                    dir.display()
-                );
-            }
-        }
-        abs_lowers.push(c);
-    }
-    Ok(abs_lowers)
 }
 
 /// An absolute mountpoint path without touching the mount itself (a dead
@@ -349,39 +241,6 @@ fn check_mountpoint(mp: &Path) -> Result<PathBuf> {
 
 fn read_state(path: &Path) -> Option<MountState> {
     serde_json::from_slice(&fs::read(path).ok()?).ok()
-}
-
-/// Holds an exclusive lock on the upper directory for the life of a mount,
-/// so two mounts (or a GC) never write one upper at once.
-pub struct UpperLock {
-    _dir: File,
-}
-
-pub fn lock_upper(upper: &Path, what: &str) -> Result<UpperLock> {
-    let dir = File::open(upper).with_context(|| format!("opening upper {}", upper.display()))?;
-    if !sys::try_lock_exclusive(&dir)? {
-        bail!(
-            "upper {} is in use by another regfs process (a mount, gc or export); {what} needs it \
-             to itself: unmount that first",
-            upper.display()
-        );
-    }
-    check_no_kernel_mount(upper, what)?;
-    durability::check(upper)?;
-    Ok(UpperLock { _dir: dir })
-}
-
-fn check_no_kernel_mount(upper: &Path, what: &str) -> Result<()> {
-    if let Some(mp) = kernel::overlay_using_upper(upper) {
-        bail!(
-            "upper {} is in use by the kernel overlay mounted on {}; {what} needs it to itself: \
-             run `regfs umount {}` first",
-            upper.display(),
-            mp.display(),
-            mp.display()
-        );
-    }
-    Ok(())
 }
 
 /// `regfs mount --foreground`: mount, serve until unmounted or signalled.
@@ -675,7 +534,7 @@ fn unmount_error(mp: &Path, e: io::Error) -> anyhow::Error {
 
 fn check_no_overlap(layers: &Layers, mp: &Path) -> Result<()> {
     for l in layers.lowers.iter().chain([&layers.upper]) {
-        if mp.starts_with(l) || l.starts_with(mp) {
+        if store::overlaps(mp, l) {
             bail!("mountpoint {} overlaps layer {}: mount it somewhere else", mp.display(), l.display());
         }
     }

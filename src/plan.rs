@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::layout::{self, Place, Section};
-use crate::mount;
+use crate::store;
 use crate::view::{UPPER, View};
 
 /// The plan: repositories kept and stale, what policy hides, blobs visible.
@@ -36,7 +36,7 @@ pub struct Plan {
 /// empty, temporary upper.
 pub fn plan(lowers: &[PathBuf], keep: Option<&Path>, policy: Option<&Path>) -> Result<Plan> {
     let scratch = tempfile::tempdir().context("creating a scratch upper")?;
-    let layers = mount::check_layers(lowers, scratch.path(), keep, policy)?;
+    let layers = store::check_layers(lowers, scratch.path(), keep, policy)?;
     let view = layers.view()?;
     let mut p = Plan { lowers: layers.lowers.clone(), ..Plan::default() };
 

@@ -32,7 +32,7 @@ use sha2::Digest as _;
 
 use crate::gc::human_bytes;
 use crate::layout::{self, Digest};
-use crate::mount::{self, Layers};
+use crate::store::{self, Layers};
 use crate::view::{LayerIdx, Named, View};
 
 /// Buffer size of the tar writer and of each read from a layer file.
@@ -201,7 +201,7 @@ fn remove_stale_partials(dir: &Path, prefix: &OsStr) {
 /// `regfs export`: locks upper, checks the target, writes the tar.
 pub fn command(layers: &Layers, out: &Path, opts: &ExportOptions) -> Result<()> {
     let target = check_target(out, layers)?;
-    let _lock = mount::lock_upper(&layers.upper, "regfs export")?;
+    let _lock = store::lock_upper(&layers.upper, "regfs export")?;
     let view = layers.view()?;
     let report = export(&view, &target, opts)?;
     println!("regfs: {}", report.summary());

@@ -48,7 +48,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
 
 use crate::layout::{self, Digest, Section};
-use crate::mount::{self, Layers};
+use crate::store::{self, Layers};
 use crate::view::{Named, UPPER, View};
 pub use report::{KindReport, Report, Tally, human_bytes};
 use scan::{BlobData, BlobScan, RepoScan, Scanner};
@@ -651,7 +651,7 @@ pub fn run(view: &View, opts: &GcOptions, dry_run: bool) -> Result<(Plan, Report
 
 /// `regfs gc`: locks upper, runs, prints the plan (dry run) and the report.
 pub fn command(layers: &Layers, opts: &GcOptions, dry_run: bool, json: bool) -> Result<()> {
-    let _lock = mount::lock_upper(&layers.upper, "regfs gc")?;
+    let _lock = store::lock_upper(&layers.upper, "regfs gc")?;
     let view = layers.view()?;
     let (plan, report) = run(&view, opts, dry_run)?;
     let mut out = io::BufWriter::new(io::stdout().lock());

@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use crate::layout;
 use crate::mount::{self, Mode};
+use crate::store;
 use crate::view::policy;
 use children::{CopyOutcome, RegistryChild, Skopeo};
 
@@ -223,16 +224,16 @@ struct Work {
 /// absolute tar path.
 fn prepare_work(req: &ReleaseRequest, histories: &[PathBuf], images: &[ImageName]) -> Result<(Work, PathBuf)> {
     let output =
-        mount::resolve_maybe_missing(&req.output).with_context(|| format!("-o {}: bad path", req.output.display()))?;
+        store::resolve_maybe_missing(&req.output).with_context(|| format!("-o {}: bad path", req.output.display()))?;
     let dir = match &req.workdir {
-        Some(d) => mount::resolve_maybe_missing(d).with_context(|| format!("--workdir {}: bad path", d.display()))?,
+        Some(d) => store::resolve_maybe_missing(d).with_context(|| format!("--workdir {}: bad path", d.display()))?,
         None => {
             let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "release".into());
             output.with_file_name(format!("{name}.work"))
         }
     };
     for h in histories {
-        if dir.starts_with(h) || h.starts_with(&dir) {
+        if store::overlaps(&dir, h) {
             bail!(
                 "work dir {} and --history {} overlap: put the work dir (--workdir, default beside the tar) \
                  outside every history",
@@ -242,7 +243,7 @@ fn prepare_work(req: &ReleaseRequest, histories: &[PathBuf], images: &[ImageName
         }
     }
     let upper = dir.join("upper");
-    let layers = mount::Layers { lowers: histories.to_vec(), upper: upper.clone(), policy: Default::default() };
+    let layers = store::Layers { lowers: histories.to_vec(), upper: upper.clone(), policy: Default::default() };
     let output = crate::export::check_target(&output, &layers)?;
     if output.starts_with(&dir) {
         bail!("-o {}: inside the work dir {}; write the tar somewhere else", req.output.display(), dir.display());
@@ -343,7 +344,7 @@ pub fn run(req: &ReleaseRequest) -> Result<Summary> {
     // where asked (a bad -o found after the push would waste the push).
     let registry_bin = children::find_registry(req.registry_bin.as_deref())?;
     let skopeo = Skopeo::find(req.src_tls_verify)?;
-    let histories = mount::check_lowers(&req.histories)?;
+    let histories = store::check_lowers(&req.histories)?;
     let (work, output) = prepare_work(req, &histories, &images)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -407,8 +408,8 @@ fn release_in(
     unmounted?;
 
     interrupts.check("the push")?;
-    let layers = mount::check_layers(&req.histories, &work.upper, Some(&work.keep), None)?;
-    let _lock = mount::lock_upper(&layers.upper, "the release GC")?;
+    let layers = store::check_layers(&req.histories, &work.upper, Some(&work.keep), None)?;
+    let _lock = store::lock_upper(&layers.upper, "the release GC")?;
     let view = layers.view()?;
     let t = Instant::now();
     progress.phase("gc", None);

@@ -84,7 +84,7 @@ pub fn blob_set(root: &Path) -> BTreeSet<String> {
 /// A view over the layers through the library (no FUSE).
 pub fn view(lowers: &[&Path], upper: &Path, policy: Option<&Path>) -> regfs::view::View {
     let lowers: Vec<PathBuf> = lowers.iter().map(|l| l.to_path_buf()).collect();
-    regfs::mount::check_layers(&lowers, upper, None, policy).expect("layers").view().expect("view")
+    regfs::store::check_layers(&lowers, upper, None, policy).expect("layers").view().expect("view")
 }
 
 /// Names in a view directory (empty if it does not exist).
