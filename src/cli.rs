@@ -59,10 +59,66 @@ the store is not in the page cache (a cold scan waits on directory reads, not on
     /// history store, so the next release reuses them. The only command
     /// that writes history; it only adds, verified, and can be re-run.
     Absorb(AbsorbArgs),
+    /// Write what a site holds (blob digests and sizes, repositories, tags)
+    /// as a small inventory file, to send back for the next delta.
+    #[command(after_help = "PATH is a registry rootdirectory (names and sizes are read, not blob contents, unless \
+--verify), a bundle (the site after applying it) or an inventory file; several are one union.\n\n\
+Example (at the site):\n  regfs inventory /var/lib/docker-registry -o site.inventory")]
+    Inventory(InventoryArgs),
+    /// Land bundles (a full one, then deltas, in order) into a registry
+    /// rootdirectory: verified, blobs before links before tags, crash-safe.
+    #[command(after_help = APPLY_HELP)]
+    Apply(ApplyArgs),
     /// Write a deterministic sample release as OCI layouts plus its images
     /// list, for demos and benchmarks (see README, scripts/demo.sh).
     #[command(hide = true)]
     Sample(SampleArgs),
+}
+
+const APPLY_HELP: &str = "Before anything is written, every bundle is checked whole: only regular files and \
+directories under docker/registry/v2/, every blob it carries hashes to its digest, and every blob the release \
+needs is in a bundle or already at the site. Every problem is listed at once and nothing is written. Then blobs, \
+`_layers` links, manifest revisions and tags land in that order, so a registry never sees a tag whose image is \
+incomplete; an interrupted apply is finished by running it again.\n\n\
+Merge (default): the site keeps what it had and the release's tags are set. --replace makes the site exactly the \
+last bundle's release: other repositories and tags go, then regfs's GC removes the blobs nothing references. \
+Stop the registry serving the site before --replace (its blob cache goes stale when blobs vanish).\n\n\
+Examples:\n  regfs apply release-41.tar --to /var/lib/docker-registry            # a new site\n  \
+regfs apply release-42-delta.tar --to /var/lib/docker-registry --replace --dry-run";
+
+#[derive(Args, Debug)]
+struct InventoryArgs {
+    /// Registry rootdirectories, bundles or inventory files (their union).
+    #[arg(required = true, value_name = "PATH")]
+    paths: Vec<PathBuf>,
+    /// Write the inventory file here (atomically).
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Print the inventory itself (JSON) instead of its summary.
+    #[arg(long)]
+    json: bool,
+    /// Hash every blob of a rootdirectory; corrupt ones are left out and named.
+    #[arg(long)]
+    verify: bool,
+}
+
+#[derive(Args, Debug)]
+struct ApplyArgs {
+    /// Bundles to land, in order (a full one, then deltas over it).
+    #[arg(required = true, value_name = "BUNDLE")]
+    bundles: Vec<PathBuf>,
+    /// The site's registry rootdirectory (an existing directory; may be empty).
+    #[arg(long, value_name = "ROOTDIR")]
+    to: PathBuf,
+    /// Make the site exactly the last bundle's release (stop its registry first).
+    #[arg(long)]
+    replace: bool,
+    /// Check everything and print what would change; write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -131,6 +187,13 @@ struct ReleaseArgs {
     /// Verify TLS of a docker:// source (off for a plain-HTTP loopback registry).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     src_tls_verify: bool,
+    /// What the site holds already (a bundle, a registry rootdirectory or an
+    /// inventory file; repeatable): the tar leaves out their blobs (a delta).
+    #[arg(long = "base", value_name = "BASE")]
+    bases: Vec<PathBuf>,
+    /// The release's name in the bundle (default: the tar's name without .tar).
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -225,6 +288,14 @@ struct ExportArgs {
     /// Keep real mtimes and owners (the tar is then not reproducible).
     #[arg(long)]
     keep_times: bool,
+    /// What the site holds already (a bundle, a registry rootdirectory or an
+    /// inventory file; repeatable): the tar leaves out their blobs (a delta).
+    /// Links and manifests of the release are always all in it.
+    #[arg(long = "base", value_name = "BASE")]
+    bases: Vec<PathBuf>,
+    /// The release's name in the bundle (default: the tar's name without .tar).
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -336,7 +407,13 @@ pub fn main() -> i32 {
             crate::gc::command(&layers, &GcOptions { delete_untagged: a.delete_untagged }, a.dry_run, a.json)
         }),
         Command::Export(a) => a.layers.check().and_then(|layers| {
-            crate::export::command(&layers, &a.output, &ExportOptions { verify: a.verify, keep_times: a.keep_times })
+            crate::export::command(
+                &layers,
+                &a.output,
+                &ExportOptions { verify: a.verify, keep_times: a.keep_times },
+                a.name.as_deref(),
+                &a.bases,
+            )
         }),
         Command::Release(a) => crate::release::run(&crate::release::ReleaseRequest {
             histories: a.histories,
@@ -351,9 +428,18 @@ pub fn main() -> i32 {
             registry_bin: a.registry_bin,
             retries: a.retries,
             src_tls_verify: a.src_tls_verify,
+            bases: a.bases,
+            name: a.name,
         })
         .map(|_| ()),
         Command::Plan(a) => crate::plan::command(&a.lowers, a.keep.as_deref(), a.policy.as_deref(), a.json),
+        Command::Inventory(a) => crate::inventory::command(&a.paths, a.output.as_deref(), a.json, a.verify),
+        Command::Apply(a) => crate::apply::command(
+            &a.bundles,
+            &a.to,
+            &crate::apply::ApplyOptions { replace: a.replace, dry_run: a.dry_run },
+            a.json,
+        ),
         Command::Absorb(a) => crate::absorb::command(&a.history, &a.upper, a.json),
         Command::Sample(a) => crate::sample::command(
             &a.dir,

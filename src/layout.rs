@@ -87,6 +87,13 @@ impl serde::Serialize for Digest {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Digest, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Digest::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Exact length of a link file: `sha256:` plus 64 hex, no newline.
 pub const LINK_LEN: usize = 71;
 
@@ -372,6 +379,128 @@ pub fn valid_repo_name(name: &str) -> bool {
         })
 }
 
+/// A registry tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+pub fn valid_tag(tag: &str) -> bool {
+    let b = tag.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(c))
+}
+
+/// What a path of a registry store is, judged by its shape alone: the
+/// grammar a bundle (and so `regfs apply`) accepts. Everything a registry
+/// needs to serve an image, nothing in flight (`_uploads`), nothing else.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StorePath {
+    /// A directory on the way to one of the files below.
+    Dir,
+    /// `blobs/sha256/<xx>/<hex>/data`.
+    BlobData(Digest),
+    /// `repositories/<repo>/_layers/sha256/<hex>/link`.
+    LayerLink { repo: String, digest: Digest },
+    /// `repositories/<repo>/_manifests/revisions/sha256/<hex>/link`.
+    RevisionLink { repo: String, digest: Digest },
+    /// `repositories/<repo>/_manifests/tags/<tag>/current/link`.
+    TagCurrentLink { repo: String, tag: String },
+    /// `repositories/<repo>/_manifests/tags/<tag>/index/sha256/<hex>/link`.
+    TagIndexLink { repo: String, tag: String, digest: Digest },
+}
+
+impl StorePath {
+    /// The digest a link's path says it holds (a tag's `current` says none).
+    pub fn link_digest(&self) -> Option<Digest> {
+        match self {
+            StorePath::LayerLink { digest, .. }
+            | StorePath::RevisionLink { digest, .. }
+            | StorePath::TagIndexLink { digest, .. } => Some(*digest),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a link file (its content is one digest).
+    pub fn is_link(&self) -> bool {
+        !matches!(self, StorePath::Dir | StorePath::BlobData(_))
+    }
+}
+
+/// Classifies `rel` (relative to the root, `/`-separated, no trailing `/`)
+/// as a directory (`is_dir`) or a file of a registry store; `None` when it
+/// has no place in one.
+pub fn parse_store_path(rel: &str, is_dir: bool) -> Option<StorePath> {
+    let comps: Vec<&str> = if rel.is_empty() { Vec::new() } else { rel.split('/').collect() };
+    let v2: Vec<&str> = V2.split('/').collect();
+    let n = comps.len().min(v2.len());
+    if comps[..n] != v2[..n] {
+        return None;
+    }
+    if comps.len() <= v2.len() {
+        return is_dir.then_some(StorePath::Dir);
+    }
+    let rest = &comps[v2.len()..];
+    match rest {
+        ["blobs"] | ["blobs", "sha256"] | ["repositories"] if is_dir => Some(StorePath::Dir),
+        ["blobs", "sha256", prefix] if is_dir && prefix.len() == 2 && Digest::from_hex(&prefix.repeat(32)).is_ok() => {
+            Some(StorePath::Dir)
+        }
+        ["blobs", "sha256", prefix, hex] if is_dir => blob_dir_digest(prefix, hex).ok().map(|_| StorePath::Dir),
+        ["blobs", "sha256", prefix, hex, DATA] if !is_dir => blob_dir_digest(prefix, hex).ok().map(StorePath::BlobData),
+        ["repositories", repo_rest @ ..] => parse_repo_path(repo_rest, is_dir),
+        _ => None,
+    }
+}
+
+fn parse_repo_path(comps: &[&str], is_dir: bool) -> Option<StorePath> {
+    let at = comps.iter().position(|c| c.starts_with('_'));
+    let (repo_comps, rest) = comps.split_at(at.unwrap_or(comps.len()));
+    let repo = repo_comps.join("/");
+    if !repo_comps.is_empty() && !valid_repo_name(&repo) {
+        return None;
+    }
+    let Some((section, rest)) = rest.split_first() else { return is_dir.then_some(StorePath::Dir) };
+    if repo_comps.is_empty() {
+        return None;
+    }
+    let hex = |h: &str| Digest::from_hex(h).ok();
+    let dir = |ok: bool| (is_dir && ok).then_some(StorePath::Dir);
+    match (*section, rest) {
+        (LAYERS, [] | ["sha256"]) | (MANIFESTS, [] | ["revisions"] | ["revisions", "sha256"] | ["tags"]) => dir(true),
+        (LAYERS, ["sha256", h]) | (MANIFESTS, ["revisions", "sha256", h]) => dir(hex(h).is_some()),
+        (MANIFESTS, ["tags", tag] | ["tags", tag, "current" | "index"] | ["tags", tag, "index", "sha256"]) => {
+            dir(valid_tag(tag))
+        }
+        (MANIFESTS, ["tags", tag, "index", "sha256", h]) => dir(valid_tag(tag) && hex(h).is_some()),
+        _ if is_dir => None,
+        (LAYERS, ["sha256", h, LINK]) => hex(h).map(|digest| StorePath::LayerLink { repo, digest }),
+        (MANIFESTS, ["revisions", "sha256", h, LINK]) => hex(h).map(|digest| StorePath::RevisionLink { repo, digest }),
+        (MANIFESTS, ["tags", tag, "current", LINK]) if valid_tag(tag) => {
+            Some(StorePath::TagCurrentLink { repo, tag: tag.to_string() })
+        }
+        (MANIFESTS, ["tags", tag, "index", "sha256", h, LINK]) if valid_tag(tag) => {
+            hex(h).map(|digest| StorePath::TagIndexLink { repo, tag: tag.to_string(), digest })
+        }
+        _ => None,
+    }
+}
+
+/// The prefix of a blob prefix directory `blobs/sha256/<xx>`, if `rel` is one.
+pub fn blob_prefix_of_path(rel: &Path) -> Option<&str> {
+    let rest = rel.strip_prefix(blobs_root()).ok()?;
+    let mut comps = rest.components().map(|c| c.as_os_str().to_str());
+    let (Some(Some(prefix)), None) = (comps.next(), comps.next()) else { return None };
+    (prefix.len() == 2).then_some(prefix)
+}
+
+/// The blob a blob directory `blobs/sha256/<xx>/<hex>` stands for, if `rel` is one.
+pub fn blob_of_dir_path(rel: &Path) -> Option<Digest> {
+    let rest = rel.strip_prefix(blobs_root()).ok()?;
+    let mut comps = rest.components().map(|c| c.as_os_str().to_str());
+    let (Some(Some(prefix)), Some(Some(hex)), None) = (comps.next(), comps.next(), comps.next()) else {
+        return None;
+    };
+    blob_dir_digest(prefix, hex).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -450,5 +579,60 @@ mod tests {
         for bad in ["", "Team", "a//b", "../x", "a/_layers", "a/./b"] {
             assert!(!valid_repo_name(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn store_path_grammar() {
+        let d = Digest::parse(&format!("sha256:{HEX}")).unwrap();
+        let f = |p: &str| parse_store_path(p, false);
+        let dir = |p: &str| parse_store_path(p, true);
+        for ok in [
+            "",
+            "docker",
+            "docker/registry/v2",
+            "docker/registry/v2/blobs/sha256/01",
+            &format!("docker/registry/v2/blobs/sha256/01/{HEX}"),
+            "docker/registry/v2/repositories/team",
+            "docker/registry/v2/repositories/team/app/_manifests/tags/v1/index/sha256",
+            &format!("docker/registry/v2/repositories/a/_layers/sha256/{HEX}"),
+        ] {
+            assert_eq!(dir(ok), Some(StorePath::Dir), "{ok}");
+        }
+        for bad in [
+            "x",
+            "docker/x",
+            "docker/registry/v2/blobs/sha256/zz",
+            &format!("docker/registry/v2/blobs/sha256/02/{HEX}"),
+            "docker/registry/v2/repositories/a/_uploads",
+            "docker/registry/v2/repositories/_layers",
+            "docker/registry/v2/repositories/A",
+            "docker/registry/v2/repositories/a/_manifests/tags/-x",
+        ] {
+            assert_eq!(dir(bad), None, "{bad}");
+        }
+        assert_eq!(f(&format!("docker/registry/v2/blobs/sha256/01/{HEX}/data")), Some(StorePath::BlobData(d)));
+        assert_eq!(
+            f(&format!("docker/registry/v2/repositories/t/a/_layers/sha256/{HEX}/link")),
+            Some(StorePath::LayerLink { repo: "t/a".into(), digest: d })
+        );
+        assert_eq!(
+            f("docker/registry/v2/repositories/a/_manifests/tags/v1/current/link"),
+            Some(StorePath::TagCurrentLink { repo: "a".into(), tag: "v1".into() })
+        );
+        assert_eq!(
+            f(&format!("docker/registry/v2/repositories/a/_manifests/tags/v1/index/sha256/{HEX}/link")),
+            Some(StorePath::TagIndexLink { repo: "a".into(), tag: "v1".into(), digest: d })
+        );
+        for bad in [
+            "docker",
+            "docker/registry/v2/blobs/sha256/01/x/data",
+            "docker/registry/v2/repositories/a/_uploads/u/data",
+            "docker/registry/v2/repositories/a/_layers/sha256/x/link",
+            "docker/registry/v2/repositories/a/_manifests/tags/v1/current/data",
+        ] {
+            assert_eq!(f(bad), None, "{bad}");
+        }
+        assert_eq!(blob_of_dir_path(&blob_dir(&d)), Some(d));
+        assert_eq!(blob_of_dir_path(&blob_data(&d)), None);
     }
 }

@@ -5,11 +5,14 @@
 //! the only `unsafe`.
 
 pub mod absorb;
+pub mod apply;
+pub mod bundle;
 pub mod cli;
 pub mod durability;
 pub mod export;
 pub mod fuse;
 pub mod gc;
+pub mod inventory;
 pub mod kernel;
 pub mod layout;
 pub mod mount;
@@ -19,4 +22,5 @@ pub mod sample;
 pub mod store;
 pub mod sys;
 pub mod testhook;
+pub mod util;
 pub mod view;

@@ -381,15 +381,16 @@ fn release_on_unmount(view: &View, layers: &Layers, req: &Finish) -> Result<Stri
     for w in &report.warnings {
         tracing::warn!("gc: {w}");
     }
-    let exported = export::export(view, out, &ExportOptions::default()).with_context(|| {
-        format!(
-            "the export after unmount failed ({}; no tar was written to {}); the upper {} is intact. Fix \
+    let exported =
+        export::export(view, out, &ExportOptions::default(), &export::BundleSpec::full(out)).with_context(|| {
+            format!(
+                "the export after unmount failed ({}; no tar was written to {}); the upper {} is intact. Fix \
              the cause, then run by hand:\n  {export_cmd}\nerror",
-            report.summary(),
-            out.display(),
-            layers.upper.display()
-        )
-    })?;
+                report.summary(),
+                out.display(),
+                layers.upper.display()
+            )
+        })?;
     Ok(format!("{}; {}", report.summary(), exported.summary()))
 }
 

@@ -6,7 +6,11 @@
 //! racing a timer. Points:
 //! - `gc-delete`: before the N-th deletion of a gc sweep (N-1 done);
 //! - `export-entry`: before the N-th tar entry of an export is written (the
-//!   temporary tar beside the target exists, partly written).
+//!   temporary tar beside the target exists, partly written);
+//! - `apply-stage`: before the N-th blob of an apply is staged (nothing
+//!   written to the site's registry tree yet);
+//! - `apply-step`: before the N-th file an apply renames into place or
+//!   removes (N-1 done).
 //!
 //! Unset, as always outside tests, it costs one environment lookup per
 //! process. A pause nobody kills ends the process with status 99 after

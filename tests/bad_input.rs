@@ -872,14 +872,20 @@ fn unreadable_history_files_give_clear_errors() {
     refused(&out, &blob_rel(&m));
     assert!(String::from_utf8_lossy(&out.stderr).contains("stopped before deleting anything"), "{}", text(&out));
 
-    // export: the first unreadable blob stops it by name; no tar is left.
+    // export: the unreadable manifest stops it by name (its tag's image is
+    // described before the tar is begun); no tar is left.
     let out_dir = l.path("out");
     fs::create_dir(&out_dir).unwrap();
     chown_to_user(&out_dir);
     let tar = out_dir.join("r.tar");
     let out = run("export", &["-o", tar.to_str().unwrap()]);
-    let first = [&m, &layers[0]].into_iter().min().expect("two blobs");
-    refused(&out, &blob_rel(first));
+    refused(&out, &blob_rel(&m));
+    assert_eq!(fs::read_dir(&out_dir).unwrap().count(), 0, "no tar and no temporary may be left");
+    // With the manifest readable, the unreadable layer stops the tar by name.
+    lock(&manifest, 0o644);
+    let out = run("export", &["-o", tar.to_str().unwrap()]);
+    refused(&out, &blob_rel(&layers[0]));
+    lock(&manifest, 0o000);
     assert_eq!(fs::read_dir(&out_dir).unwrap().count(), 0, "no tar and no temporary may be left");
 
     // Through a mount the user makes: the kernel refuses what the modes
@@ -1022,11 +1028,13 @@ fn name_lengths_through_the_mount() {
     let up = tree::shape(&snapshot(&l.upper));
     assert!(up.contains(&format!("c {V2}/{n255}")), "a whiteout for the deleted history name: {up:?}");
 
-    // gc and export: a 255-byte tag name, exported and untarred back.
+    // gc and export: a 255-byte repository name (and the longest tag a
+    // registry accepts, 128), exported and untarred back.
     let s = StoreWriter::new(&l.path("store"));
-    let (man, _, _) = s.image("app", "v1", &[]);
-    let tag = "t".repeat(255);
-    s.tag("app", &tag, &man);
+    let repo = "r".repeat(255);
+    let (man, _, _) = s.image(&repo, "v1", &[]);
+    let tag = "t".repeat(128);
+    s.tag(&repo, &tag, &man);
     let empty = empty_root(&l.path("empty"));
     regfs_ok("gc", &[&empty], &s.root, &[]);
     let tar = l.path("long.tar");
@@ -1034,7 +1042,11 @@ fn name_lengths_through_the_mount() {
     let unpacked = l.path("unpacked");
     fixtures::untar(&tar, &unpacked);
     assert_eq!(snapshot(&unpacked.join("docker")), snapshot(&s.root.join("docker")));
-    assert!(unpacked.join(repo_rel("app", &format!("_manifests/tags/{tag}/current/link"))).is_file());
+    assert!(unpacked.join(repo_rel(&repo, &format!("_manifests/tags/{tag}/current/link"))).is_file());
+    // A tag no registry accepts (129 characters) has no place in a bundle.
+    s.tag(&repo, &"t".repeat(129), &man);
+    let out = fixtures::regfs_layers("export", &[&empty], &s.root, &["-o", tar.to_str().unwrap()]);
+    assert!(!out.status.success() && text(&out).contains("not a valid tag name"), "{}", text(&out));
 }
 
 #[test]

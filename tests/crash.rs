@@ -105,9 +105,11 @@ fn args(sub: &str, lowers: &[&Path], upper: &Path, extra: &[&str]) -> Vec<String
 }
 
 /// `regfs gc` then `regfs export -o tar`, both asserted to succeed.
+/// The tars compared here have different file names: one release name
+/// (which the bundle records) for all.
 fn finish(lowers: &[&Path], upper: &Path, gc_extra: &[&str], tar: &Path) {
     regfs_ok("gc", lowers, upper, gc_extra);
-    regfs_ok("export", lowers, upper, &["-o", tar.to_str().expect("UTF-8 path")]);
+    regfs_ok("export", lowers, upper, &["-o", tar.to_str().expect("UTF-8 path"), "--name", "release"]);
 }
 
 /// Pushes `images` (all platforms) through a registry serving `root`, the
@@ -340,7 +342,7 @@ fn gc_killed_at_any_deletion_is_finished_by_running_it_again() {
         let again = regfs_ok("gc", lowers, &upper, &["--delete-untagged", "--dry-run", "--json"]);
         let again: serde_json::Value = serde_json::from_slice(&again.stdout).expect("gc --json");
         assert_eq!(again["plan"].as_array().map(Vec::len), Some(0), "k={k}: a third gc still finds work: {again:#}");
-        regfs_ok("export", lowers, &upper, &["-o", tar.to_str().expect("UTF-8")]);
+        regfs_ok("export", lowers, &upper, &["-o", tar.to_str().expect("UTF-8"), "--name", "release"]);
         assert_eq!(file_sha(&tar), want, "gc killed before deletion {k} of {total}, re-run: a different release tar");
         fs::remove_dir_all(&upper).expect("removing a copy");
     }
@@ -387,7 +389,7 @@ fn export_killed_midway_leaves_no_tar_and_the_next_run_cleans_up() {
     let export_args = args("export", lowers, &upper, &["-o", &target_arg]);
 
     let reference = w.join("reference.tar");
-    regfs_ok("export", lowers, &upper, &["-o", reference.to_str().expect("UTF-8")]);
+    regfs_ok("export", lowers, &upper, &["-o", reference.to_str().expect("UTF-8"), "--name", "release"]);
     let want = file_sha(&reference);
     let entries = tar_paths(&reference).len() as u64;
     let big_path = format!("{V2}/blobs/sha256/{}/{big}/data", &big[..2]);

@@ -30,9 +30,11 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 use sha2::Digest as _;
 
-use crate::gc::human_bytes;
+use crate::bundle::{self, BaseRef, Description, Totals};
+use crate::inventory::Inventory;
 use crate::layout::{self, Digest};
 use crate::store::{self, Layers};
+use crate::util::human_bytes;
 use crate::view::{LayerIdx, Named, View};
 
 /// Buffer size of the tar writer and of each read from a layer file.
@@ -49,10 +51,44 @@ pub struct ExportOptions {
     pub keep_times: bool,
 }
 
+/// What a bundle is: its release's name and the base it is cut against
+/// (`None`: a full bundle).
+#[derive(Clone, Debug, Default)]
+pub struct BundleSpec {
+    pub release: String,
+    pub base: Option<Inventory>,
+}
+
+impl BundleSpec {
+    /// A full bundle named after its file.
+    pub fn full(out: &Path) -> BundleSpec {
+        BundleSpec { release: default_release_name(out), base: None }
+    }
+}
+
+/// A release's default name: the tar's file name without `.tar`, with
+/// anything a release name may not hold replaced by `-`.
+pub fn default_release_name(out: &Path) -> String {
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = name.strip_suffix(".tar").unwrap_or(&name);
+    let clean: String =
+        stem.chars().map(|c| if c.is_ascii_alphanumeric() || "._-+".contains(c) { c } else { '-' }).collect();
+    let clean = clean.trim_start_matches('.').to_string();
+    if bundle::valid_release_name(&clean) { clean } else { "release".to_string() }
+}
+
 /// What an export wrote.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ExportReport {
     pub path: PathBuf,
+    /// The release's name, as the description gives it.
+    pub release: String,
+    pub images: u64,
+    /// Blobs and bytes the release needs, and what this tar carries.
+    #[serde(flatten)]
+    pub totals: Totals,
+    /// The base a delta was cut against.
+    pub base: Option<BaseRef>,
     pub dirs: u64,
     pub files: u64,
     pub symlinks: u64,
@@ -71,13 +107,22 @@ impl ExportReport {
     pub fn summary(&self) -> String {
         let verified =
             if self.blobs_verified > 0 { format!(", {} blobs verified", self.blobs_verified) } else { String::new() };
+        let t = &self.totals;
+        let kind = if self.base.is_some() { "delta" } else { "full" };
         format!(
-            "exported {} ({} tar: {} files, {} directories, {} of data{verified}) in {} ms",
+            "exported {} ({kind} bundle of {}, {} images; {} tar: {} files, {} directories, {} of data{verified}; \
+             ships {} of the {} blobs the release needs, {} of {}) in {} ms",
             self.path.display(),
+            self.release,
+            self.images,
             human_bytes(self.tar_bytes),
             self.files,
             self.dirs,
             human_bytes(self.data_bytes),
+            t.blobs_shipped,
+            t.blobs_needed,
+            human_bytes(t.bytes_shipped),
+            human_bytes(t.bytes_needed),
             self.elapsed_ms
         )
     }
@@ -114,8 +159,14 @@ pub fn check_target(out: &Path, layers: &Layers) -> Result<PathBuf> {
 /// Writes the view as a tar at `out` (atomically). The caller holds the
 /// upper lock (`regfs export` takes it; the on-unmount hook runs inside the
 /// daemon that does).
-pub fn export(view: &View, out: &Path, opts: &ExportOptions) -> Result<ExportReport> {
+pub fn export(view: &View, out: &Path, opts: &ExportOptions, spec: &BundleSpec) -> Result<ExportReport> {
     let started = Instant::now();
+    let mut description = bundle::describe::describe(view, &spec.release)
+        .map_err(|e| anyhow!(e))
+        .context("describing the view (nothing was written)")?;
+    if let Some(base) = &spec.base {
+        description.cut_against(base.base_ref(), |d| base.blobs.get(d).copied()).map_err(|e| anyhow!(e))?;
+    }
     let name = out.file_name().ok_or_else(|| anyhow!("{}: not a file name", out.display()))?;
     let dir = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -132,7 +183,14 @@ pub fn export(view: &View, out: &Path, opts: &ExportOptions) -> Result<ExportRep
         .with_context(|| format!("creating a temporary file in {} for {}", dir.display(), out.display()))?;
     // Held until the process ends: a later export removes only unlocked ones.
     crate::sys::try_lock_exclusive(tmp.as_file()).with_context(|| format!("locking {}", tmp.path().display()))?;
-    let mut report = ExportReport { path: out.to_path_buf(), ..ExportReport::default() };
+    let mut report = ExportReport {
+        path: out.to_path_buf(),
+        release: description.release.clone(),
+        images: description.images.len() as u64,
+        totals: description.totals(),
+        base: description.base.clone(),
+        ..ExportReport::default()
+    };
     // Two threads: one walks the view, stats, opens and reads small files;
     // the other writes the tar and copies large files. Each keeps one core
     // busy (the copy is most of the kernel time).
@@ -142,6 +200,7 @@ pub fn export(view: &View, out: &Path, opts: &ExportOptions) -> Result<ExportRep
         let mut w = TarWriter {
             view,
             opts: *opts,
+            description: &description,
             headers: tar::Builder::new(Vec::new()),
             batch: Vec::with_capacity(BATCH_BYTES),
             tx,
@@ -198,17 +257,31 @@ fn remove_stale_partials(dir: &Path, prefix: &OsStr) {
     }
 }
 
-/// `regfs export`: locks upper, checks the target, writes the tar.
-pub fn command(layers: &Layers, out: &Path, opts: &ExportOptions) -> Result<()> {
+/// `regfs export`: locks upper, checks the target, reads the bases, writes the tar.
+pub fn command(layers: &Layers, out: &Path, opts: &ExportOptions, name: Option<&str>, bases: &[PathBuf]) -> Result<()> {
     let target = check_target(out, layers)?;
+    let spec = bundle_spec(out, name, bases)?;
     let _lock = store::lock_upper(&layers.upper, "regfs export")?;
     let view = layers.view()?;
-    let report = export(&view, &target, opts)?;
+    let report = export(&view, &target, opts, &spec)?;
     println!("regfs: {}", report.summary());
     for s in &report.skipped {
         println!("regfs: left out {s:?}: not part of a registry store");
     }
     Ok(())
+}
+
+/// The bundle `--name` and `--base` ask for (checked before any work).
+pub fn bundle_spec(out: &Path, name: Option<&str>, bases: &[PathBuf]) -> Result<BundleSpec> {
+    let release = match name {
+        Some(n) if bundle::valid_release_name(n) => n.to_string(),
+        Some(n) => {
+            bail!("--name {n:?}: a release name is letters, digits, '.', '_', '-' and '+', not starting with '.'")
+        }
+        None => default_release_name(out),
+    };
+    let base = if bases.is_empty() { None } else { Some(Inventory::of_bases(bases)?) };
+    Ok(BundleSpec { release, base })
 }
 
 /// The tar file being written: headers and small files (read by the
@@ -376,6 +449,7 @@ fn write_pieces(mut out: TarOut, rx: std::sync::mpsc::Receiver<Piece>) -> Result
 struct TarWriter<'a> {
     view: &'a View,
     opts: ExportOptions,
+    description: &'a Description,
     /// Encodes headers (with GNU long-name entries where a path needs one):
     /// entries are appended with empty data and the bytes taken out.
     headers: tar::Builder<Vec<u8>>,
@@ -387,6 +461,17 @@ struct TarWriter<'a> {
 
 impl TarWriter<'_> {
     fn write_view(&mut self) -> Result<()> {
+        // The description first: a reader knows what the bundle holds and
+        // needs before any data.
+        let bytes = self.description.to_bytes();
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        self.put_header(&mut h, Path::new(bundle::DESCRIPTION), None)?;
+        self.batch.extend_from_slice(&bytes);
+        self.batch.resize(self.batch.len().next_multiple_of(512), 0);
         let root = self.view.root().context("reading the layer roots")?;
         let mut found = false;
         for item in self.sorted(Path::new(""), &root.layers)? {
@@ -475,7 +560,10 @@ impl TarWriter<'_> {
             self.put_header(&mut h, rel, None)?;
             self.report.dirs += 1;
             for child in self.sorted(rel, &item.layers)? {
-                self.walk(&rel.join(&child.name), &child)?;
+                let child_rel = rel.join(&child.name);
+                if self.ships(&child_rel) {
+                    self.walk(&child_rel, &child)?;
+                }
             }
         } else if ft.is_file() {
             self.file(rel, &real)?;
@@ -497,6 +585,23 @@ impl TarWriter<'_> {
             bail!("{}: a {:?} has no place in a registry store; remove it and re-run", rel.display(), ft);
         }
         Ok(())
+    }
+
+    /// Whether a delta carries the blob store entry `rel`: a blob directory
+    /// unless the base holds the blob, a prefix directory only when one of
+    /// its blobs ships. A full bundle carries everything.
+    fn ships(&self, rel: &Path) -> bool {
+        let d = self.description;
+        if d.base.is_none() {
+            return true;
+        }
+        if let Some(blob) = layout::blob_of_dir_path(rel) {
+            return d.blob(&blob).is_none_or(|b| b.shipped);
+        }
+        match layout::blob_prefix_of_path(rel) {
+            Some(prefix) => d.blobs.iter().any(|b| b.shipped && b.digest.hex().starts_with(prefix)),
+            None => true,
+        }
     }
 
     fn file(&mut self, rel: &Path, real: &Path) -> Result<()> {

@@ -39,6 +39,10 @@ pub struct ReleaseRequest {
     pub registry_bin: Option<PathBuf>,
     pub retries: u32,
     pub src_tls_verify: bool,
+    /// What the site holds already: the tar leaves out every blob of these.
+    pub bases: Vec<PathBuf>,
+    /// The release's name in the bundle (default: the tar's name).
+    pub name: Option<String>,
 }
 
 /// One `repo:tag` line of an images list.
@@ -75,7 +79,7 @@ pub fn parse_images(text: &str, path: &Path) -> Result<Vec<ImageName>> {
                  components separated by '/')"
             )));
         }
-        if !valid_tag(tag) {
+        if !layout::valid_tag(tag) {
             return Err(at(format!("{line:?}: bad tag {tag:?}: [A-Za-z0-9_][A-Za-z0-9_.-]*, at most 128 characters")));
         }
         let img = ImageName { repo: repo.to_string(), tag: tag.to_string() };
@@ -88,15 +92,6 @@ pub fn parse_images(text: &str, path: &Path) -> Result<Vec<ImageName>> {
         bail!("{}: no images listed (expected repo:tag lines)", path.display());
     }
     Ok(out)
-}
-
-/// A registry tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
-fn valid_tag(tag: &str) -> bool {
-    let b = tag.as_bytes();
-    !b.is_empty()
-        && b.len() <= 128
-        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(c))
 }
 
 /// Where the release's images come from.
@@ -157,6 +152,10 @@ pub struct Summary {
     pub tar: PathBuf,
     pub tar_bytes: u64,
     pub tar_sha256: String,
+    /// The bundle's release name, its base and what it ships.
+    pub release: String,
+    pub base: Option<crate::bundle::BaseRef>,
+    pub bundle: crate::bundle::Totals,
     pub upper: PathBuf,
     pub phases: Phases,
 }
@@ -345,6 +344,7 @@ pub fn run(req: &ReleaseRequest) -> Result<Summary> {
     let registry_bin = children::find_registry(req.registry_bin.as_deref())?;
     let skopeo = Skopeo::find(req.src_tls_verify)?;
     let histories = store::check_lowers(&req.histories)?;
+    let spec = crate::export::bundle_spec(&req.output, req.name.as_deref(), &req.bases)?;
     let (work, output) = prepare_work(req, &histories, &images)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -352,8 +352,9 @@ pub fn run(req: &ReleaseRequest) -> Result<Summary> {
         .build()
         .context("starting the async runtime")?;
     let interrupts = Interrupts::install(&runtime)?;
-    let summary = release_in(req, &runtime, &interrupts, &work, &output, &images, &registry_bin, &skopeo, &source)
-        .with_context(|| format!("release failed: no tar written; upper kept in {}", work.upper.display()))?;
+    let summary =
+        release_in(req, &runtime, &interrupts, &work, &output, &spec, &images, &registry_bin, &skopeo, &source)
+            .with_context(|| format!("release failed: no tar written; upper kept in {}", work.upper.display()))?;
     print_summary(&summary, req.json)?;
     Ok(summary)
 }
@@ -366,6 +367,7 @@ fn release_in(
     interrupts: &Interrupts,
     work: &Work,
     output: &Path,
+    spec: &crate::export::BundleSpec,
     images: &[ImageName],
     registry_bin: &Path,
     skopeo: &Skopeo,
@@ -419,7 +421,7 @@ fn release_in(
     interrupts.check("the gc")?;
     let t = Instant::now();
     progress.phase("export", None);
-    let tar = crate::export::export(&view, output, &crate::export::ExportOptions::default())
+    let tar = crate::export::export(&view, output, &crate::export::ExportOptions::default(), spec)
         .with_context(|| format!("writing {}", output.display()))?;
     let tar_sha256 = sha256_file(output)?;
     phases.add("export", t);
@@ -439,6 +441,9 @@ fn release_in(
         tar: output.to_path_buf(),
         tar_bytes: tar.tar_bytes,
         tar_sha256,
+        release: tar.release.clone(),
+        base: tar.base.clone(),
+        bundle: tar.totals,
         upper: work.upper.clone(),
         phases,
     })
@@ -493,19 +498,8 @@ impl Interrupts {
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
-    use sha2::Digest as _;
-    use std::io::Read;
-    let mut f = fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+    let d = crate::util::sha256_file(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(d.hex().to_string())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -596,7 +590,7 @@ fn print_summary(s: &Summary, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(s)?);
         return Ok(());
     }
-    use crate::gc::human_bytes;
+    use crate::util::human_bytes;
     println!("release {} ({} mode)", s.tar.display(), s.mode);
     println!("  images copied   {}/{} ({} skopeo runs)", s.copied, s.images, s.copy_attempts);
     println!(
@@ -608,6 +602,17 @@ fn print_summary(s: &Summary, json: bool) -> Result<()> {
     );
     println!("  gc              {}", s.gc.summary());
     println!("  tar             {} sha256:{}", human_bytes(s.tar_bytes), s.tar_sha256);
+    let kind = match &s.base {
+        Some(b) => format!("delta of {} against a base of {} blobs ({})", s.release, b.blobs, human_bytes(b.bytes)),
+        None => format!("full bundle of {}", s.release),
+    };
+    println!(
+        "  bundle          {kind}: ships {} of the {} blobs the release needs ({} of {})",
+        s.bundle.blobs_shipped,
+        s.bundle.blobs_needed,
+        human_bytes(s.bundle.bytes_shipped),
+        human_bytes(s.bundle.bytes_needed)
+    );
     let phases: Vec<String> = s.phases.0.iter().map(|(n, t)| format!("{n} {t:.1}s")).collect();
     println!("  time            {}", phases.join(", "));
     println!("  upper           {}", s.upper.display());

@@ -1,0 +1,269 @@
+//! The release bundle: an uncompressed tar rooted like a registry
+//! `rootdirectory` (`docker/registry/v2/...`) whose first entry is one
+//! description file, [`DESCRIPTION`], outside `docker/` (a stock registry
+//! never looks there, so a full bundle still untars and serves as is).
+//!
+//! The description names the release, every image (`repo:tag` → manifest
+//! digest, media type, platforms), every blob the release needs (digest,
+//! size, whether this tar carries it) and the base the bundle was cut
+//! against (an inventory: see `regfs inventory`). A full bundle is a delta against the
+//! empty base: one format. The description is written with a fixed key
+//! order, one image or blob per line, so the same release over the same
+//! base gives the same bytes.
+//!
+//! - [`describe`]: the description of a view (what export writes);
+//! - [`tarball`]: the one reader of bundle tars, strict about what it accepts.
+
+pub mod describe;
+pub mod tarball;
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::layout::{self, Digest};
+
+/// The description's name at the tar's root (and its first entry).
+pub const DESCRIPTION: &str = "regfs-bundle.json";
+/// `format` of every description.
+pub const FORMAT: &str = "regfs-bundle";
+/// The description version this regfs writes and reads.
+pub const VERSION: u32 = 1;
+/// Largest description regfs reads (about two million blobs).
+pub const MAX_DESCRIPTION_BYTES: u64 = 256 << 20;
+
+/// What a bundle holds and what the site must hold already.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Description {
+    pub format: String,
+    pub version: u32,
+    /// The release's name (`--name`, by default the tar's name without `.tar`).
+    pub release: String,
+    /// What the bundle was cut against; `None`: the empty base (a full bundle).
+    pub base: Option<BaseRef>,
+    /// Sorted by repository, then tag.
+    pub images: Vec<Image>,
+    /// Every blob the release needs, sorted by digest.
+    pub blobs: Vec<Blob>,
+}
+
+/// The base a delta was cut against: the digest of its blob list (see
+/// [`blob_list_digest`]), so a bundle and a site inventory holding the same
+/// blobs are the same base.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaseRef {
+    pub blobs_digest: Digest,
+    pub blobs: u64,
+    pub bytes: u64,
+}
+
+/// One image of the release: a tag and the manifest it names.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Image {
+    pub repo: String,
+    pub tag: String,
+    pub digest: Digest,
+    /// The manifest's `mediaType`, when it declares one.
+    pub media_type: Option<String>,
+    /// `os/architecture[/variant]`: an index's children, or an image's config.
+    pub platforms: Vec<String>,
+}
+
+/// One blob the release needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Blob {
+    pub digest: Digest,
+    pub size: u64,
+    /// Whether this tar carries its data (a base holds the others).
+    pub shipped: bool,
+}
+
+impl Description {
+    /// The bytes of the description file: fixed key order, one image or
+    /// blob per line.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        fn line<T: Serialize>(v: &T) -> String {
+            serde_json::to_string(v).unwrap_or_default()
+        }
+        fn list<T: Serialize>(items: &[T]) -> String {
+            if items.is_empty() {
+                return "[]".into();
+            }
+            let lines: Vec<String> = items.iter().map(line).collect();
+            format!("[\n{}\n]", lines.join(",\n"))
+        }
+        format!(
+            "{{\"format\":{},\"version\":{},\"release\":{},\"base\":{},\n\"images\":{},\n\"blobs\":{}}}\n",
+            line(&self.format),
+            self.version,
+            line(&self.release),
+            line(&self.base),
+            list(&self.images),
+            list(&self.blobs)
+        )
+        .into_bytes()
+    }
+
+    /// Parses and checks a description: its format and version, sorted
+    /// and unique images and blobs, valid names, every image's manifest
+    /// among the blobs.
+    pub fn parse(bytes: &[u8]) -> Result<Description, String> {
+        let d: Description = serde_json::from_slice(bytes).map_err(|e| format!("not a bundle description: {e}"))?;
+        if d.format != FORMAT {
+            return Err(format!("format {:?}, expected {FORMAT:?}", d.format));
+        }
+        if d.version != VERSION {
+            return Err(format!(
+                "version {} (this regfs reads version {VERSION}; a newer regfs wrote it: upgrade regfs)",
+                d.version
+            ));
+        }
+        if !valid_release_name(&d.release) {
+            return Err(format!("release name {:?} is not a plain name", d.release));
+        }
+        if !d.blobs.windows(2).all(|w| w[0].digest < w[1].digest) {
+            return Err("blobs are not sorted by digest, or one is listed twice".into());
+        }
+        let mut seen = BTreeSet::new();
+        for (i, img) in d.images.iter().enumerate() {
+            if !layout::valid_repo_name(&img.repo) || !layout::valid_tag(&img.tag) {
+                return Err(format!("images[{i}]: {:?}:{:?} is not a repo:tag", img.repo, img.tag));
+            }
+            if !seen.insert((&img.repo, &img.tag)) || (i > 0 && d.images[i - 1] > *img) {
+                return Err(format!("images[{i}]: {}:{} is out of order or listed twice", img.repo, img.tag));
+            }
+            if d.blob(&img.digest).is_none() {
+                return Err(format!(
+                    "images[{i}]: {}:{} names {}, which is not among the blobs",
+                    img.repo, img.tag, img.digest
+                ));
+            }
+        }
+        Ok(d)
+    }
+
+    /// The blob entry of `d`, if the release needs it.
+    pub fn blob(&self, d: &Digest) -> Option<&Blob> {
+        self.blobs.binary_search_by(|b| b.digest.cmp(d)).ok().map(|i| &self.blobs[i])
+    }
+
+    /// Blobs and bytes the release needs, and those this tar carries.
+    pub fn totals(&self) -> Totals {
+        let mut t = Totals::default();
+        for b in &self.blobs {
+            t.blobs_needed += 1;
+            t.bytes_needed += b.size;
+            if b.shipped {
+                t.blobs_shipped += 1;
+                t.bytes_shipped += b.size;
+            }
+        }
+        t
+    }
+}
+
+/// Counts of a description's blobs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    pub blobs_needed: u64,
+    pub bytes_needed: u64,
+    pub blobs_shipped: u64,
+    pub bytes_shipped: u64,
+}
+
+/// A release name: what goes into the description and the history's
+/// records. Letters, digits, `.`, `_`, `-`, `+`; not starting with `.`.
+pub fn valid_release_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b))
+}
+
+/// The digest that identifies a set of blobs: sha256 of `<digest> <size>\n`
+/// per blob, sorted by digest.
+pub fn blob_list_digest<'a>(blobs: impl IntoIterator<Item = (&'a Digest, u64)>) -> Digest {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for (d, size) in blobs {
+        h.update(format!("{d} {size}\n").as_bytes());
+    }
+    Digest::from_sha256(&h.finalize())
+}
+
+/// Reads the description of the bundle at `path`: its first entry.
+pub fn read_description(path: &std::path::Path) -> Result<Description, String> {
+    let mut r = tarball::TarReader::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let first = r.next_entry().map_err(|e| e.to_string())?;
+    match first {
+        Some(e) if e.path == DESCRIPTION && e.kind == tarball::EntryKind::File => {
+            let bytes = r.read_all(MAX_DESCRIPTION_BYTES).map_err(|e| format!("{DESCRIPTION}: {e}"))?;
+            Description::parse(&bytes).map_err(|e| format!("{DESCRIPTION}: {e}"))
+        }
+        Some(e) => Err(format!(
+            "not a regfs bundle: its first entry is {:?}, not {DESCRIPTION} (a tar made by `regfs export` or \
+             `regfs release` starts with its description)",
+            e.path
+        )),
+        None => Err("an empty tar, not a regfs bundle".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(c: char) -> Digest {
+        Digest::from_hex(&c.to_string().repeat(64)).unwrap()
+    }
+
+    fn sample() -> Description {
+        Description {
+            format: FORMAT.into(),
+            version: VERSION,
+            release: "release-2".into(),
+            base: Some(BaseRef { blobs_digest: d('e'), blobs: 3, bytes: 10 }),
+            images: vec![Image {
+                repo: "team/app".into(),
+                tag: "r2".into(),
+                digest: d('a'),
+                media_type: Some("application/vnd.oci.image.manifest.v1+json".into()),
+                platforms: vec!["linux/amd64".into()],
+            }],
+            blobs: vec![
+                Blob { digest: d('a'), size: 400, shipped: true },
+                Blob { digest: d('b'), size: 4, shipped: false },
+            ],
+        }
+    }
+
+    #[test]
+    fn round_trips_one_entry_per_line() {
+        let s = sample();
+        let bytes = s.to_bytes();
+        assert_eq!(Description::parse(&bytes).unwrap(), s);
+        assert_eq!(String::from_utf8(bytes).unwrap().lines().count(), 8);
+    }
+
+    #[test]
+    fn refuses_what_it_does_not_understand() {
+        let mut s = sample();
+        s.blobs.swap(0, 1);
+        assert!(Description::parse(&s.to_bytes()).unwrap_err().contains("sorted"));
+        let mut s = sample();
+        s.version = 2;
+        assert!(Description::parse(&s.to_bytes()).unwrap_err().contains("newer regfs"));
+        let mut s = sample();
+        s.images[0].digest = d('c');
+        assert!(Description::parse(&s.to_bytes()).unwrap_err().contains("not among the blobs"));
+        let mut s = sample();
+        s.release = "../x".into();
+        assert!(Description::parse(&s.to_bytes()).is_err());
+        assert!(Description::parse(b"{\"format\":\"regfs-bundle\",\"extra\":1}").is_err());
+        assert!(Description::parse(b"\xff").is_err());
+    }
+}
