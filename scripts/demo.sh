@@ -4,8 +4,11 @@
 #   1. write sample releases 1 and 2 as OCI layouts (`regfs sample`)
 #   2. release 1 over an empty history (everything is uploaded)
 #   3. absorb release 1 into the history store
-#   4. plan and release 2 over that history (only the changes are uploaded)
-#   5. serve the release-2 tar with a stock registry and pull an image back
+#   4. plan and release 2 over that history (only the changes are uploaded),
+#      shipped as a delta against release 1's bundle (only the new blobs)
+#   5. at the customer's site, which holds release 1: apply the delta
+#      (verified, crash-safe), serve the site with a stock registry and pull
+#      an image back
 # Non-interactive, root or not (FUSE through fusermount3 when not root).
 # Every process it starts is stopped and its temporary directory removed.
 # Environment: REGFS (binary; default: build target/release/regfs),
@@ -67,7 +70,7 @@ release() {
     local log="$1"
     shift
     printf '$ %s 2>%s\n' "$*" "$log"
-    "$@" 2>"$log" || { cat "$log" >&2; echo "demo: FAILED: regfs release" >&2; exit 1; }
+    "$@" 2>"$log" | tee "$log.out" || { cat "$log" >&2; echo "demo: FAILED: regfs release" >&2; exit 1; }
 }
 
 step "2. release 1 over an empty history: every blob is uploaded"
@@ -80,16 +83,28 @@ r1_time=$(elapsed "$t")
 step "3. absorb release 1 into the history (only adds, every blob verified)"
 run "$REGFS" absorb --history history --upper release-1.tar.work/upper
 
-step "4. release 2 over the history: only what changed is uploaded"
+step "4. release 2 over the history: only what changed is uploaded, and shipped"
 run "$REGFS" plan --lower history --keep layouts-r2/images.list
 t=$(date +%s.%N)
 release release-2.log "$REGFS" release --history history --images layouts-r2/images.list --from oci:layouts-r2 \
-    -o release-2.tar
+    -o release-2.tar --base release-1.tar
 r2_time=$(elapsed "$t")
+# The full bundle of the same release, to compare sizes (not shipped).
+"$REGFS" export --lower history --upper release-2.tar.work/upper -o release-2-full.tar --name release-2 2>/dev/null
+full_bytes=$(stat -c %s release-2-full.tar)
+delta_bytes=$(stat -c %s release-2.tar)
 
-step "5. serve release-2.tar with a stock registry and pull an image back"
-mkdir served
-run tar -xf release-2.tar -C served
+step "5. the customer's site holds release 1; it lands the delta and serves it"
+mkdir site
+t=$(date +%s.%N)
+tar -xf release-1.tar -C site && sync -f site
+untar_r1=$(elapsed "$t")
+echo "site: release 1 untarred in ${untar_r1} s (what the customer did last time)"
+run "$REGFS" inventory site -o site.inventory
+run "$REGFS" apply release-2.tar --to site --replace --dry-run
+t=$(date +%s.%N)
+run "$REGFS" apply release-2.tar --to site --replace
+apply_time=$(elapsed "$t")
 port=""
 for attempt in 1 2 3 4 5; do
     candidate=$((20000 + (RANDOM % 20000)))
@@ -100,7 +115,7 @@ log:
   level: warn
 storage:
   filesystem:
-    rootdirectory: $demo/served
+    rootdirectory: $demo/site
 http:
   addr: 127.0.0.1:$candidate
 EOF
@@ -117,7 +132,7 @@ EOF
     registry_pid=""
 done
 [ -n "$port" ] || { echo "demo: the registry did not start:" >&2; cat registry.log >&2; exit 1; }
-echo "docker-registry serving release-2.tar on 127.0.0.1:$port (pid $registry_pid)"
+echo "docker-registry serving the site on 127.0.0.1:$port (pid $registry_pid)"
 repo="team-a/api-01"   # an OCI index over linux/amd64 and linux/arm64
 want=$(grep -o '"digest":"sha256:[0-9a-f]*"' "layouts-r2/$repo/index.json" | head -1 | cut -d'"' -f4)
 run skopeo --insecure-policy copy --all --preserve-digests --src-tls-verify=false \
@@ -133,3 +148,5 @@ registry_pid=""
 step "done"
 echo "release 1 (empty history): ${r1_time} s; release 2 (over history): ${r2_time} s;" \
     "demo $(elapsed "$start") s"
+echo "release 2 shipped as a delta of $delta_bytes bytes (the full bundle: $full_bytes bytes);" \
+    "applied at the site in ${apply_time} s"

@@ -390,7 +390,8 @@ pub fn valid_tag(tag: &str) -> bool {
 
 /// What a path of a registry store is, judged by its shape alone: the
 /// grammar a bundle (and so `regfs apply`) accepts. Everything a registry
-/// needs to serve an image, nothing in flight (`_uploads`), nothing else.
+/// needs to serve an image, nothing in flight (an `_uploads` directory but
+/// nothing in it), nothing else.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StorePath {
     /// A directory on the way to one of the files below.
@@ -464,7 +465,10 @@ fn parse_repo_path(comps: &[&str], is_dir: bool) -> Option<StorePath> {
     let hex = |h: &str| Digest::from_hex(h).ok();
     let dir = |ok: bool| (is_dir && ok).then_some(StorePath::Dir);
     match (*section, rest) {
-        (LAYERS, [] | ["sha256"]) | (MANIFESTS, [] | ["revisions"] | ["revisions", "sha256"] | ["tags"]) => dir(true),
+        // An empty `_uploads` is left by every push; nothing in it belongs in a store's copy.
+        (LAYERS, [] | ["sha256"])
+        | (MANIFESTS, [] | ["revisions"] | ["revisions", "sha256"] | ["tags"])
+        | (UPLOADS, []) => dir(true),
         (LAYERS, ["sha256", h]) | (MANIFESTS, ["revisions", "sha256", h]) => dir(hex(h).is_some()),
         (MANIFESTS, ["tags", tag] | ["tags", tag, "current" | "index"] | ["tags", tag, "index", "sha256"]) => {
             dir(valid_tag(tag))
@@ -603,7 +607,7 @@ mod tests {
             "docker/x",
             "docker/registry/v2/blobs/sha256/zz",
             &format!("docker/registry/v2/blobs/sha256/02/{HEX}"),
-            "docker/registry/v2/repositories/a/_uploads",
+            "docker/registry/v2/repositories/a/_uploads/u",
             "docker/registry/v2/repositories/_layers",
             "docker/registry/v2/repositories/A",
             "docker/registry/v2/repositories/a/_manifests/tags/-x",

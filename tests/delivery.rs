@@ -660,6 +660,18 @@ fn hostile_bundles_are_refused_naming_the_entry_and_nothing_is_written() {
     ]);
     assert!(two.contains("2 problems") && two.contains("hashes to") && two.contains("absolute"), "{two}");
     assert_eq!(fs::read_dir(&sites[1]).unwrap().count(), 0, "the empty site stays empty");
+    // A site another apply holds (its lock) is refused, dry run or not.
+    let held = fs::File::open(&sites[0]).unwrap();
+    assert!(regfs::sys::try_lock_exclusive(&held).unwrap(), "taking the site's lock");
+    for extra in [&["--replace"][..], &["--replace", "--dry-run"][..]] {
+        let mut args = vec!["apply", s.full2.to_str().unwrap(), "--to", sites[0].to_str().unwrap()];
+        args.extend(extra);
+        let before = snapshot(&sites[0]);
+        let err = refused(&args);
+        assert!(err.contains("another regfs apply is landing into this site"), "{err}");
+        assert_unchanged(&sites[0], &before, "a locked site");
+    }
+    drop(held);
     // The site is not a store, or a symlinked one.
     let junk = s.path("junk");
     fs::create_dir(&junk).unwrap();

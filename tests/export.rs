@@ -75,7 +75,10 @@ fn export_is_deterministic_and_serves_every_image() {
     regfs_ok("export", &[&empty], &store, &["-o", c.to_str().unwrap(), "--keep-times"]);
     assert_ne!(file_sha(&a), file_sha(&c));
 
-    let entries = tar_entries(&a);
+    let mut entries = tar_entries(&a);
+    // The description comes first, then the store in path order.
+    assert_eq!(entries.first().map(|(p, _)| p.clone()), Some(PathBuf::from(regfs::bundle::DESCRIPTION)));
+    entries.remove(0);
     let paths: Vec<PathBuf> = entries.iter().map(|(p, _)| p.clone()).collect();
     let mut sorted = paths.clone();
     sorted.sort();

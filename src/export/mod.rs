@@ -543,7 +543,8 @@ impl TarWriter<'_> {
     }
 
     fn walk(&mut self, rel: &Path, item: &Named) -> Result<()> {
-        let n = self.report.dirs + self.report.files + self.report.symlinks + 1;
+        // The description is the tar's first entry: this one is the n-th.
+        let n = self.report.dirs + self.report.files + self.report.symlinks + 2;
         if crate::testhook::will_pause("export-entry", n) {
             // What a pause there shows: every earlier entry in the file.
             self.send_batch()?;
