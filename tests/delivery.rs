@@ -703,7 +703,7 @@ fn inventories_name_what_a_site_holds_and_hostile_ones_are_refused() {
     assert_eq!(chain["blobs"].as_array().map(Vec::len), Some(d2.blobs.len()), "{chain}");
 
     // --verify leaves a corrupt blob out and names it.
-    let hex = &digest_hex(&from_site["blobs"][0]["digest"].as_str().unwrap().to_string()).to_string();
+    let hex = digest_hex(from_site["blobs"][0]["digest"].as_str().unwrap()).to_string();
     let data = site.join(V2).join(format!("blobs/sha256/{}/{hex}/data", &hex[..2]));
     let mut bytes = fs::read(&data).unwrap();
     bytes[0] ^= 1;

@@ -214,56 +214,5 @@ pub fn read_description(path: &std::path::Path) -> Result<Description, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn d(c: char) -> Digest {
-        Digest::from_hex(&c.to_string().repeat(64)).unwrap()
-    }
-
-    fn sample() -> Description {
-        Description {
-            format: FORMAT.into(),
-            version: VERSION,
-            release: "release-2".into(),
-            base: Some(BaseRef { blobs_digest: d('e'), blobs: 3, bytes: 10 }),
-            images: vec![Image {
-                repo: "team/app".into(),
-                tag: "r2".into(),
-                digest: d('a'),
-                media_type: Some("application/vnd.oci.image.manifest.v1+json".into()),
-                platforms: vec!["linux/amd64".into()],
-            }],
-            blobs: vec![
-                Blob { digest: d('a'), size: 400, shipped: true },
-                Blob { digest: d('b'), size: 4, shipped: false },
-            ],
-        }
-    }
-
-    #[test]
-    fn round_trips_one_entry_per_line() {
-        let s = sample();
-        let bytes = s.to_bytes();
-        assert_eq!(Description::parse(&bytes).unwrap(), s);
-        assert_eq!(String::from_utf8(bytes).unwrap().lines().count(), 8);
-    }
-
-    #[test]
-    fn refuses_what_it_does_not_understand() {
-        let mut s = sample();
-        s.blobs.swap(0, 1);
-        assert!(Description::parse(&s.to_bytes()).unwrap_err().contains("sorted"));
-        let mut s = sample();
-        s.version = 2;
-        assert!(Description::parse(&s.to_bytes()).unwrap_err().contains("newer regfs"));
-        let mut s = sample();
-        s.images[0].digest = d('c');
-        assert!(Description::parse(&s.to_bytes()).unwrap_err().contains("not among the blobs"));
-        let mut s = sample();
-        s.release = "../x".into();
-        assert!(Description::parse(&s.to_bytes()).is_err());
-        assert!(Description::parse(b"{\"format\":\"regfs-bundle\",\"extra\":1}").is_err());
-        assert!(Description::parse(b"\xff").is_err());
-    }
-}
+#[path = "mod_tests.rs"]
+mod tests;
