@@ -153,7 +153,7 @@ fn subdirs(dir: &Path) -> Result<Vec<String>> {
 
 /// Folds upper's blobs and layer links into `history`.
 pub fn absorb(history: &Path, upper: &Path) -> Result<AbsorbReport> {
-    let history = store::check_lowers(&[history.to_path_buf()])?.remove(0);
+    let history = store::check_lowers(&[history.to_path_buf()], "--history")?.remove(0);
     let upper = fs::canonicalize(upper).with_context(|| format!("--upper {}: cannot open", upper.display()))?;
     let _lock = store::lock_upper(&upper, "regfs absorb")?;
     let staging = Staging::open(&history)?;

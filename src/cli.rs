@@ -14,6 +14,7 @@ use crate::mount::{self, MountRequest};
 #[command(
     name = "regfs",
     version,
+    max_term_width = 80,
     about = "A curated, copy-on-write view of docker registry storage for release builds",
     long_about = "regfs mounts the read-only history of earlier releases (registry storage \
 directories) under a per-release writable upper directory. A stock registry run on the mount \
@@ -38,35 +39,46 @@ enum Command {
     Mount(MountArgs),
     /// Unmount a regfs view and wait for its daemon to finish.
     Umount(UmountArgs),
-    /// Garbage-collect the view, registry-aware, without mounting it:
-    /// unreferenced blobs, dangling links, stale repositories and uploads go
+    /// Garbage-collect the view, registry-aware, without mounting it
+    ///
+    /// Unreferenced blobs, dangling links, stale repositories and uploads go
     /// (upper files deleted, history entries whited out, history untouched).
     #[command(
         after_help = "Environment:\n  REGFS_GC_THREADS=N  scan the store on N threads. Default: one per CPU, or 32 when \
 the store is not in the page cache (a cold scan waits on directory reads, not on the CPU)."
     )]
     Gc(GcArgs),
-    /// Write the view as an uncompressed, deterministic tar rooted like a
-    /// registry rootdirectory (docker/registry/v2/...): the release package.
+    /// Write the view as the release bundle (a tar), full or a delta
+    ///
+    /// An uncompressed, deterministic tar rooted like a registry
+    /// rootdirectory (docker/registry/v2/...) whose first entry describes it.
     Export(ExportArgs),
-    /// The whole release in one command: mount the view, run the stock
-    /// registry on it, copy every image with skopeo, unmount, gc, tar.
+    /// The whole release in one command, from images to bundle
+    ///
+    /// Mount the view, run the stock registry on it, copy every image with
+    /// skopeo, unmount, gc, write the bundle.
     Release(ReleaseArgs),
-    /// Show what a view over these lowers would show and hide, without
-    /// mounting (check a --keep list or policy before a release).
+    /// Show what a view would show and hide, without mounting
+    ///
+    /// Check a --keep list or policy before a release.
     Plan(PlanArgs),
-    /// Fold a finished release's new blobs and _layers links into the
-    /// history store, so the next release reuses them. The only command
-    /// that writes history; it only adds, verified, and can be re-run.
+    /// Fold a finished release's new blobs into the history
+    ///
+    /// Adds its blobs and _layers links to the history store, so the next
+    /// release reuses them. The only command that writes history; it only
+    /// adds, verified, and can be re-run.
     Absorb(AbsorbArgs),
-    /// Write what a site holds (blob digests and sizes, repositories, tags)
-    /// as a small inventory file, to send back for the next delta.
+    /// Write what a site holds, to send back for the next delta
+    ///
+    /// Blob digests and sizes, repositories and tags, as a small file.
     #[command(after_help = "PATH is a registry rootdirectory (names and sizes are read, not blob contents, unless \
 --verify), a bundle (the site after applying it) or an inventory file; several are one union.\n\n\
 Example (at the site):\n  regfs inventory /var/lib/docker-registry -o site.inventory")]
     Inventory(InventoryArgs),
-    /// Land bundles (a full one, then deltas, in order) into a registry
-    /// rootdirectory: verified, blobs before links before tags, crash-safe.
+    /// Land bundles into a site's registry rootdirectory, verified
+    ///
+    /// A full one, then deltas, in order: checked whole first, then blobs
+    /// before links before tags, crash-safe.
     #[command(after_help = APPLY_HELP)]
     Apply(ApplyArgs),
     /// Write a deterministic sample release as OCI layouts plus its images
@@ -384,9 +396,7 @@ pub fn main() -> i32 {
                 keep: a.layers.keep,
                 policy: a.layers.policy,
                 mountpoint: a.mountpoint,
-                threads: a.threads.unwrap_or_else(|| {
-                    std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get).max(2)
-                }),
+                threads: a.threads.unwrap_or_else(mount::default_threads),
                 allow_other: a.allow_other,
                 mode: a.mode,
                 work: a.work,
@@ -398,8 +408,7 @@ pub fn main() -> i32 {
             if a.foreground {
                 mount::mount_foreground(&req, a.ready_file.as_deref())
             } else {
-                let args: Vec<_> = std::env::args_os().skip(1).collect();
-                mount::mount_background(&req, &args)
+                mount::mount_background(&req, cli.verbose)
             }
         }
         Command::Umount(a) => mount::umount(&a.mountpoint, a.timeout.map(Duration::from_secs)),

@@ -38,6 +38,16 @@ pub enum FsyncPolicy {
     Finalize,
 }
 
+impl FsyncPolicy {
+    /// The name `--fsync` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            FsyncPolicy::Full => "full",
+            FsyncPolicy::Finalize => "finalize",
+        }
+    }
+}
+
 fn marker(upper: &Path) -> PathBuf {
     upper.join(MARKER)
 }

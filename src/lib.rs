@@ -1,8 +1,11 @@
 //! regfs: a curated, copy-on-write view of docker registry storage.
 //!
-//! See DESIGN.md for the architecture: one [`view`] core shared by the FUSE
-//! front end, GC and export; [`layout`] knows registry paths; [`sys`] holds
-//! the only `unsafe`.
+//! The architecture (README "Layout", and the project's design reference,
+//! `shared/DESIGN.md` beside this repository): one [`view`] core shared by
+//! the FUSE front end, the kernel front end, GC and export; [`store`] checks
+//! layers and locks upper; [`layout`] knows registry paths; [`sys`] holds
+//! the only `unsafe`. Commands depend one way: `cli` → commands →
+//! `store`/`view`/`bundle` → `layout`/`sys`.
 
 pub mod absorb;
 pub mod apply;

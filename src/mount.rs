@@ -6,6 +6,7 @@
 //! by the mountpoint so `regfs umount` can find it, wait for it to finish
 //! (unmount-time work included) and return its exit status.
 
+use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -48,6 +49,73 @@ pub struct MountRequest {
     pub passthrough: bool,
     /// When the registry's fsyncs reach the disk (FUSE mode).
     pub fsync: FsyncPolicy,
+}
+
+impl MountRequest {
+    /// The `regfs mount` arguments that ask for exactly this request (what
+    /// the daemon is started with). `--ready-file` and `--foreground` are
+    /// the daemon's own, added by [`mount_background`].
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = vec!["mount".into()];
+        a.extend(layer_args(&self.lowers, &self.upper, self.keep.as_deref(), self.policy.as_deref()));
+        a.extend(["--threads".into(), self.threads.to_string().into(), "--mode".into(), self.mode.name().into()]);
+        a.extend(["--fsync".into(), self.fsync.name().into()]);
+        for (flag, on) in [
+            ("--allow-other", self.allow_other),
+            ("--passthrough", self.passthrough),
+            ("--delete-untagged", self.delete_untagged),
+        ] {
+            if on {
+                a.push(flag.into());
+            }
+        }
+        for (flag, path) in [("--work", &self.work), ("--export", &self.export)] {
+            if let Some(p) = path {
+                a.extend([flag.into(), p.into()]);
+            }
+        }
+        a.push(self.mountpoint.clone().into());
+        a
+    }
+}
+
+/// `--lower L... --upper U [--keep K] [--policy P]`: the layers of a view,
+/// as `mount`, `gc` and `export` take them.
+pub fn layer_args(lowers: &[PathBuf], upper: &Path, keep: Option<&Path>, policy: Option<&Path>) -> Vec<OsString> {
+    let mut a: Vec<OsString> = Vec::new();
+    for l in lowers {
+        a.extend(["--lower".into(), l.into()]);
+    }
+    a.extend(["--upper".into(), upper.into()]);
+    for (flag, file) in [("--keep", keep), ("--policy", policy)] {
+        if let Some(f) = file {
+            a.extend([flag.into(), f.into()]);
+        }
+    }
+    a
+}
+
+/// A command line to show a person: `regfs` and the arguments, each
+/// quoted where a shell would need it.
+pub fn shown_command(args: &[OsString]) -> String {
+    let mut out = String::from("regfs");
+    for a in args {
+        let s = a.to_string_lossy();
+        out.push(' ');
+        if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./:=+@,".contains(&b)) {
+            out.push_str(&s);
+        } else {
+            out.push('\'');
+            out.push_str(&s.replace('\'', "'\\''"));
+            out.push('\'');
+        }
+    }
+    out
+}
+
+/// FUSE worker threads when none are asked for: one per CPU, at least 2.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get).max(2)
 }
 
 /// Which front end serves the view.
@@ -142,6 +210,17 @@ impl Finish {
     }
 }
 
+impl Mode {
+    /// The name `--mode` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Auto => "auto",
+            Mode::Fuse => "fuse",
+            Mode::Kernel => "kernel",
+        }
+    }
+}
+
 fn fuse_mode() -> Mode {
     Mode::Fuse
 }
@@ -160,8 +239,10 @@ fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     fs::rename(&tmp, path)
 }
 
-/// `regfs mount` without `--foreground`: start the daemon, wait until ready.
-pub fn mount_background(req: &MountRequest, args: &[std::ffi::OsString]) -> Result<()> {
+/// `regfs mount` without `--foreground`: start the daemon (the same
+/// request, [`MountRequest::to_args`], in the foreground; `verbose` times
+/// `-v`), wait until it is ready.
+pub fn mount_background(req: &MountRequest, verbose: u8) -> Result<()> {
     // Check everything here first, so mistakes come back on the terminal.
     let layers = check_layers(&req.lowers, &req.upper, req.keep.as_deref(), req.policy.as_deref())?;
     if let Some(out) = &req.export {
@@ -184,7 +265,8 @@ pub fn mount_background(req: &MountRequest, args: &[std::ffi::OsString]) -> Resu
     let exe = std::env::current_exe().context("locating the regfs binary")?;
     use std::os::unix::process::CommandExt;
     let mut child = Command::new(exe)
-        .args(args)
+        .args((0..verbose).map(|_| "-v"))
+        .args(req.to_args())
         .arg("--foreground")
         .arg("--ready-file")
         .arg(&files.ready)
@@ -357,19 +439,16 @@ pub fn mount_foreground(req: &MountRequest, ready_file: Option<&Path>) -> Result
 /// `regfs export` run, so a failure can be finished by hand.
 fn release_on_unmount(view: &View, layers: &Layers, req: &Finish) -> Result<String> {
     let out = &req.export;
-    let mut layer_args = String::new();
-    for l in &layers.lowers {
-        layer_args += &format!(" --lower {}", l.display());
+    let layers_of = layer_args(&layers.lowers, &layers.upper, req.keep.as_deref(), req.policy.as_deref());
+    let mut gc_args: Vec<OsString> = vec!["gc".into()];
+    gc_args.extend(layers_of.iter().cloned());
+    if req.delete_untagged {
+        gc_args.push("--delete-untagged".into());
     }
-    layer_args += &format!(" --upper {}", layers.upper.display());
-    for (flag, file) in [("--keep", &req.keep), ("--policy", &req.policy)] {
-        if let Some(f) = file {
-            layer_args += &format!(" {flag} {}", f.display());
-        }
-    }
-    let untagged = if req.delete_untagged { " --delete-untagged" } else { "" };
-    let gc_cmd = format!("regfs gc{layer_args}{untagged}");
-    let export_cmd = format!("regfs export{layer_args} -o {}", out.display());
+    let mut export_args: Vec<OsString> = vec!["export".into()];
+    export_args.extend(layers_of);
+    export_args.extend(["-o".into(), out.into()]);
+    let (gc_cmd, export_cmd) = (shown_command(&gc_args), shown_command(&export_args));
     let (_, report) = gc::run(view, &GcOptions { delete_untagged: req.delete_untagged }, false).with_context(|| {
         format!(
             "the gc after unmount failed and nothing was exported; the upper {} is intact (gc deletes \

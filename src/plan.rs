@@ -14,7 +14,7 @@ use crate::view::{UPPER, View};
 
 /// The plan: repositories kept and stale, what policy hides, blobs visible.
 #[derive(Debug, Default, Serialize)]
-pub struct Plan {
+pub struct ViewPlan {
     pub lowers: Vec<PathBuf>,
     pub repos_kept: Vec<String>,
     pub repos_stale: Vec<String>,
@@ -34,11 +34,11 @@ pub struct Plan {
 
 /// Builds the plan. Reads the lowers only; the view it consults has an
 /// empty, temporary upper.
-pub fn plan(lowers: &[PathBuf], keep: Option<&Path>, policy: Option<&Path>) -> Result<Plan> {
+pub fn plan(lowers: &[PathBuf], keep: Option<&Path>, policy: Option<&Path>) -> Result<ViewPlan> {
     let scratch = tempfile::tempdir().context("creating a scratch upper")?;
     let layers = store::check_layers(lowers, scratch.path(), keep, policy)?;
     let view = layers.view()?;
-    let mut p = Plan { lowers: layers.lowers.clone(), ..Plan::default() };
+    let mut p = ViewPlan { lowers: layers.lowers.clone(), ..ViewPlan::default() };
 
     let mut repos = BTreeSet::new();
     for lower in &layers.lowers {

@@ -37,7 +37,7 @@ pub fn check_layers(
     keep: Option<&Path>,
     policy_file: Option<&Path>,
 ) -> Result<Layers> {
-    let abs_lowers = check_lowers(lowers)?;
+    let abs_lowers = check_lowers(lowers, "--lower")?;
     // Resolved before anything is created, so a bad upper writes nothing.
     let up = resolve_maybe_missing(upper).with_context(|| format!("--upper {}: bad path", upper.display()))?;
     for l in &abs_lowers {
@@ -98,16 +98,17 @@ pub fn resolve_maybe_missing(p: &Path) -> io::Result<PathBuf> {
 }
 
 /// Checks each lower is a registry rootdirectory; returns them canonical.
-pub fn check_lowers(lowers: &[PathBuf]) -> Result<Vec<PathBuf>> {
+/// Errors name each by `flag` (`--lower`, `--history`), as the user gave it.
+pub fn check_lowers(lowers: &[PathBuf], flag: &str) -> Result<Vec<PathBuf>> {
     let mut abs_lowers = Vec::new();
     for l in lowers {
-        let c = fs::canonicalize(l).with_context(|| format!("--lower {}: cannot open", l.display()))?;
+        let c = fs::canonicalize(l).with_context(|| format!("{flag} {}: cannot open", l.display()))?;
         if !c.is_dir() {
-            bail!("--lower {}: not a directory", l.display());
+            bail!("{flag} {}: not a directory", l.display());
         }
         if !c.join(layout::V2).is_dir() {
             bail!(
-                "--lower {}: not a registry rootdirectory (no {} inside); pass the directory a \
+                "{flag} {}: not a registry rootdirectory (no {} inside); pass the directory a \
                  registry's storage.filesystem.rootdirectory names",
                 l.display(),
                 layout::V2
@@ -118,7 +119,7 @@ pub fn check_lowers(lowers: &[PathBuf]) -> Result<Vec<PathBuf>> {
         for dir in layout::skeleton_dirs().iter().skip(1) {
             if fs::symlink_metadata(c.join(dir)).is_ok_and(|m| m.file_type().is_symlink()) {
                 bail!(
-                    "--lower {}: {} is a symlink; a registry rootdirectory holds real directories \
+                    "{flag} {}: {} is a symlink; a registry rootdirectory holds real directories \
                      (pass the directory it points to instead)",
                     l.display(),
                     dir.display()

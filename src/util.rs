@@ -21,6 +21,15 @@ pub fn human_bytes(b: u64) -> String {
     if u == 0 { format!("{b} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }
 
+/// The lines of a list file (`--keep`, `--images`): numbered from 1,
+/// `#` comments cut, blanks trimmed, empty lines left out.
+pub fn list_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines().enumerate().filter_map(|(i, raw)| {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        (!line.is_empty()).then_some((i + 1, line))
+    })
+}
+
 /// The sha256 of everything `r` yields, read 1 MiB at a time.
 pub fn sha256_reader(mut r: impl Read) -> io::Result<Digest> {
     let mut h = sha2::Sha256::new();

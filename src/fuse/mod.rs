@@ -281,6 +281,15 @@ impl RegFs {
 
     /// Logs a failed request and returns its errno. Expected misses
     /// (ENOENT, EEXIST, ...) are debug events; anything else is a warning.
+    /// [`RegFs::fail`] for a request on an open file: the path is looked
+    /// up from the inode only when there is something to log.
+    fn fail_ino(&self, op: &str, ino: INodeNo, e: &io::Error) -> Errno {
+        match self.node(ino) {
+            Ok(info) => self.fail(op, &info.path, e),
+            Err(_) => self.fail(op, Path::new(&format!("<inode {}>", ino.0)), e),
+        }
+    }
+
     fn fail(&self, op: &str, path: &Path, e: &io::Error) -> Errno {
         let code = e.raw_os_error().unwrap_or(libc::EIO);
         match code {
@@ -683,7 +692,7 @@ impl Filesystem for RegFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -702,7 +711,7 @@ impl Filesystem for RegFs {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return reply.error(self.fail("read", Path::new(""), &e)),
+                Err(e) => return reply.error(self.fail_ino("read", ino, &e)),
             }
         }
         reply.data(&buf[..done]);
@@ -731,12 +740,12 @@ impl Filesystem for RegFs {
                 // The kernel's cached mode still has the bits.
                 Ok(true) => self.drop_attrs(ino.0),
                 Ok(false) => {}
-                Err(e) => return reply.error(self.fail("write", Path::new(""), &e)),
+                Err(e) => return reply.error(self.fail_ino("write", ino, &e)),
             }
         }
         match f.write_all_at(data, offset) {
             Ok(()) => reply.written(data.len() as u32),
-            Err(e) => reply.error(self.fail("write", Path::new(""), &e)),
+            Err(e) => reply.error(self.fail_ino("write", ino, &e)),
         }
     }
 
@@ -769,7 +778,7 @@ impl Filesystem for RegFs {
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
         if self.finalize {
             // Upper is synced once when the mount ends; ENOSYS makes the
             // kernel answer every later fsync itself (no round trip).
@@ -782,7 +791,7 @@ impl Filesystem for RegFs {
         let res = if datasync { f.sync_data() } else { f.sync_all() };
         match res {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(self.fail("fsync", Path::new(""), &e)),
+            Err(e) => reply.error(self.fail_ino("fsync", ino, &e)),
         }
     }
 

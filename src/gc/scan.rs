@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
-use super::GcError;
+use super::{GcError, bad};
 use crate::layout::{self, Digest, Section};
 use crate::view::{LayerIdx, Named, UPPER, View};
 
@@ -104,10 +104,6 @@ pub struct Scanner<'v> {
 
 /// Largest link file read: a valid one is 71 bytes.
 const MAX_LINK_BYTES: u64 = 4096;
-
-fn bad(path: &Path, msg: impl Into<String>) -> GcError {
-    GcError::Bad { path: path.display().to_string(), msg: msg.into() }
-}
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> GcError + '_ {
     move |source| GcError::Io { path: path.display().to_string(), source }

@@ -148,18 +148,27 @@ pub enum KernelError {
     WorkOtherFs { work: PathBuf, upper: PathBuf },
     #[error("work dir {work} lies inside upper {upper}; put it beside the upper")]
     WorkInsideUpper { work: PathBuf, upper: PathBuf },
-    #[error("{0}")]
-    Io(#[from] io::Error),
+    /// The cause follows in the error chain (`{:#}`), not in this message.
+    #[error("{path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> KernelError + '_ {
+    move |source| KernelError::Io { path: path.to_path_buf(), source }
 }
 
 /// Creates the work dir if needed and checks it can serve `upper`.
 pub fn prepare_workdir(upper: &Path, work: &Path) -> Result<PathBuf, KernelError> {
-    fs::create_dir_all(work)?;
-    let work = fs::canonicalize(work)?;
+    fs::create_dir_all(work).map_err(io_at(work))?;
+    let work = fs::canonicalize(work).map_err(io_at(work))?;
     if work.starts_with(upper) || upper.starts_with(&work) {
         return Err(KernelError::WorkInsideUpper { work, upper: upper.to_path_buf() });
     }
-    if fs::metadata(&work)?.dev() != fs::metadata(upper)?.dev() {
+    if fs::metadata(&work).map_err(io_at(&work))?.dev() != fs::metadata(upper).map_err(io_at(upper))?.dev() {
         return Err(KernelError::WorkOtherFs { work, upper: upper.to_path_buf() });
     }
     Ok(work)

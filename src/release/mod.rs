@@ -62,12 +62,8 @@ impl std::fmt::Display for ImageName {
 pub fn parse_images(text: &str, path: &Path) -> Result<Vec<ImageName>> {
     let mut out = Vec::new();
     let mut seen = std::collections::BTreeMap::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line = raw.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
-        }
-        let at = |msg: String| anyhow!("{}:{}: {msg}", path.display(), i + 1);
+    for (n, line) in crate::util::list_lines(text) {
+        let at = |msg: String| anyhow!("{}:{n}: {msg}", path.display());
         let repo = policy::repo_of_image_ref(line);
         let tag = line.get(repo.len() + 1..).unwrap_or("");
         if tag.is_empty() {
@@ -83,7 +79,7 @@ pub fn parse_images(text: &str, path: &Path) -> Result<Vec<ImageName>> {
             return Err(at(format!("{line:?}: bad tag {tag:?}: [A-Za-z0-9_][A-Za-z0-9_.-]*, at most 128 characters")));
         }
         let img = ImageName { repo: repo.to_string(), tag: tag.to_string() };
-        if let Some(first) = seen.insert(img.clone(), i + 1) {
+        if let Some(first) = seen.insert(img.clone(), n) {
             return Err(at(format!("{img} is listed twice (first on line {first})")));
         }
         out.push(img);
@@ -296,7 +292,7 @@ fn mount_view<'a>(req: &ReleaseRequest, work: &'a Work) -> Result<Mounted<'a>> {
         keep: Some(work.keep.clone()),
         policy: None,
         mountpoint: work.mnt.clone(),
-        threads: 4,
+        threads: mount::default_threads(),
         allow_other: false,
         mode: req.mode,
         work: None,
@@ -305,28 +301,8 @@ fn mount_view<'a>(req: &ReleaseRequest, work: &'a Work) -> Result<Mounted<'a>> {
         passthrough: false,
         fsync: crate::durability::FsyncPolicy::Full,
     };
-    let mut args: Vec<std::ffi::OsString> = vec!["mount".into()];
-    for h in &req.histories {
-        args.push("--lower".into());
-        args.push(h.into());
-    }
-    for (flag, val) in [("--upper", &work.upper), ("--keep", &work.keep)] {
-        args.push(flag.into());
-        args.push(val.into());
-    }
-    args.push("--mode".into());
-    args.push(mode_name(req.mode).into());
-    args.push(work.mnt.clone().into());
-    mount::mount_background(&mreq, &args)?;
+    mount::mount_background(&mreq, 0)?;
     Ok(Mounted { mnt: &work.mnt, active: true })
-}
-
-fn mode_name(m: Mode) -> &'static str {
-    match m {
-        Mode::Auto => "auto",
-        Mode::Fuse => "fuse",
-        Mode::Kernel => "kernel",
-    }
 }
 
 /// Runs the release; prints the summary. Returns the summary for tests.
@@ -343,7 +319,7 @@ pub fn run(req: &ReleaseRequest) -> Result<Summary> {
     // where asked (a bad -o found after the push would waste the push).
     let registry_bin = children::find_registry(req.registry_bin.as_deref())?;
     let skopeo = Skopeo::find(req.src_tls_verify)?;
-    let histories = store::check_lowers(&req.histories)?;
+    let histories = store::check_lowers(&req.histories, "--history")?;
     let spec = crate::export::bundle_spec(&req.output, req.name.as_deref(), &req.bases)?;
     let (work, output) = prepare_work(req, &histories, &images)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

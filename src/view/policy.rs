@@ -71,16 +71,12 @@ pub enum PolicyError {
 /// The tag part names what the release ships; the view keeps whole repositories.
 pub fn parse_keep(text: &str, path: &str) -> Result<KeepSet, PolicyError> {
     let mut repos = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line = raw.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
-        }
+    for (n, line) in crate::util::list_lines(text) {
         let repo = repo_of_image_ref(line);
         if !layout::valid_repo_name(repo) {
             return Err(PolicyError::Keep {
                 path: path.to_string(),
-                line: i + 1,
+                line: n,
                 msg: format!(
                     "{line:?} is not a repository name (expected `repo` or `repo:tag`, lowercase, \
                      `/` between path components)"
