@@ -13,8 +13,6 @@
 //! commands as the unprivileged user `regfs-ci` (through `runuser`) when the
 //! suite runs as root, and state the root behaviour explicitly.
 
-#[path = "support/gc_fixtures.rs"]
-mod fixtures;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -25,6 +23,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+use support::fixtures;
 
 use fixtures::{StoreWriter, V2, app_store, empty_root, regfs_layers, regfs_ok, text};
 use serde_json::{Value, json};

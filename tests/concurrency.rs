@@ -17,13 +17,12 @@
 //! first (the kernel pass). The history lowers are compared byte for byte
 //! before and after every test.
 
-#[path = "support/gc_fixtures.rs"]
-mod fixtures;
 mod support;
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
+use support::fixtures;
 
 use fixtures::{V2, empty_root, regfs_layers, text};
 use support::mount::{Mount, is_mountpoint, test_mode};

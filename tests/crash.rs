@@ -18,8 +18,6 @@
 //! snapshot of each lower (names, modes, contents, xattrs) before and after,
 //! after the killed runs too. Nothing here needs root.
 
-#[path = "support/gc_fixtures.rs"]
-mod fixtures;
 mod support;
 
 use std::collections::BTreeSet;
@@ -30,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use support::fixtures;
 
 use fixtures::{V2, copy_tree, file_sha, regfs_layers, regfs_ok, text};
 use support::mount::{Mount, is_mountpoint, regfs_bin};

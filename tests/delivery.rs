@@ -17,8 +17,6 @@
 //!   its placements; the site never shows a tag whose image is incomplete,
 //!   and a re-run gives the same site as an uninterrupted apply.
 
-#[path = "support/gc_fixtures.rs"]
-mod fixtures;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -28,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use support::fixtures;
 
 use fixtures::{StoreWriter, V2, empty_root, untar};
 use serde_json::Value;

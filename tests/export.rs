@@ -8,13 +8,12 @@
 //!   `regfs umount` fail with a message saying how to finish by hand, and the
 //!   upper is left as it was.
 
-#[path = "support/gc_fixtures.rs"]
-mod fixtures;
 mod support;
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
+use support::fixtures;
 
 use fixtures::{V2, app_store, assert_serves, empty_root, file_sha, regfs, regfs_layers, regfs_ok, text, untar};
 use support::mount::Mount;

@@ -10,13 +10,12 @@
 //!   right, and keeps the index children that `-m` wrongly deletes;
 //! - bad links and manifests stop it before anything is deleted.
 
-#[path = "support/gc_fixtures.rs"]
-mod fixtures;
 mod support;
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
+use support::fixtures;
 
 use fixtures::{StoreWriter, V2, blob_set, copy_tree, empty_root, hexes, regfs_layers, regfs_ok, stock_gc, text};
 use serde_json::{Value, json};

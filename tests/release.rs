@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
+use support::fixtures::copy_tree;
 use support::mount::{regfs_bin, test_mode, text};
 use support::oci::{self, ImageRef, digest_hex};
 use support::registry::{self, Registry};
@@ -499,12 +500,6 @@ fn plan_reports_kept_and_stale() {
     assert_eq!(p["repos_kept"], serde_json::json!(history_repos));
     assert_eq!((p["repos_stale"].as_array().map(Vec::len), p["hidden_repo_dirs"].as_u64()), (Some(0), Some(0)));
     assert_unchanged(&before, &fx.history_root);
-}
-
-/// `cp -a SRC DST`.
-fn copy_tree(src: &Path, dst: &Path) {
-    let st = Command::new("cp").arg("-a").arg(src).arg(dst).status().expect("running cp");
-    assert!(st.success(), "cp -a {} {}", src.display(), dst.display());
 }
 
 fn regfs_absorb(history: &Path, upper: &Path) -> Output {

@@ -1092,3 +1092,7 @@ fn copy_xattrs(src: &Path, dst: &Path) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "view_tests.rs"]
+mod tests;

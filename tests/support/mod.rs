@@ -4,6 +4,7 @@
 //! helper, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod fixtures;
 pub mod mount;
 pub mod oci;
 pub mod registry;

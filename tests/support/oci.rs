@@ -34,7 +34,7 @@ pub const DEFAULT_ARCH: &str = "amd64";
 
 /// `sha256:<hex>` of `bytes`.
 pub fn sha256_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+    format!("sha256:{}", crate::support::tree::sha256_hex(bytes))
 }
 
 /// The 64 hex digits of a `sha256:<hex>` digest (as used in registry store paths).

@@ -1,6 +1,6 @@
 //! Fixtures for the gc and export suites: registry stores built by a real
 //! registry or written by hand, the stock garbage collector, and views of
-//! the result. Included with `#[path]` by `tests/gc.rs` and `tests/export.rs`.
+//! the result.
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
