@@ -1,4 +1,10 @@
-//! `regfs mount` / `regfs umount`: layer checks, the daemon and its state.
+//! `regfs mount` / `regfs umount`: the request, the front ends, the daemon.
+//!
+//! - here: [`MountRequest`] (and its one argv form), mode choice, the
+//!   background daemon, the FUSE and kernel mounts;
+//! - `state`: the runtime dir and the files a daemon records itself in;
+//! - `finish`: the on-unmount gc and export (`--export`);
+//! - `umount`: unmounting, waiting for the daemon, dead daemons.
 //!
 //! A background mount re-executes regfs in the foreground as a daemon (its
 //! own process group, output to a log file) and returns once the daemon says
@@ -8,24 +14,29 @@
 
 use std::ffi::OsString;
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::durability::{self, FsyncPolicy};
-use crate::export::{self, ExportOptions};
+use crate::export;
 use crate::fuse::RegFs;
-use crate::gc::{self, GcOptions};
 use crate::kernel;
-use crate::layout;
 use crate::store::{self, Layers, check_layers, lock_upper};
 use crate::sys;
-use crate::view::View;
+
+mod finish;
+mod state;
+mod umount;
+
+use finish::{Finish, release_on_unmount};
+use state::*;
+pub use umount::umount;
 
 /// What a mount needs, as given on the command line.
 #[derive(Clone, Debug)]
@@ -145,71 +156,6 @@ pub fn normalize_mountpoint(mp: &Path) -> Result<PathBuf> {
     }
 }
 
-/// Where a mount's daemon records itself.
-struct StateFiles {
-    state: PathBuf,
-    ready: PathBuf,
-    status: PathBuf,
-    log: PathBuf,
-}
-
-fn runtime_dir() -> Result<PathBuf> {
-    let dir = match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) if !d.is_empty() => PathBuf::from(d).join("regfs"),
-        _ => std::env::temp_dir().join(format!("regfs-{}", sys::geteuid())),
-    };
-    fs::create_dir_all(&dir).with_context(|| format!("creating runtime dir {}", dir.display()))?;
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let meta = fs::metadata(&dir)?;
-    if meta.uid() != sys::geteuid() {
-        bail!("runtime dir {} belongs to another user; set XDG_RUNTIME_DIR", dir.display());
-    }
-    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
-    Ok(dir)
-}
-
-fn state_files(mountpoint: &Path) -> Result<StateFiles> {
-    let id = layout::Digest::of(mountpoint.as_os_str().as_encoded_bytes());
-    let base = runtime_dir()?.join(&id.hex()[..16]);
-    let with = |ext: &str| base.with_extension(ext);
-    Ok(StateFiles { state: with("json"), ready: with("ready"), status: with("status"), log: with("log") })
-}
-
-#[derive(Serialize, Deserialize, Debug)]
-struct MountState {
-    pid: u32,
-    mountpoint: PathBuf,
-    upper: PathBuf,
-    lowers: Vec<PathBuf>,
-    log: PathBuf,
-    #[serde(default = "fuse_mode")]
-    mode: Mode,
-    /// What `regfs umount` runs after unmounting a kernel mount (a FUSE
-    /// daemon runs it itself).
-    #[serde(default)]
-    finish: Option<Finish>,
-}
-
-/// The on-unmount release work: gc, then export to `export`.
-#[derive(Serialize, Deserialize, Debug, Clone)]
-struct Finish {
-    keep: Option<PathBuf>,
-    policy: Option<PathBuf>,
-    export: PathBuf,
-    delete_untagged: bool,
-}
-
-impl Finish {
-    fn of(req: &MountRequest) -> Option<Finish> {
-        req.export.as_ref().map(|export| Finish {
-            keep: req.keep.as_ref().map(|k| std::path::absolute(k).unwrap_or_else(|_| k.clone())),
-            policy: req.policy.as_ref().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
-            export: std::path::absolute(export).unwrap_or_else(|_| export.clone()),
-            delete_untagged: req.delete_untagged,
-        })
-    }
-}
-
 impl Mode {
     /// The name `--mode` takes.
     pub fn name(self) -> &'static str {
@@ -219,24 +165,6 @@ impl Mode {
             Mode::Kernel => "kernel",
         }
     }
-}
-
-fn fuse_mode() -> Mode {
-    Mode::Fuse
-}
-
-#[derive(Serialize, Deserialize, Debug)]
-struct ExitStatus {
-    code: i32,
-    message: String,
-}
-
-fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path)
 }
 
 /// `regfs mount` without `--foreground`: start the daemon (the same
@@ -319,10 +247,6 @@ fn check_mountpoint(mp: &Path) -> Result<PathBuf> {
         );
     }
     Ok(mp)
-}
-
-fn read_state(path: &Path) -> Option<MountState> {
-    serde_json::from_slice(&fs::read(path).ok()?).ok()
 }
 
 /// `regfs mount --foreground`: mount, serve until unmounted or signalled.
@@ -432,184 +356,6 @@ pub fn mount_foreground(req: &MountRequest, ready_file: Option<&Path>) -> Result
     let _ = fs::remove_file(&files.state);
     let _ = fs::remove_file(&files.ready);
     outcome.map(|_| ())
-}
-
-/// The `--export` hook: gc, then export, on the view the daemon served and
-/// still holds the upper lock for. The same functions `regfs gc` and
-/// `regfs export` run, so a failure can be finished by hand.
-fn release_on_unmount(view: &View, layers: &Layers, req: &Finish) -> Result<String> {
-    let out = &req.export;
-    let layers_of = layer_args(&layers.lowers, &layers.upper, req.keep.as_deref(), req.policy.as_deref());
-    let mut gc_args: Vec<OsString> = vec!["gc".into()];
-    gc_args.extend(layers_of.iter().cloned());
-    if req.delete_untagged {
-        gc_args.push("--delete-untagged".into());
-    }
-    let mut export_args: Vec<OsString> = vec!["export".into()];
-    export_args.extend(layers_of);
-    export_args.extend(["-o".into(), out.into()]);
-    let (gc_cmd, export_cmd) = (shown_command(&gc_args), shown_command(&export_args));
-    let (_, report) = gc::run(view, &GcOptions { delete_untagged: req.delete_untagged }, false).with_context(|| {
-        format!(
-            "the gc after unmount failed and nothing was exported; the upper {} is intact (gc deletes \
-             nothing before its plan is complete, and each deletion is whole). Fix the cause, then run by \
-             hand:\n  {gc_cmd}\n  {export_cmd}\nerror",
-            layers.upper.display()
-        )
-    })?;
-    for w in &report.warnings {
-        tracing::warn!("gc: {w}");
-    }
-    let exported =
-        export::export(view, out, &ExportOptions::default(), &export::BundleSpec::full(out)).with_context(|| {
-            format!(
-                "the export after unmount failed ({}; no tar was written to {}); the upper {} is intact. Fix \
-             the cause, then run by hand:\n  {export_cmd}\nerror",
-                report.summary(),
-                out.display(),
-                layers.upper.display()
-            )
-        })?;
-    Ok(format!("{}; {}", report.summary(), exported.summary()))
-}
-
-/// `regfs umount MOUNTPOINT`: unmount, wait for the daemon, report its status.
-pub fn umount(mountpoint: &Path, timeout: Option<Duration>) -> Result<()> {
-    let mp = normalize_mountpoint(mountpoint)?;
-    let files = state_files(&mp)?;
-    let state = read_state(&files.state);
-    if let Some(st) = state.as_ref().filter(|st| st.mode == Mode::Kernel) {
-        sys::umount(&mp, false).map_err(|e| unmount_error(&mp, e))?;
-        let _ = fs::remove_file(&files.state);
-        let Some(finish) = &st.finish else {
-            eprintln!("regfs: unmounted kernel overlay {} (upper {})", mp.display(), st.upper.display());
-            return Ok(());
-        };
-        // No daemon in kernel mode: the release work runs here, the same way.
-        let layers = check_layers(&st.lowers, &st.upper, finish.keep.as_deref(), finish.policy.as_deref())?;
-        let _lock = lock_upper(&layers.upper, "the on-unmount gc and export")?;
-        let view = layers.view()?;
-        let done = release_on_unmount(&view, &layers, finish)
-            .with_context(|| format!("{}: unmounted, but the release work failed", mp.display()))?;
-        eprintln!("regfs: {}: unmounted cleanly; {done}", mp.display());
-        return Ok(());
-    }
-    if let Some(pid) = dead_daemon(&mp, state.as_ref()) {
-        return detach_dead(&mp, pid, &files);
-    }
-    unmount_path(&mp)?;
-    let Some(state) = state else {
-        eprintln!("regfs: unmounted {} (no regfs daemon was recorded for it)", mp.display());
-        return Ok(());
-    };
-    let start = Instant::now();
-    while sys::process_alive(state.pid) {
-        if timeout.is_some_and(|t| start.elapsed() > t) {
-            bail!("daemon pid {} still running after unmount; see {}", state.pid, state.log.display());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let status: Option<ExitStatus> = fs::read(&files.status).ok().and_then(|b| serde_json::from_slice(&b).ok());
-    let _ = fs::remove_file(&files.status);
-    match status {
-        Some(s) if s.code == 0 => {
-            eprintln!("regfs: {}: {}", mp.display(), s.message);
-            Ok(())
-        }
-        Some(s) => Err(anyhow!("{}: the daemon failed: {} (log: {})", mp.display(), s.message, state.log.display())),
-        None => Err(anyhow!(
-            "{}: the daemon (pid {}) ended without a status (killed?); the upper is intact, see {}",
-            mp.display(),
-            state.pid,
-            state.log.display()
-        )),
-    }
-}
-
-/// The pid of the daemon recorded for a FUSE mount if it is gone: the mount
-/// answers ENOTCONN (its daemon ended without unmounting), or the recorded
-/// process no longer exists. Checked before unmounting, so a pid reused
-/// since by another process is never waited for.
-fn dead_daemon(mp: &Path, state: Option<&MountState>) -> Option<u32> {
-    let state = state?;
-    let enotconn = fs::metadata(mp).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN));
-    (enotconn || !sys::process_alive(state.pid)).then_some(state.pid)
-}
-
-/// `regfs umount` after the daemon died (SIGKILL, OOM, crash): the mount
-/// can serve nothing any more, so it is detached even if busy, the stale
-/// state is removed, and the error says what happened and how to go on.
-fn detach_dead(mp: &Path, pid: u32, files: &StateFiles) -> Result<()> {
-    let still_mounted = match fs::metadata(mp) {
-        Err(e) => e.raw_os_error() == Some(libc::ENOTCONN),
-        Ok(m) => {
-            use std::os::unix::fs::MetadataExt;
-            mp.parent().and_then(|p| fs::metadata(p).ok()).is_some_and(|parent| parent.dev() != m.dev())
-        }
-    };
-    let detached = if !still_mounted {
-        Ok(())
-    } else if sys::geteuid() == 0 {
-        sys::umount(mp, true).with_context(|| format!("detaching {}", mp.display()))
-    } else {
-        match Command::new("fusermount3").arg("-uz").arg(mp).status() {
-            Ok(s) if s.success() => Ok(()),
-            Ok(s) => Err(anyhow!("fusermount3 -uz {} failed ({s})", mp.display())),
-            Err(e) => Err(anyhow::Error::new(e).context("running fusermount3 (install the fuse3 package)")),
-        }
-    };
-    detached?;
-    for f in [&files.state, &files.ready, &files.status] {
-        let _ = fs::remove_file(f);
-    }
-    bail!(
-        "{}: the regfs daemon (pid {pid}) had died (killed or crashed) without unmounting; the dead mount is \
-         detached. The upper is intact: everything written before the daemon died is there, and a write it \
-         was serving may be cut short, so re-run what was writing (e.g. the push), after mounting the same \
-         upper again. No on-unmount gc or export ran. Daemon log: {}",
-        mp.display(),
-        files.log.display()
-    )
-}
-
-/// Unmounts a FUSE mount: umount2 as root, `fusermount3 -u` otherwise; a
-/// dead mount (ENOTCONN) is detached lazily.
-fn unmount_path(mp: &Path) -> Result<()> {
-    if sys::geteuid() == 0 {
-        return match sys::umount(mp, false) {
-            Ok(()) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-                sys::umount(mp, true).with_context(|| format!("detaching dead mount {}", mp.display()))
-            }
-            Err(e) => Err(unmount_error(mp, e)),
-        };
-    }
-    let out = Command::new("fusermount3")
-        .arg("-u")
-        .arg(mp)
-        .output()
-        .context("running fusermount3 (install the fuse3 package)")?;
-    if out.status.success() {
-        return Ok(());
-    }
-    let msg = String::from_utf8_lossy(&out.stderr);
-    if msg.contains("not connected") {
-        let lazy = Command::new("fusermount3").arg("-uz").arg(mp).status()?;
-        if lazy.success() {
-            return Ok(());
-        }
-    }
-    bail!("fusermount3 -u {} failed: {}", mp.display(), msg.trim())
-}
-
-fn unmount_error(mp: &Path, e: io::Error) -> anyhow::Error {
-    match e.raw_os_error() {
-        Some(libc::EINVAL) => anyhow!("{} is not mounted", mp.display()),
-        Some(libc::EBUSY) => {
-            anyhow!("{} is busy (a process has a file or its cwd there); stop it and retry", mp.display())
-        }
-        _ => anyhow::Error::new(e).context(format!("unmounting {}", mp.display())),
-    }
 }
 
 fn check_no_overlap(layers: &Layers, mp: &Path) -> Result<()> {
