@@ -2,7 +2,36 @@
 //!
 //! Modelled on distribution's `registry/storage/paths.go`. Every path here is
 //! relative to a registry `rootdirectory`; a [`Digest`] is validated before it
-//! ever becomes part of a path.
+//! ever becomes part of a path. The tree, and the function that builds each
+//! path (each from its parent):
+//!
+//! ```text
+//! docker/registry/v2/                                     V2
+//!   blobs/sha256/                                         blobs_root
+//!     <hex[0:2]>/<hex>/                                   blob_dir
+//!       data                                              blob_data
+//!   repositories/                                         repositories_root
+//!     <name>/                                             repo_dir (name: a/b/c)
+//!       _layers/                                          section_dir(Layers)
+//!         sha256/                                         layers_dir
+//!           <hex>/                                        layer_link_dir
+//!             link                                        layer_link
+//!       _manifests/                                       section_dir(Manifests)
+//!         revisions/                                      revisions_parent
+//!           sha256/                                       revisions_dir
+//!             <hex>/                                      revision_dir
+//!               link                                      revision_link
+//!         tags/                                           tags_dir
+//!           <tag>/                                        tag_dir
+//!             current/link                                tag_current_link
+//!             index/sha256/                               tag_index_dir
+//!               <hex>/                                    tag_index_entry_dir
+//!                 link
+//!       _uploads/<uuid>/{data,startedat,hashstates/...}   uploads_dir
+//! ```
+//!
+//! [`parse_store_path`] reads the same grammar back (what a bundle may hold);
+//! [`classify`] says where a path sits for the view's policy.
 
 use std::collections::BTreeSet;
 use std::fmt;

@@ -85,10 +85,11 @@ pub fn blob_origins(view: &View) -> io::Result<BlobOrigins> {
     let mut o = BlobOrigins::default();
     let root = layout::blobs_root();
     let Some(blobs) = view.resolve(&root)? else { return Ok(o) };
-    for prefix in view.list(&root, &blobs)? {
+    for prefix in view.list(blobs.as_dir(&root))? {
         let prel = root.join(&prefix.name);
-        for blob in view.list(&prel, &prefix.entry)? {
-            let Some(e) = view.lookup(&prel.join(&blob.name), &blob.entry, layout::DATA.as_ref())? else {
+        for blob in view.list(prefix.entry.as_dir(&prel))? {
+            let brel = prel.join(&blob.name);
+            let Some(e) = view.lookup(blob.entry.as_dir(&brel), layout::DATA.as_ref())? else {
                 continue;
             };
             if e.top() == UPPER {

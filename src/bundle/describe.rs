@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::{BaseRef, Blob, Description, FORMAT, Image, VERSION};
 use crate::layout::{self, Digest};
-use crate::view::{LayerIdx, View};
+use crate::view::{Dir, LayerIdx, View};
 
 /// Largest manifest or config read for media type and platforms.
 const MAX_DOC_BYTES: u64 = 16 << 20;
@@ -88,7 +88,7 @@ impl Description {
 fn blobs(view: &View) -> Result<Vec<Blob>, DescribeError> {
     let root = layout::blobs_root();
     let Some(e) = view.resolve(&root).map_err(io_err(&root))? else { return Ok(Vec::new()) };
-    let prefixes = view.names_in(&root, &e.layers).map_err(io_err(&root))?;
+    let prefixes = view.names(e.as_dir(&root)).map_err(io_err(&root))?;
     let per_prefix: Vec<Vec<Blob>> = prefixes
         .into_par_iter()
         .map(|p| {
@@ -97,7 +97,7 @@ fn blobs(view: &View) -> Result<Vec<Blob>, DescribeError> {
                 return Err(bad(&prel, "not a directory: a blob store holds only blob directories"));
             }
             let mut out = Vec::new();
-            for b in view.names_in(&prel, &p.layers).map_err(io_err(&prel))? {
+            for b in view.names(p.as_dir(&prel)).map_err(io_err(&prel))? {
                 let brel = prel.join(&b.name);
                 let digest = match (p.name.to_str(), b.name.to_str()) {
                     (Some(prefix), Some(hex)) if b.is_dir() => layout::blob_dir_digest(prefix, hex).ok(),
@@ -120,7 +120,7 @@ fn blobs(view: &View) -> Result<Vec<Blob>, DescribeError> {
 
 /// The size of a blob directory's `data`, if it holds a regular file.
 fn data_size(view: &View, dir: &Path, layers: &[LayerIdx]) -> Result<Option<u64>, DescribeError> {
-    let found = view.lookup_in(dir, layers, OsStr::new(layout::DATA)).map_err(io_err(dir))?;
+    let found = view.lookup(Dir { rel: dir, layers }, OsStr::new(layout::DATA)).map_err(io_err(dir))?;
     Ok(found.filter(|e| e.meta.is_file()).map(|e| e.meta.len()))
 }
 
@@ -131,7 +131,7 @@ fn tags(view: &View) -> Result<Vec<(String, String, Digest)>, DescribeError> {
     let Some(e) = view.resolve(&root).map_err(io_err(&root))? else { return Ok(out) };
     let mut stack: Vec<(PathBuf, Vec<String>, Vec<LayerIdx>)> = vec![(root, Vec::new(), e.layers)];
     while let Some((rel, names, layers)) = stack.pop() {
-        for child in view.names_in(&rel, &layers).map_err(io_err(&rel))? {
+        for child in view.names(Dir { rel: &rel, layers: &layers }).map_err(io_err(&rel))? {
             if !child.is_dir() {
                 continue;
             }
@@ -153,7 +153,7 @@ fn tags(view: &View) -> Result<Vec<(String, String, Digest)>, DescribeError> {
 fn repo_tags(view: &View, repo: &str, out: &mut Vec<(String, String, Digest)>) -> Result<(), DescribeError> {
     let dir = layout::tags_dir(repo);
     let Some(e) = view.resolve(&dir).map_err(io_err(&dir))? else { return Ok(()) };
-    for t in view.names_in(&dir, &e.layers).map_err(io_err(&dir))? {
+    for t in view.names(e.as_dir(&dir)).map_err(io_err(&dir))? {
         let tag = t.name.to_string_lossy().into_owned();
         let link = layout::tag_current_link(repo, &tag);
         if !layout::valid_tag(&tag) {

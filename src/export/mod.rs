@@ -35,7 +35,7 @@ use crate::inventory::Inventory;
 use crate::layout::{self, Digest};
 use crate::store::{self, Layers};
 use crate::util::human_bytes;
-use crate::view::{LayerIdx, Named, View};
+use crate::view::{Dir, LayerIdx, Named, View};
 
 /// Buffer size of the tar writer and of each read from a layer file.
 const BUF_BYTES: usize = 1 << 20;
@@ -492,7 +492,7 @@ impl TarWriter<'_> {
     }
 
     fn sorted(&self, rel: &Path, layers: &[LayerIdx]) -> Result<Vec<Named>> {
-        let mut items = self.view.names_in(rel, layers).with_context(|| format!("listing {}", shown(rel)))?;
+        let mut items = self.view.names(Dir { rel, layers }).with_context(|| format!("listing {}", shown(rel)))?;
         items.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(items)
     }

@@ -22,7 +22,7 @@ use fuser::{
 };
 
 use crate::sys::{self, SetTime};
-use crate::view::{AttrChange, Entry, UPPER, View};
+use crate::view::{AttrChange, Dir, Entry, UPPER, View};
 use inodes::{Inodes, NodeInfo, ROOT};
 
 /// Attribute/entry cache time for entries that live in upper (they change).
@@ -350,8 +350,7 @@ impl RegFs {
     /// The merged listing of directory `ino`, with `.` and `..`.
     fn listing(&self, ino: INodeNo) -> Result<Listing, Errno> {
         let info = self.node(ino)?;
-        let path = info.path;
-        let items = self.view.names_in(&path, &info.layers).map_err(|err| self.fail("readdir", &path, &err))?;
+        let items = self.view.names(info.as_dir()).map_err(|err| self.fail("readdir", &info.path, &err))?;
         let parent_ino = self.inodes.parent_of(ino.0).unwrap_or(ROOT);
         let mut listing = Vec::with_capacity(items.len() + 2);
         listing.push((ino.0, FileType::Directory, ".".into()));
@@ -415,7 +414,7 @@ impl Filesystem for RegFs {
         if name.len() > 255 {
             return reply.error(Errno::ENAMETOOLONG);
         }
-        match self.view.lookup_in(&dir, &dir_layers, name) {
+        match self.view.lookup(Dir { rel: &dir, layers: &dir_layers }, name) {
             Ok(Some(e)) => {
                 let ino = self.inodes.intern(parent.0, name, &e);
                 reply.entry(&ttl_for(&e), &attr(ino, &e), Generation(0));
@@ -526,7 +525,7 @@ impl Filesystem for RegFs {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        let res = self.view.mknod_in(dir.as_dir(), name, mode & !umask, rdev as u64);
+        let res = self.view.mknod(dir.as_dir(), name, mode & !umask, rdev as u64);
         self.created_entry(req, parent, name, &path, reply, res);
     }
 
@@ -535,7 +534,7 @@ impl Filesystem for RegFs {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        let res = self.view.mkdir_in(dir.as_dir(), name, mode & !umask);
+        let res = self.view.mkdir(dir.as_dir(), name, mode & !umask);
         self.created_entry(req, parent, name, &path, reply, res);
     }
 
@@ -544,7 +543,7 @@ impl Filesystem for RegFs {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        match self.view.unlink_in(dir.as_dir(), name) {
+        match self.view.unlink(dir.as_dir(), name) {
             Ok(()) => {
                 self.inodes.detach(parent.0, name);
                 self.changed_in(parent);
@@ -559,7 +558,7 @@ impl Filesystem for RegFs {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        match self.view.rmdir_in(dir.as_dir(), name) {
+        match self.view.rmdir(dir.as_dir(), name) {
             Ok(()) => {
                 self.inodes.detach(parent.0, name);
                 self.changed_in(parent);
@@ -574,7 +573,7 @@ impl Filesystem for RegFs {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        let res = self.view.symlink_in(dir.as_dir(), link_name, target);
+        let res = self.view.symlink(dir.as_dir(), link_name, target);
         self.created_entry(req, parent, link_name, &path, reply, res);
     }
 
@@ -957,7 +956,7 @@ impl Filesystem for RegFs {
         let acc = flags & libc::O_ACCMODE;
         let res = self
             .view
-            .create_file_in(dir.as_dir(), name, mode & !umask, acc != libc::O_RDONLY, acc != libc::O_WRONLY)
+            .create_file(dir.as_dir(), name, mode & !umask, acc != libc::O_RDONLY, acc != libc::O_WRONLY)
             .and_then(|(f, e)| Ok((f, self.own(req, &path, e)?)));
         match res {
             Ok((f, e)) => {

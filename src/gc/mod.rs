@@ -609,7 +609,7 @@ pub fn sweep(view: &View, plan: &Plan) -> Result<()> {
         crate::testhook::point("gc-delete", i as u64 + 1);
         tracing::debug!(kind = ?d.kind, path = %d.path.display(), "gc: deleting");
         let done = match d.kind {
-            Kind::EmptyDir => view.rmdir(&d.path),
+            Kind::EmptyDir => view.in_parent(&d.path, |dir, name| view.rmdir(dir, name)),
             _ => view.remove_tree(&d.path),
         };
         match done {

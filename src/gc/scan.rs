@@ -20,7 +20,7 @@ use rustc_hash::FxHashMap;
 
 use super::{GcError, bad};
 use crate::layout::{self, Digest, Section};
-use crate::view::{LayerIdx, Named, UPPER, View};
+use crate::view::{Dir, LayerIdx, Named, UPPER, View};
 
 /// A link directory (`.../sha256/<hex>`) and what its `link` file says.
 #[derive(Clone, Debug)]
@@ -135,7 +135,7 @@ impl<'v> Scanner<'v> {
         let tail = target.strip_prefix(&from.0).map_err(|_| bad(target, "internal: not below the scan's position"))?;
         let (mut rel, mut layers) = from.clone();
         for c in tail.components() {
-            match self.view.lookup_in(&rel, &layers, c.as_os_str()).map_err(io_err(&rel))? {
+            match self.view.lookup(Dir { rel: &rel, layers: &layers }, c.as_os_str()).map_err(io_err(&rel))? {
                 Some(next) if next.is_dir() => layers = next.layers,
                 Some(_) => return Err(bad(&rel.join(c), "expected a directory, found a file")),
                 None => return Ok(None),
@@ -147,7 +147,7 @@ impl<'v> Scanner<'v> {
 
     /// Lists a directory of the view by name, remembering how many it holds.
     pub fn list(&self, rel: &Path, layers: &[LayerIdx]) -> Result<Vec<Named>, GcError> {
-        let mut items = self.view.names_in(rel, layers).map_err(io_err(rel))?;
+        let mut items = self.view.names(Dir { rel, layers }).map_err(io_err(rel))?;
         items.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         self.listings.lock().unwrap_or_else(|p| p.into_inner()).insert(rel.to_path_buf(), items.len());
         Ok(items)
@@ -181,7 +181,9 @@ impl<'v> Scanner<'v> {
         expect: Option<&Digest>,
     ) -> Result<Option<(Digest, u64, bool)>, GcError> {
         let rel = dir.join(layout::LINK);
-        let Some(e) = self.view.lookup_in(dir, dir_layers, layout::LINK.as_ref()).map_err(io_err(&rel))? else {
+        let Some(e) =
+            self.view.lookup(Dir { rel: dir, layers: dir_layers }, layout::LINK.as_ref()).map_err(io_err(&rel))?
+        else {
             return Ok(None);
         };
         if !e.meta.is_file() {
@@ -370,7 +372,11 @@ impl<'v> Scanner<'v> {
     pub fn blob_data(&self, blob: &BlobScan) -> Result<BlobData, GcError> {
         let dir = layout::blob_dir(&blob.digest);
         let data_rel = dir.join(layout::DATA);
-        match self.view.lookup_in(&dir, &blob.layers, layout::DATA.as_ref()).map_err(io_err(&data_rel))? {
+        match self
+            .view
+            .lookup(Dir { rel: &dir, layers: &blob.layers }, layout::DATA.as_ref())
+            .map_err(io_err(&data_rel))?
+        {
             Some(d) if d.meta.is_file() => Ok(Some((d.meta.len(), self.view.real_path(&data_rel, &d)))),
             Some(_) => Err(bad(&data_rel, "blob data must be a regular file")),
             None => Ok(None),

@@ -32,7 +32,7 @@ impl Layers {
 fn names(v: &View, rel: &str) -> Vec<String> {
     let e = v.resolve(Path::new(rel)).unwrap().expect("the directory is in the view");
     let mut n: Vec<String> =
-        v.names_in(Path::new(rel), &e.layers).unwrap().into_iter().map(|n| n.name.into_string().unwrap()).collect();
+        v.names(e.as_dir(Path::new(rel))).unwrap().into_iter().map(|n| n.name.into_string().unwrap()).collect();
     n.sort();
     n
 }
@@ -70,7 +70,7 @@ fn policy_hides_history_manifests_but_never_upper_ones() {
     Layers::file(&l.lower, &format!("{repo}/_layers/sha256/x/link"), "layer");
     let v = l.view(Policy::default());
     assert_eq!(names(&v, repo), ["_layers"]);
-    v.mkdir(&Path::new(repo).join("_manifests"), 0o755).unwrap();
+    v.in_parent(&Path::new(repo).join("_manifests"), |d, n| v.mkdir(d, n, 0o755)).unwrap();
     assert_eq!(names(&v, repo), ["_layers", "_manifests"]);
     assert_eq!(names(&v, &format!("{repo}/_manifests")), Vec::<String>::new(), "the new directory is opaque");
 }
@@ -80,16 +80,16 @@ fn removing_leaves_whiteouts_only_where_a_lower_holds_the_name() {
     let l = Layers::new();
     Layers::file(&l.lower, "h", "history");
     let v = l.view(Policy::transparent());
-    v.create_file(Path::new("n"), 0o644, true, false).unwrap();
-    v.unlink(Path::new("n")).unwrap();
+    v.in_parent(Path::new("n"), |d, n| v.create_file(d, n, 0o644, true, false)).unwrap();
+    v.in_parent(Path::new("n"), |d, n| v.unlink(d, n)).unwrap();
     assert!(fs::symlink_metadata(l.upper.join("n")).is_err(), "an upper-only name leaves nothing");
-    v.unlink(Path::new("h")).unwrap();
+    v.in_parent(Path::new("h"), |d, n| v.unlink(d, n)).unwrap();
     let m = fs::symlink_metadata(l.upper.join("h")).unwrap();
     assert!(v.is_whiteout(UPPER, &l.upper.join("h"), &m).unwrap(), "a history name leaves a whiteout");
     assert_eq!(fs::read_to_string(l.lower.join("h")).unwrap(), "history", "the lower is never written");
     assert!(v.resolve(Path::new("h")).unwrap().is_none());
     // A new file takes the whiteout's place.
-    v.create_file(Path::new("h"), 0o644, true, false).unwrap();
+    v.in_parent(Path::new("h"), |d, n| v.create_file(d, n, 0o644, true, false)).unwrap();
     assert_eq!(read(&v, "h").as_deref(), Some(""));
 }
 
@@ -105,10 +105,10 @@ fn rename_copies_files_up_and_refuses_history_directories() {
     assert_eq!(fs::read_to_string(l.lower.join("f")).unwrap(), "data");
     let e = v.rename(Path::new("dir"), Path::new("moved"), 0).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EXDEV), "a directory with history content never moves");
-    v.mkdir(Path::new("new"), 0o755).unwrap();
+    v.in_parent(Path::new("new"), |d, n| v.mkdir(d, n, 0o755)).unwrap();
     v.rename(Path::new("new"), Path::new("renamed"), 0).unwrap();
     assert_eq!(names(&v, ""), ["dir", "g", "renamed"]);
-    let e = v.rmdir(Path::new("dir")).unwrap_err();
+    let e = v.in_parent(Path::new("dir"), |d, n| v.rmdir(d, n)).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::ENOTEMPTY));
     v.remove_tree(Path::new("dir")).unwrap();
     assert_eq!(names(&v, ""), ["g", "renamed"]);

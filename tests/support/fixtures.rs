@@ -91,7 +91,7 @@ pub fn view(lowers: &[&Path], upper: &Path, policy: Option<&Path>) -> regfs::vie
 pub fn view_names(v: &regfs::view::View, rel: &Path) -> BTreeSet<String> {
     match v.resolve(rel).expect("resolve") {
         Some(e) if e.is_dir() => {
-            v.list(rel, &e).expect("list").into_iter().map(|i| i.name.to_string_lossy().into_owned()).collect()
+            v.list(e.as_dir(rel)).expect("list").into_iter().map(|i| i.name.to_string_lossy().into_owned()).collect()
         }
         _ => BTreeSet::new(),
     }

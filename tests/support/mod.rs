@@ -7,6 +7,7 @@
 pub mod fixtures;
 pub mod mount;
 pub mod oci;
+pub mod overlay_model;
 pub mod registry;
 pub mod release;
 pub mod tree;

@@ -1,0 +1,203 @@
+//! Namespace operations: create, mkdir, mknod, symlink, link, unlink,
+//! rmdir, whole-tree removal and rename, each on a name in a directory.
+
+use super::*;
+
+impl View {
+    /// Removes a whiteout (or any non-directory) that upper holds at `rel`,
+    /// so a new entry can take its place.
+    pub(super) fn clear_upper_slot(&self, rel: &Path) -> io::Result<()> {
+        let p = self.layer_path(UPPER, rel);
+        if let Some(m) = lstat(&p)? {
+            if self.is_whiteout(UPPER, &p, &m)? {
+                fs::remove_file(&p)?;
+            } else {
+                return Err(errno(libc::EEXIST));
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves the parent directory of `rel` and names the last component.
+    pub(super) fn parent_dir(&self, rel: &Path) -> io::Result<(PathBuf, Entry, OsString)> {
+        let parent = Self::parent_of(rel)?;
+        let name = rel.file_name().ok_or_else(|| errno(libc::EINVAL))?.to_os_string();
+        let e = self.resolve_existing(parent)?;
+        if !e.is_dir() {
+            return Err(errno(libc::ENOTDIR));
+        }
+        Ok((parent.to_path_buf(), e, name))
+    }
+
+    /// Prepares upper for a new name in `dir` that does not exist in the
+    /// view; returns its path.
+    pub(super) fn prepare_new(&self, dir: Dir, name: &OsStr) -> io::Result<PathBuf> {
+        if self.lookup(dir, name)?.is_some() {
+            return Err(errno(libc::EEXIST));
+        }
+        self.ensure_upper_dir(dir.rel)?;
+        let rel = dir.rel.join(name);
+        self.clear_upper_slot(&rel)?;
+        Ok(rel)
+    }
+
+    /// Runs `op` (a name operation: `unlink`, `rmdir`, ...) on the name `rel` in its parent,
+    /// resolved from the root. (A stack resolved before the lock is taken
+    /// is as good as one a front end kept, see [`Dir`].)
+    pub fn in_parent<T>(&self, rel: &Path, op: impl FnOnce(Dir, &OsStr) -> io::Result<T>) -> io::Result<T> {
+        let (parent, e, name) = self.parent_dir(rel)?;
+        op(Dir { rel: &parent, layers: &e.layers }, &name)
+    }
+
+    /// A name just created in upper: the only layer it has.
+    pub(super) fn new_upper_entry(&self, rel: &Path) -> io::Result<Entry> {
+        Ok(Entry { layers: vec![UPPER], meta: fs::symlink_metadata(self.layer_path(UPPER, rel))? })
+    }
+
+    /// Creates a regular file `name` in `dir` (`O_CREAT|O_EXCL` semantics) and opens it.
+    pub fn create_file(&self, dir: Dir, name: &OsStr, mode: u32, write: bool, read: bool) -> io::Result<(File, Entry)> {
+        let _g = self.lock();
+        let rel = self.prepare_new(dir, name)?;
+        let p = self.layer_path(UPPER, &rel);
+        let f = OpenOptions::new().read(read || !write).write(write).create_new(true).mode(mode & 0o7777).open(&p)?;
+        let meta = f.metadata()?;
+        Ok((f, Entry { layers: vec![UPPER], meta }))
+    }
+
+    /// Creates a directory `name` in `dir`; opaque where a lower holds the same
+    /// name, so nothing hidden below leaks back in (also under kernel overlay).
+    pub fn mkdir(&self, dir: Dir, name: &OsStr, mode: u32) -> io::Result<Entry> {
+        let _g = self.lock();
+        let rel = self.prepare_new(dir, name)?;
+        let p = self.layer_path(UPPER, &rel);
+        fs::create_dir(&p)?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode & 0o7777))?;
+        if self.lower_has(&rel)? {
+            self.set_opaque(&p)?;
+        }
+        // New in upper, and opaque wherever a lower holds the name.
+        self.new_upper_entry(&rel)
+    }
+
+    /// Creates a special file (fifo, socket, device) `name` in `dir`, in upper.
+    pub fn mknod(&self, dir: Dir, name: &OsStr, mode: u32, rdev: u64) -> io::Result<Entry> {
+        let _g = self.lock();
+        let rel = self.prepare_new(dir, name)?;
+        sys::mknod(&self.layer_path(UPPER, &rel), mode, rdev)?;
+        self.new_upper_entry(&rel)
+    }
+
+    /// Creates a symlink `name` in `dir`.
+    pub fn symlink(&self, dir: Dir, name: &OsStr, target: &Path) -> io::Result<Entry> {
+        let _g = self.lock();
+        let rel = self.prepare_new(dir, name)?;
+        std::os::unix::fs::symlink(target, self.layer_path(UPPER, &rel))?;
+        self.new_upper_entry(&rel)
+    }
+
+    /// Hard link: the source is copied up first, as the kernel does.
+    pub fn link(&self, from: &Path, to: &Path) -> io::Result<Entry> {
+        let _g = self.lock();
+        let src = self.resolve_existing(from)?;
+        if src.is_dir() {
+            return Err(errno(libc::EPERM));
+        }
+        self.copy_up_locked(from)?;
+        let (parent, pe, name) = self.parent_dir(to)?;
+        self.prepare_new(Dir { rel: &parent, layers: &pe.layers }, &name)?;
+        fs::hard_link(self.layer_path(UPPER, from), self.layer_path(UPPER, to))?;
+        self.resolve_existing(to)
+    }
+
+    /// Removes the non-directory `name` of `dir` (a whiteout where a lower holds it).
+    pub fn unlink(&self, dir: Dir, name: &OsStr) -> io::Result<()> {
+        let _g = self.lock();
+        let e = self.lookup_existing(dir, name)?;
+        if e.is_dir() {
+            return Err(errno(libc::EISDIR));
+        }
+        self.remove_and_whiteout(&dir.rel.join(name), &e)
+    }
+
+    /// Removes the empty directory `name` of `dir` (a whiteout where a lower holds it).
+    pub fn rmdir(&self, dir: Dir, name: &OsStr) -> io::Result<()> {
+        let _g = self.lock();
+        let e = self.lookup_existing(dir, name)?;
+        if !e.is_dir() {
+            return Err(errno(libc::ENOTDIR));
+        }
+        let rel = dir.rel.join(name);
+        if !self.names(e.as_dir(&rel))?.is_empty() {
+            return Err(errno(libc::ENOTEMPTY));
+        }
+        self.remove_and_whiteout(&rel, &e)
+    }
+
+    /// Removes `rel` and everything below it in one step: the upper part is
+    /// deleted and, where a lower holds the name, one whiteout hides the rest.
+    /// The same end state as unlinking and rmdir-ing every entry below it,
+    /// without visiting them (GC removes whole history repositories this way).
+    pub fn remove_tree(&self, rel: &Path) -> io::Result<()> {
+        if rel.as_os_str().is_empty() {
+            return Err(errno(libc::EBUSY));
+        }
+        let _g = self.lock();
+        let Some(e) = self.resolve(rel)? else { return Ok(()) };
+        self.remove_and_whiteout(rel, &e)
+    }
+
+    /// rename(2) through the view. Directories that have anything in a lower
+    /// layer give EXDEV, as under kernel overlay without `redirect_dir`.
+    pub fn rename(&self, from: &Path, to: &Path, flags: u32) -> io::Result<()> {
+        let _g = self.lock();
+        if flags & libc::RENAME_EXCHANGE != 0 || flags & libc::RENAME_WHITEOUT != 0 {
+            return Err(errno(libc::EINVAL));
+        }
+        let src = self.resolve_existing(from)?;
+        if from == to {
+            return Ok(());
+        }
+        if to.starts_with(from) {
+            return Err(errno(libc::EINVAL));
+        }
+        let dst = self.resolve(to)?;
+        if let Some(d) = &dst {
+            if flags & libc::RENAME_NOREPLACE != 0 {
+                return Err(errno(libc::EEXIST));
+            }
+            match (src.is_dir(), d.is_dir()) {
+                (true, false) => return Err(errno(libc::ENOTDIR)),
+                (false, true) => return Err(errno(libc::EISDIR)),
+                _ => {}
+            }
+        }
+        // Before the target's emptiness, as overlayfs checks it.
+        if src.is_dir() && !src.upper_only() {
+            return Err(errno(libc::EXDEV));
+        }
+        if let Some(d) = dst.as_ref().filter(|d| src.is_dir() && d.is_dir())
+            && !self.names(d.as_dir(to))?.is_empty()
+        {
+            return Err(errno(libc::ENOTEMPTY));
+        }
+        if !src.is_dir() {
+            self.copy_up_locked(from)?;
+        }
+        self.ensure_upper_dir(Self::parent_of(to)?)?;
+        let up_to = self.layer_path(UPPER, to);
+        match &dst {
+            // An empty merged or opaque directory in upper holds only whiteouts.
+            Some(d) if d.is_dir() && d.layers.contains(&UPPER) => fs::remove_dir_all(&up_to)?,
+            Some(_) => {}
+            None => self.clear_upper_slot(to)?,
+        }
+        fs::rename(self.layer_path(UPPER, from), &up_to)?;
+        if src.is_dir() && self.lower_has(to)? {
+            self.set_opaque(&up_to)?;
+        }
+        if self.lower_has(from)? {
+            self.make_whiteout(from)?;
+        }
+        Ok(())
+    }
+}
