@@ -24,8 +24,6 @@ use support::mount::{KernelOverlay, Mount, is_root};
 use support::overlay_model::*;
 use support::tree;
 
-/// Names operations use; the lower uses the same ones, so they collide.
-
 /// Every entry below `root` (not following symlinks), as [`Seen`].
 fn walk_tree(root: &Path) -> Tree {
     fn go(root: &Path, rel: &str, out: &mut Tree) {

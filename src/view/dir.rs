@@ -59,7 +59,14 @@ impl View {
         let _g = self.lock();
         let rel = self.prepare_new(dir, name)?;
         let p = self.layer_path(UPPER, &rel);
-        let f = OpenOptions::new().read(read || !write).write(write).create_new(true).mode(mode & 0o7777).open(&p)?;
+        // O_CREAT|O_EXCL by hand: std refuses to create without write
+        // access, but open(O_CREAT|O_RDONLY) creates a file (POSIX).
+        let f = OpenOptions::new()
+            .read(read || !write)
+            .write(write)
+            .custom_flags(libc::O_CREAT | libc::O_EXCL)
+            .mode(mode & 0o7777)
+            .open(&p)?;
         let meta = f.metadata()?;
         Ok((f, Entry { layers: vec![UPPER], meta }))
     }
@@ -80,7 +87,17 @@ impl View {
     }
 
     /// Creates a special file (fifo, socket, device) `name` in `dir`, in upper.
+    /// A 0/0 character device is refused (EPERM), as kernel overlayfs
+    /// refuses it: in the upper format it is a whiteout, so the new file
+    /// would vanish from the view.
     pub fn mknod(&self, dir: Dir, name: &OsStr, mode: u32, rdev: u64) -> io::Result<Entry> {
+        if mode & libc::S_IFMT == libc::S_IFCHR && rdev == 0 {
+            tracing::warn!(
+                path = %dir.rel.join(name).display(),
+                "mknod of a 0/0 character device refused (EPERM): upper keeps whiteouts in that form"
+            );
+            return Err(errno(libc::EPERM));
+        }
         let _g = self.lock();
         let rel = self.prepare_new(dir, name)?;
         sys::mknod(&self.layer_path(UPPER, &rel), mode, rdev)?;

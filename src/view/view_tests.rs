@@ -126,3 +126,16 @@ fn writing_a_history_file_copies_it_up_first() {
     assert_eq!(fs::read_to_string(l.lower.join("a/b/file")).unwrap(), "history");
     assert!(l.upper.join("a/b/file").is_file(), "the copy lives in upper");
 }
+
+#[test]
+fn read_only_creates_work_and_zero_devices_are_refused() {
+    let l = Layers::new();
+    let v = l.view(Policy::transparent());
+    let (f, e) = v.in_parent(Path::new("ro"), |d, n| v.create_file(d, n, 0o640, false, true)).unwrap();
+    assert!(e.meta.is_file() && e.meta.len() == 0);
+    use std::io::Write;
+    assert_eq!((&f).write(b"x").unwrap_err().raw_os_error(), Some(libc::EBADF), "opened read-only");
+    let err = v.in_parent(Path::new("dev"), |d, n| v.mknod(d, n, libc::S_IFCHR | 0o644, 0)).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EPERM), "a 0/0 device is a whiteout in upper");
+    assert!(fs::symlink_metadata(l.upper.join("dev")).is_err(), "nothing was written");
+}

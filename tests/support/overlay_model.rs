@@ -11,6 +11,7 @@ use std::path::Path;
 
 use proptest::prelude::*;
 
+/// Names operations use; the lower uses the same ones, so they collide.
 pub const NAMES: [&str; 3] = ["a", "b", "c"];
 /// Symlink targets: relative ones stay inside the view (no `..`), `z` is a
 /// name nothing else creates, the absolute one never exists.
@@ -156,11 +157,7 @@ impl Op {
 /// An operation; `owner_writable` as for [`lower_entry`] (a `chmod` then
 /// keeps every bit a directory's owner needs: read, write, search).
 pub fn op(owner_writable: bool) -> impl Strategy<Value = Op> {
-    let modes = if owner_writable {
-        vec![0o755, 0o700, 0o777]
-    } else {
-        vec![0o644, 0o600, 0o755, 0o700, 0o000, 0o777]
-    };
+    let modes = if owner_writable { vec![0o755, 0o700, 0o777] } else { vec![0o644, 0o600, 0o755, 0o700, 0o000, 0o777] };
     let mode = proptest::sample::select(modes).prop_map(Mode);
     prop_oneof![
         3 => (path(), data()).prop_map(|(p, d)| Op::Write(p, d)),
