@@ -131,6 +131,13 @@ fn timespec(t: SetTime) -> libc::timespec {
     }
 }
 
+/// `futimens(fd, [atime, mtime])`: the times of an open file.
+pub fn futimens(f: &impl AsRawFd, atime: SetTime, mtime: SetTime) -> io::Result<()> {
+    let ts = [timespec(atime), timespec(mtime)];
+    // SAFETY: an open descriptor and a two-element timespec array.
+    check(unsafe { libc::futimens(f.as_raw_fd(), ts.as_ptr()) })
+}
+
 /// `utimensat(AT_FDCWD, path, [atime, mtime], AT_SYMLINK_NOFOLLOW)`.
 pub fn utimens(path: &Path, atime: SetTime, mtime: SetTime) -> io::Result<()> {
     let c = cstr(path)?;

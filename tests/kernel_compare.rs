@@ -279,3 +279,57 @@ fn creating_opens_and_special_files_match_kernel_overlay() {
     assert_eq!(ours, kernel, "regfs and kernel overlayfs differ");
     assert!(ours[0].1.starts_with("ok"), "the kernel creates the file: {ours:?}");
 }
+
+/// An open file whose name is gone (POSIX: it lives until closed), and a
+/// history file opened, then deleted: fstat, ftruncate, fchmod, futimens,
+/// reads and writes on the open descriptor. regfs answered ENOENT to the
+/// attribute calls (the kernel asks them by inode, without the handle).
+fn unlinked_cases(v: &Path) -> Vec<(String, String)> {
+    use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+    let d = v.join("docker/registry/v2");
+    let mut out = Vec::new();
+    let mut case = |what: &str, result: String| out.push((what.to_string(), result));
+    let history = fs::read_dir(d.join("blobs/sha256"))
+        .unwrap()
+        .flat_map(|p| fs::read_dir(p.unwrap().path()).unwrap())
+        .map(|b| b.unwrap().path().join("data"))
+        .next()
+        .expect("a history blob");
+    for (name, path) in [("new file", d.join("u1")), ("history file", history)] {
+        let mut f = fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).unwrap();
+        f.write_all(b"hello").unwrap();
+        fs::remove_file(&path).unwrap();
+        case(&format!("{name}: fstat"), outcome(f.metadata(), |m| format!("nlink {} size {}", m.nlink(), m.len())));
+        case(&format!("{name}: ftruncate"), outcome(f.set_len(2), |_| String::new()));
+        case(
+            &format!("{name}: fchmod"),
+            outcome(f.set_permissions(fs::Permissions::from_mode(0o600)), |_| String::new()),
+        );
+        let t = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+        case(&format!("{name}: futimens"), outcome(f.set_modified(t), |_| String::new()));
+        case(
+            &format!("{name}: fstat after"),
+            outcome(f.metadata(), |m| format!("mode {:o} size {} mtime {}", m.mode() & 0o7777, m.len(), m.mtime())),
+        );
+        let mut buf = [0u8; 8];
+        case(&format!("{name}: pread"), outcome(f.read_at(&mut buf, 0), |n| String::from_utf8_lossy(&buf[..n]).into()));
+        case(&format!("{name}: the name"), outcome(fs::symlink_metadata(&path), |_| "present".into()));
+    }
+    out
+}
+
+#[test]
+fn an_unlinked_open_file_works_as_under_kernel_overlay() {
+    let ours_layers = Layers::new();
+    let m = ours_layers.regfs();
+    let ours = unlinked_cases(&m.mountpoint);
+    m.umount();
+    let kernel_layers = Layers::new();
+    let k = kernel_layers.kernel();
+    let kernel = unlinked_cases(&k.mountpoint);
+    drop(k);
+    for ((what, o), (_, k)) in ours.iter().zip(&kernel) {
+        eprintln!("{what:32} regfs: {o:38} kernel: {k}");
+    }
+    assert_eq!(ours, kernel, "regfs and kernel overlayfs differ");
+}

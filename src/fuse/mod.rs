@@ -33,7 +33,8 @@ const TTL_LOWER: Duration = Duration::from_secs(3600);
 type Listing = Vec<(u64, FileType, std::ffi::OsString)>;
 
 enum Handle {
-    File(Arc<File>),
+    /// An open file of inode `ino` (the second field).
+    File(Arc<File>, u64),
     /// A read-only history file the kernel reads directly (FUSE
     /// passthrough) through the backing shared by every open of `ino`.
     Passthrough(Arc<File>, u64),
@@ -109,6 +110,24 @@ fn ttl_for(e: &Entry) -> Duration {
 
 /// The attributes of an entry, with the kernel overlay's conventions:
 /// a merged directory reports nlink 1, as overlayfs does.
+/// A setattr applied to an open file (one no name leads to any more).
+fn set_attr_of_file(f: &File, change: &AttrChange) -> io::Result<std::fs::Metadata> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(mode) = change.mode {
+        f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))?;
+    }
+    if change.uid.is_some() || change.gid.is_some() {
+        std::os::unix::fs::fchown(f, change.uid, change.gid)?;
+    }
+    if let Some(size) = change.size {
+        f.set_len(size)?;
+    }
+    if change.atime.is_some() || change.mtime.is_some() {
+        sys::futimens(f, change.atime.unwrap_or(SetTime::Omit), change.mtime.unwrap_or(SetTime::Omit))?;
+    }
+    f.metadata()
+}
+
 fn attr(ino: u64, e: &Entry) -> FileAttr {
     let m = &e.meta;
     let nlink = if m.is_dir() && e.layers.len() > 1 { 1 } else { m.nlink() as u32 };
@@ -369,9 +388,18 @@ impl RegFs {
         FileHandle(fh)
     }
 
+    /// An open file of inode `ino`, if any: what an unlinked but open file
+    /// still is (the kernel asks fstat and fchmod by inode, without a handle).
+    fn open_file_of(&self, ino: u64) -> Option<Arc<File>> {
+        self.handles.iter().find_map(|h| match h.value() {
+            Handle::File(f, i) | Handle::Passthrough(f, i) if *i == ino => Some(f.clone()),
+            _ => None,
+        })
+    }
+
     fn file(&self, fh: FileHandle) -> Result<Arc<File>, Errno> {
         match self.handles.get(&fh.0).as_deref() {
-            Some(Handle::File(f)) | Some(Handle::Passthrough(f, _)) => Ok(f.clone()),
+            Some(Handle::File(f, _)) | Some(Handle::Passthrough(f, _)) => Ok(f.clone()),
             None => Err(Errno::EBADF),
         }
     }
@@ -438,6 +466,14 @@ impl Filesystem for RegFs {
         }
         match self.fresh(ino) {
             Ok((_, e)) => reply.attr(&ttl_for(&e), &attr(ino.0, &e)),
+            // Unlinked while open: the open file answers (nlink 0).
+            Err(e) if e == Errno::ENOENT => match self.open_file_of(ino.0).map(|f| f.metadata()) {
+                Some(Ok(meta)) => {
+                    let e = Entry { layers: vec![UPPER], meta };
+                    reply.attr(&ttl_for(&e), &attr(ino.0, &e))
+                }
+                _ => reply.error(e),
+            },
             Err(e) => reply.error(e),
         }
     }
@@ -498,6 +534,14 @@ impl Filesystem for RegFs {
             self.fresh(ino).map(|(_, e)| e).map_err(|e| io::Error::from_raw_os_error(e.code()))
         } else {
             self.view.set_attr(&path, &change)
+        };
+        // Unlinked while open (fchmod, futimens, ...): the open file takes it.
+        let res = match res {
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => match self.open_file_of(ino.0) {
+                Some(f) => set_attr_of_file(&f, &change).map(|meta| Entry { layers: vec![UPPER], meta }),
+                None => Err(err),
+            },
+            r => r,
         };
         match res {
             Ok(e) => {
@@ -673,7 +717,7 @@ impl Filesystem for RegFs {
                     Err((err, reply)) => {
                         tracing::info!(error = %err, "FUSE passthrough refused: reads go through regfs");
                         self.passthrough.store(false, Ordering::Relaxed);
-                        self.handles.insert(fh, Handle::File(Arc::new(f)));
+                        self.handles.insert(fh, Handle::File(Arc::new(f), ino.0));
                         reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
                     }
                 }
@@ -682,7 +726,7 @@ impl Filesystem for RegFs {
                 // History files never change: the kernel may keep their pages.
                 let fopen =
                     if !writes && e.top() != UPPER { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
-                reply.opened(self.add_handle(Handle::File(Arc::new(f))), fopen)
+                reply.opened(self.add_handle(Handle::File(Arc::new(f), ino.0)), fopen)
             }
             Err(err) => reply.error(self.fail("open", &path, &err)),
         }
@@ -962,7 +1006,7 @@ impl Filesystem for RegFs {
             Ok((f, e)) => {
                 let ino = self.inodes.intern(parent.0, name, &e);
                 self.changed_in(parent);
-                let fh = self.add_handle(Handle::File(Arc::new(f)));
+                let fh = self.add_handle(Handle::File(Arc::new(f), ino));
                 reply.created(&ttl_for(&e), &attr(ino, &e), Generation(0), fh, FopenFlags::empty());
             }
             Err(err) => reply.error(self.fail("create", &path, &err)),
