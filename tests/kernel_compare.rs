@@ -333,3 +333,76 @@ fn an_unlinked_open_file_works_as_under_kernel_overlay() {
     }
     assert_eq!(ours, kernel, "regfs and kernel overlayfs differ");
 }
+
+/// Hard links: one inode, one nlink for every name, at once (after link,
+/// rename and unlink of another name), the first name's ctime moved by
+/// `link`; data written through one name read through another. regfs gave
+/// each name its own inode number, and the first name kept a stale nlink.
+fn hardlink_cases(v: &Path) -> Vec<(String, String)> {
+    use std::os::unix::fs::MetadataExt;
+    let d = v.join("docker/registry/v2");
+    let st = |n: &str| fs::symlink_metadata(d.join(n)).unwrap();
+    let mut out = Vec::new();
+    let mut case = |what: &str, result: String| out.push((what.to_string(), result));
+    fs::write(d.join("a"), b"1").unwrap();
+    let c0 = st("a").ctime_nsec() + st("a").ctime() * 1_000_000_000;
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    case("link a b", outcome(fs::hard_link(d.join("a"), d.join("b")), |_| String::new()));
+    let (a, b) = (st("a"), st("b"));
+    let c1 = a.ctime_nsec() + a.ctime() * 1_000_000_000;
+    case(
+        "after link",
+        format!("same ino {} nlink {} {} a's ctime moved {}", a.ino() == b.ino(), a.nlink(), b.nlink(), c1 > c0),
+    );
+    fs::create_dir(d.join("dir")).unwrap();
+    fs::hard_link(d.join("a"), d.join("dir/c")).unwrap();
+    fs::rename(d.join("b"), d.join("dir/b2")).unwrap();
+    let ino = st("a").ino();
+    case(
+        "three names, one renamed",
+        format!("nlink {} same {}", st("a").nlink(), [st("dir/c").ino(), st("dir/b2").ino()] == [ino, ino]),
+    );
+    fs::remove_file(d.join("a")).unwrap();
+    case("a unlinked", format!("nlink {} {}", st("dir/c").nlink(), st("dir/b2").nlink()));
+    fs::OpenOptions::new().append(true).open(d.join("dir/c")).unwrap().write_all(b"2").unwrap();
+    case(
+        "written through c, read through b2",
+        outcome(fs::read(d.join("dir/b2")), |v| String::from_utf8_lossy(&v).into()),
+    );
+    fs::remove_file(d.join("dir/c")).unwrap();
+    case("one name left", format!("nlink {}", st("dir/b2").nlink()));
+    fs::hard_link(d.join("dir/b2"), d.join("e")).unwrap();
+    out
+}
+
+/// The names of an upper's hard-linked file, looked up in a fresh mount.
+fn hardlinks_after_remount(v: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let d = v.join("docker/registry/v2");
+    let (b2, e) = (fs::metadata(d.join("dir/b2")).unwrap(), fs::metadata(d.join("e")).unwrap());
+    format!("same ino {} nlink {} {}", b2.ino() == e.ino(), b2.nlink(), e.nlink())
+}
+
+#[test]
+fn hard_links_are_one_inode_as_under_kernel_overlay() {
+    let ours_layers = Layers::new();
+    let m = ours_layers.regfs();
+    let ours = hardlink_cases(&m.mountpoint);
+    m.umount();
+    let again = ours_layers.regfs();
+    let ours_remounted = hardlinks_after_remount(&again.mountpoint);
+    again.umount();
+    let kernel_layers = Layers::new();
+    let k = kernel_layers.kernel();
+    let kernel = hardlink_cases(&k.mountpoint);
+    drop(k);
+    let k = kernel_layers.kernel();
+    let kernel_remounted = hardlinks_after_remount(&k.mountpoint);
+    drop(k);
+    for ((what, o), (_, k)) in ours.iter().zip(&kernel) {
+        eprintln!("{what:36} regfs: {o:45} kernel: {k}");
+    }
+    assert_eq!(ours, kernel, "regfs and kernel overlayfs differ");
+    assert_eq!(ours_remounted, kernel_remounted, "after a remount");
+    assert_eq!(ours_remounted, "same ino true nlink 2 2");
+}

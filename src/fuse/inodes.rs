@@ -6,6 +6,12 @@
 //! parent chain when a request needs one; attributes come from the layer
 //! file. Inode numbers are never reused while mounted, so `stat` gives the
 //! same number for the same name, and the table is a plain vector.
+//!
+//! Hard links: an upper file with several names is one inode (one `st_ino`,
+//! one `nlink` the kernel keeps for all of them). Its first name is the
+//! node's; the others are aliases, and when the first goes an alias takes
+//! its place, so the inode's path always leads to the file while it has a
+//! name.
 
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
@@ -14,7 +20,7 @@ use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::RwLock;
 
-use crate::view::{Dir, Entry, LayerIdx};
+use crate::view::{Dir, Entry, LayerIdx, UPPER};
 
 pub const ROOT: u64 = 1;
 
@@ -62,8 +68,20 @@ struct Table {
     nodes: Vec<Node>,
     /// (parent, hash of name) → inode; names are checked on the node.
     by_name: HashMap<(u64, u64), u64>,
-    /// The rare second name of a parent with an equal hash.
+    /// The rare second name of a parent with an equal hash, and every
+    /// alias (a hard link's further names).
     collisions: HashMap<(u64, Box<OsStr>), u64>,
+    /// Inode → its aliases (parent, name).
+    aliases: HashMap<u64, Vec<(u64, Box<OsStr>)>>,
+    /// An upper file with several links (device, inode) → its inode here.
+    by_file: HashMap<(u64, u64), u64>,
+}
+
+/// (device, inode) of an upper file with several links.
+fn link_key(entry: &Entry) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = &entry.meta;
+    (entry.top() == UPPER && m.is_file() && m.nlink() > 1).then(|| (m.dev(), m.ino()))
 }
 
 fn name_hash(name: &OsStr) -> u64 {
@@ -94,6 +112,41 @@ impl Table {
             return Some(ino);
         }
         self.collisions.remove(&(parent, Box::from(name)))
+    }
+
+    /// Whether `ino`'s own (parent, name) still names it.
+    fn named(&self, ino: u64) -> bool {
+        self.node(ino).is_some_and(|n| self.find(n.parent, &n.name) == Some(ino))
+    }
+
+    /// Gives `ino` one more name: its own, if it has none left, else an alias.
+    fn add_name(&mut self, parent: u64, name: &OsStr, ino: u64) {
+        if self.named(ino) {
+            self.collisions.insert((parent, Box::from(name)), ino);
+            self.aliases.entry(ino).or_default().push((parent, Box::from(name)));
+        } else if let Some(n) = self.nodes.get_mut(ino as usize) {
+            n.parent = parent;
+            n.name = Box::from(name);
+            self.link_name(parent, name, ino);
+        }
+    }
+
+    /// Removes the name `name` in `parent`; an inode that loses its own
+    /// name while it has an alias takes the alias as its name.
+    fn remove_name(&mut self, parent: u64, name: &OsStr) -> Option<u64> {
+        let ino = self.unlink_name(parent, name)?;
+        let Some(aliases) = self.aliases.get_mut(&ino) else { return Some(ino) };
+        aliases.retain(|(p, n)| !(*p == parent && &**n == name));
+        let own = self.node(ino).is_some_and(|n| n.parent == parent && &*n.name == name);
+        if own && let Some((p, n)) = self.aliases.get_mut(&ino).and_then(Vec::pop) {
+            self.collisions.remove(&(p, n.clone()));
+            if let Some(node) = self.nodes.get_mut(ino as usize) {
+                node.parent = p;
+                node.name = n.clone();
+            }
+            self.link_name(p, &n, ino);
+        }
+        Some(ino)
     }
 
     fn link_name(&mut self, parent: u64, name: &OsStr, ino: u64) {
@@ -151,8 +204,28 @@ impl Inodes {
 
     /// The inode for `name` in `parent`, created on first sight; its layers
     /// and kind are set from `entry`.
+    /// An upper file with several links is one inode whatever name it is
+    /// found by.
     pub fn intern(&self, parent: u64, name: &OsStr, entry: &Entry) -> u64 {
-        self.intern_stack(parent, name, &entry.layers, entry.is_dir())
+        let Some(key) = link_key(entry) else { return self.intern_stack(parent, name, &entry.layers, entry.is_dir()) };
+        let mut t = self.write();
+        let known = t.by_file.get(&key).copied().filter(|&i| t.node(i).is_some());
+        match (t.find(parent, name), known) {
+            (Some(ino), Some(k)) if ino == k => ino,
+            (found, Some(k)) => {
+                if found.is_some() {
+                    t.remove_name(parent, name);
+                }
+                t.add_name(parent, name, k);
+                k
+            }
+            (found, None) => {
+                drop(t);
+                let ino = found.unwrap_or_else(|| self.intern_stack(parent, name, &entry.layers, false));
+                self.write().by_file.insert(key, ino);
+                ino
+            }
+        }
     }
 
     /// [`Inodes::intern`] from a layer stack and whether it is a directory.
@@ -182,29 +255,29 @@ impl Inodes {
         if ino == 0 {
             return;
         }
-        if let Some(n) = self.write().nodes.get_mut(ino as usize) {
+        let mut t = self.write();
+        if let Some(n) = t.nodes.get_mut(ino as usize) {
             n.stack = Stack::of(&entry.layers);
             n.dir = entry.is_dir();
+        }
+        if let Some(key) = link_key(entry) {
+            t.by_file.entry(key).or_insert(ino);
         }
     }
 
     /// Forgets the name `name` in `parent` (unlink, rmdir). The inode stays
     /// valid for open handles, keeping its last path.
     pub fn detach(&self, parent: u64, name: &OsStr) {
-        self.write().unlink_name(parent, name);
+        self.write().remove_name(parent, name);
     }
 
     /// Moves the node named `name` in `parent` to `new_name` in `new_parent`,
     /// replacing whatever was there.
     pub fn rename(&self, parent: u64, name: &OsStr, new_parent: u64, new_name: &OsStr) {
         let mut t = self.write();
-        t.unlink_name(new_parent, new_name);
-        if let Some(ino) = t.unlink_name(parent, name) {
-            if let Some(n) = t.nodes.get_mut(ino as usize) {
-                n.parent = new_parent;
-                n.name = Box::from(new_name);
-            }
-            t.link_name(new_parent, new_name, ino);
+        t.remove_name(new_parent, new_name);
+        if let Some(ino) = t.remove_name(parent, name) {
+            t.add_name(new_parent, new_name, ino);
         }
     }
 
