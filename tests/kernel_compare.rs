@@ -406,3 +406,179 @@ fn hard_links_are_one_inode_as_under_kernel_overlay() {
     assert_eq!(ours_remounted, kernel_remounted, "after a remount");
     assert_eq!(ours_remounted, "same ino true nlink 2 2");
 }
+
+/// Which calls change which times, on new entries and on history ones: for
+/// each call, whether the entry's mtime and ctime and its directory's mtime
+/// and ctime moved (POSIX says which must; overlayfs adds copy-up, which
+/// keeps a history entry's times until the call itself changes them).
+fn timestamp_cases(v: &Path) -> Vec<(String, String)> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let d = v.join("docker/registry/v2");
+    let times = |p: &Path| {
+        fs::symlink_metadata(p)
+            .map(|m| (m.mtime() * 1_000_000_000 + m.mtime_nsec(), m.ctime() * 1_000_000_000 + m.ctime_nsec()))
+    };
+    let mut out = Vec::new();
+    let history_dir = fs::read_dir(d.join("blobs/sha256")).unwrap().next().unwrap().unwrap().path();
+    let history_file = fs::read_dir(&history_dir).unwrap().next().unwrap().unwrap().path().join("data");
+    fs::create_dir(d.join("t")).unwrap();
+    fs::write(d.join("t/f"), b"x").unwrap();
+    type Call = Box<dyn Fn() -> std::io::Result<()>>;
+    let (df, dt) = (d.join("t/f"), d.join("t"));
+    let calls: Vec<(&str, PathBuf, PathBuf, Call)> = vec![
+        (
+            "write new file",
+            df.clone(),
+            dt.clone(),
+            Box::new({
+                let p = df.clone();
+                move || fs::OpenOptions::new().append(true).open(&p)?.write_all(b"y")
+            }),
+        ),
+        (
+            "chmod new file",
+            df.clone(),
+            dt.clone(),
+            Box::new({
+                let p = df.clone();
+                move || fs::set_permissions(&p, fs::Permissions::from_mode(0o600))
+            }),
+        ),
+        (
+            "truncate new file",
+            df.clone(),
+            dt.clone(),
+            Box::new({
+                let p = df.clone();
+                move || fs::OpenOptions::new().write(true).open(&p)?.set_len(1)
+            }),
+        ),
+        (
+            "link new file",
+            df.clone(),
+            dt.clone(),
+            Box::new({
+                let (p, q) = (df.clone(), d.join("t/g"));
+                move || fs::hard_link(&p, &q)
+            }),
+        ),
+        (
+            "rename in its dir",
+            d.join("t/h"),
+            dt.clone(),
+            Box::new({
+                let (p, q) = (d.join("t/g"), d.join("t/h"));
+                move || fs::rename(&p, &q)
+            }),
+        ),
+        (
+            "create in dir",
+            d.join("t/new"),
+            dt.clone(),
+            Box::new({
+                let p = d.join("t/new");
+                move || fs::write(&p, b"")
+            }),
+        ),
+        (
+            "unlink in dir",
+            dt.clone(),
+            dt.clone(),
+            Box::new({
+                let p = d.join("t/new");
+                move || fs::remove_file(&p)
+            }),
+        ),
+        (
+            "mkdir in dir",
+            dt.clone(),
+            dt.clone(),
+            Box::new({
+                let p = d.join("t/sub");
+                move || fs::create_dir(&p)
+            }),
+        ),
+        (
+            "rmdir in dir",
+            dt.clone(),
+            dt.clone(),
+            Box::new({
+                let p = d.join("t/sub");
+                move || fs::remove_dir(&p)
+            }),
+        ),
+        (
+            "symlink in dir",
+            dt.clone(),
+            dt.clone(),
+            Box::new({
+                let p = d.join("t/ln");
+                move || std::os::unix::fs::symlink("f", &p)
+            }),
+        ),
+        (
+            "read history file",
+            history_file.clone(),
+            history_dir.clone(),
+            Box::new({
+                let p = history_file.clone();
+                move || fs::read(&p).map(drop)
+            }),
+        ),
+        (
+            "write history file",
+            history_file.clone(),
+            history_dir.clone(),
+            Box::new({
+                let p = history_file.clone();
+                move || fs::OpenOptions::new().append(true).open(&p)?.write_all(b"+")
+            }),
+        ),
+        (
+            "chmod history dir",
+            history_dir.clone(),
+            d.join("blobs/sha256"),
+            Box::new({
+                let p = history_dir.clone();
+                move || fs::set_permissions(&p, fs::Permissions::from_mode(0o700))
+            }),
+        ),
+        (
+            "create in history dir",
+            history_dir.clone(),
+            d.join("blobs/sha256"),
+            Box::new({
+                let p = history_dir.join("x");
+                move || fs::write(&p, b"")
+            }),
+        ),
+    ];
+    for (what, entry, dir, call) in calls {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let (e0, d0) = (times(&entry).ok(), times(&dir).ok());
+        let r = call();
+        let (e1, d1) = (times(&entry).ok(), times(&dir).ok());
+        let moved = |a: Option<(i64, i64)>, b: Option<(i64, i64)>| match (a, b) {
+            (Some(a), Some(b)) => format!("m{} c{}", u8::from(b.0 != a.0), u8::from(b.1 != a.1)),
+            _ => "-".into(),
+        };
+        out.push((what.to_string(), outcome(r, |_| format!("entry {} dir {}", moved(e0, e1), moved(d0, d1)))));
+    }
+    out
+}
+
+#[test]
+fn timestamps_move_as_under_kernel_overlay() {
+    let ours_layers = Layers::new();
+    let m = ours_layers.regfs();
+    let ours = timestamp_cases(&m.mountpoint);
+    m.umount();
+    let kernel_layers = Layers::new();
+    let k = kernel_layers.kernel();
+    let kernel = timestamp_cases(&k.mountpoint);
+    drop(k);
+    for ((what, o), (_, k)) in ours.iter().zip(&kernel) {
+        eprintln!("{what:24} regfs: {o:32} kernel: {k}");
+    }
+    assert_eq!(ours, kernel, "regfs and kernel overlayfs differ");
+}

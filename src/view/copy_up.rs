@@ -17,14 +17,20 @@ impl View {
         if !entry.is_dir() {
             return Err(errno(libc::ENOTDIR));
         }
-        if let Some(parent) = rel.parent() {
+        let parent = rel.parent();
+        if let Some(parent) = parent {
             self.ensure_upper_dir(parent)?;
         }
+        let parent_up = parent.map(|p| self.layer_path(UPPER, p));
+        let parent_meta = parent_up.as_deref().map(fs::symlink_metadata).transpose()?;
         // A whiteout can't sit where the view shows a directory, but a stale
         // temporary or foreign file could: only a missing name is created.
         fs::create_dir(&up).or_else(|e| if e.kind() == io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })?;
         count_copyup(true);
         copy_attrs(&entry.meta, &up)?;
+        if let (Some(p), Some(m)) = (parent_up, parent_meta) {
+            restore_times(&p, &m)?;
+        }
         Ok(())
     }
 
@@ -45,6 +51,8 @@ impl View {
         }
         let parent = Self::parent_of(rel)?;
         self.ensure_upper_dir(parent)?;
+        let parent_up = self.layer_path(UPPER, parent);
+        let parent_meta = fs::symlink_metadata(&parent_up)?;
         let src = self.real_path(rel, &entry);
         let tmp = self.tmp_path(parent);
         let ft = entry.meta.file_type();
@@ -63,9 +71,17 @@ impl View {
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
+        restore_times(&parent_up, &parent_meta)?;
         count_copyup(false);
         self.resolve_existing(rel)
     }
+}
+
+/// Gives `dir` back the times of `before`: copying up into a directory is
+/// no change a user made, so overlayfs keeps its times (its ctime moves).
+fn restore_times(dir: &Path, before: &Metadata) -> io::Result<()> {
+    let at = |t: io::Result<std::time::SystemTime>| t.map(SetTime::At).unwrap_or(SetTime::Omit);
+    sys::utimens(dir, at(before.accessed()), at(before.modified()))
 }
 
 pub(super) fn copy_file_data(src: &Path, dst: &Path, mode: u32) -> io::Result<()> {
