@@ -133,24 +133,6 @@ impl Drop for Staging {
     }
 }
 
-/// Lists the sub-directory names of `dir` (none if it is missing).
-fn subdirs(dir: &Path) -> Result<Vec<String>> {
-    let rd = match fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
-    };
-    let mut out = Vec::new();
-    for de in rd {
-        let de = de?;
-        if de.file_type()?.is_dir() {
-            out.push(de.file_name().to_string_lossy().into_owned());
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
 /// Folds upper's blobs and layer links into `history`.
 pub fn absorb(history: &Path, upper: &Path) -> Result<AbsorbReport> {
     let history = store::check_lowers(&[history.to_path_buf()], "--history")?.remove(0);
@@ -160,8 +142,8 @@ pub fn absorb(history: &Path, upper: &Path) -> Result<AbsorbReport> {
     let mut report = AbsorbReport::default();
 
     let blobs = layout::blobs_root();
-    for prefix in subdirs(&upper.join(&blobs))? {
-        for hex in subdirs(&upper.join(&blobs).join(&prefix))? {
+    for prefix in crate::util::subdir_names(&upper.join(&blobs))? {
+        for hex in crate::util::subdir_names(&upper.join(&blobs).join(&prefix))? {
             let d = layout::blob_dir_digest(&prefix, &hex).with_context(|| {
                 format!("{}: not a blob directory", upper.join(&blobs).join(&prefix).join(&hex).display())
             })?;
@@ -184,7 +166,7 @@ pub fn absorb(history: &Path, upper: &Path) -> Result<AbsorbReport> {
         .with_context(|| format!("listing the repositories of {}", upper.display()))?;
     for repo in repos {
         let dir = upper.join(layout::layers_dir(&repo));
-        for hex in subdirs(&dir)? {
+        for hex in crate::util::subdir_names(&dir)? {
             let link_path = dir.join(&hex).join(layout::LINK);
             let Ok(content) = fs::read(&link_path) else { continue };
             let d = layout::parse_link(&content).with_context(|| format!("{}: bad link", link_path.display()))?;

@@ -103,8 +103,8 @@ impl Inventory {
         let mut warnings = Vec::new();
         let mut found = Vec::new();
         let blobs_dir = root.join(layout::blobs_root());
-        for prefix in sorted_dir(&blobs_dir)? {
-            for hex in sorted_dir(&blobs_dir.join(&prefix))? {
+        for prefix in crate::util::subdir_names(&blobs_dir)? {
+            for hex in crate::util::subdir_names(&blobs_dir.join(&prefix))? {
                 let Ok(d) = layout::blob_dir_digest(&prefix, &hex) else {
                     warnings.push(format!(
                         "{}: not a blob directory; left out",
@@ -143,7 +143,7 @@ impl Inventory {
         for repo in repos {
             let tags_dir = root.join(layout::tags_dir(&repo));
             let mut tags = BTreeMap::new();
-            for tag in sorted_dir(&tags_dir)? {
+            for tag in crate::util::subdir_names(&tags_dir)? {
                 let link = root.join(layout::tag_current_link(&repo, &tag));
                 match fs::read(&link)
                     .map_err(|e| e.to_string())
@@ -268,24 +268,6 @@ fn read_capped(path: &Path, max: u64) -> Result<Vec<u8>> {
         bail!("{}: larger than {max} bytes: not an inventory", path.display());
     }
     Ok(buf)
-}
-
-/// The names of the subdirectories of `dir`, sorted (none if it is missing).
-fn sorted_dir(dir: &Path) -> Result<Vec<String>> {
-    let rd = match fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
-    };
-    let mut out = Vec::new();
-    for de in rd {
-        let de = de.with_context(|| format!("reading {}", dir.display()))?;
-        if de.file_type().is_ok_and(|t| t.is_dir()) {
-            out.push(de.file_name().to_string_lossy().into_owned());
-        }
-    }
-    out.sort();
-    Ok(out)
 }
 
 /// Whether the file at `path` hashes to `want`.

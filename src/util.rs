@@ -63,3 +63,25 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     let _ = fs::File::open(dir).and_then(|d| d.sync_all());
     Ok(())
 }
+
+/// The names of the subdirectories of `dir`, sorted; none if it is missing.
+pub fn subdir_names(dir: &Path) -> anyhow::Result<Vec<String>> {
+    use anyhow::Context;
+    let names = || -> io::Result<Vec<String>> {
+        let rd = match fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for de in rd {
+            let de = de?;
+            if de.file_type()?.is_dir() {
+                out.push(de.file_name().to_string_lossy().into_owned());
+            }
+        }
+        out.sort();
+        Ok(out)
+    };
+    names().with_context(|| format!("reading {}", dir.display()))
+}

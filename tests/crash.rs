@@ -22,17 +22,15 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::{BufRead, BufReader};
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Child;
 use std::time::{Duration, Instant};
 use support::fixtures;
 
 use fixtures::{V2, copy_tree, file_sha, regfs_layers, regfs_ok, text};
-use support::mount::{Mount, is_mountpoint, regfs_bin};
+use support::mount::{Mount, is_mountpoint};
 use support::oci::{self, ImageRef, ImageSpec};
+use support::pause::{Paused, kill, run_to_pause};
 use support::registry::Registry;
 use support::release::{self, SkopeoCache, StoreFiles};
 use support::tree::{self, RepoSpec, assert_unchanged};
@@ -49,51 +47,12 @@ fn wait_gone(pid: u32) {
 /// Starts `regfs ARGS` with `REGFS_TEST_PAUSE=POINT:N` and returns it once
 /// it says it paused there; panics with its output if it ends first.
 fn run_until_pause(args: &[String], point: &str, n: u64) -> Child {
-    let mut child = Command::new(regfs_bin())
-        .args(args)
-        .env(regfs::testhook::PAUSE_VAR, format!("{point}:{n}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running the regfs binary");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let want = format!("regfs: test pause at {point} {n} (pid {})", child.id());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut seen = Vec::new();
-    loop {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(Ok(line)) if line == want => return child,
-            Ok(Ok(line)) => seen.push(line),
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                let _ = regfs::sys::kill(child.id(), libc::SIGKILL);
-                let _ = child.wait();
-                panic!("regfs {} did not pause at {point} {n} within 30 s:\n{}", args.join(" "), seen.join("\n"));
-            }
-            Ok(Err(_)) | Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let status = child.wait().expect("waiting for regfs");
-                panic!(
-                    "regfs {} ended ({status}) without pausing at {point} {n}:\n{}",
-                    args.join(" "),
-                    seen.join("\n")
-                );
-            }
+    match run_to_pause(args, point, n) {
+        Paused::At(child) => child,
+        Paused::Ended(status, log) => {
+            panic!("regfs {} ended ({status}) without pausing at {point} {n}:\n{log}", args.join(" "))
         }
     }
-}
-
-/// SIGKILLs a child paused by [`run_until_pause`] and reaps it.
-fn kill(mut child: Child) {
-    regfs::sys::kill(child.id(), libc::SIGKILL).expect("kill -9 our own child");
-    let status = child.wait().expect("waiting for regfs");
-    assert_eq!(status.signal(), Some(libc::SIGKILL), "regfs ended by itself ({status}) instead of being killed");
 }
 
 fn args(sub: &str, lowers: &[&Path], upper: &Path, extra: &[&str]) -> Vec<String> {

@@ -21,17 +21,15 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Output;
 use support::fixtures;
 
 use fixtures::{StoreWriter, V2, empty_root, untar};
 use serde_json::Value;
-use support::mount::{regfs, regfs_bin, test_mode, text};
+use support::mount::{regfs, test_mode, text};
 use support::oci::{self, ImageRef, digest_hex};
+use support::pause::{Paused, kill, run_to_pause};
 use support::registry::Registry;
 use support::release::{self, Pulled, SkopeoCache};
 use support::tree::{Snapshot, assert_unchanged, snapshot};
@@ -793,44 +791,16 @@ fn inventories_name_what_a_site_holds_and_hostile_ones_are_refused() {
     assert!(err.contains("one of them is corrupt"), "{err}");
 }
 
-/// Starts `regfs ARGS` paused at `POINT:N`; `None` if it finished first.
-fn run_to_pause(args: &[&str], point: &str, n: u64) -> Option<std::process::Child> {
-    let mut child = Command::new(regfs_bin())
-        .args(args)
-        .env(regfs::testhook::PAUSE_VAR, format!("{point}:{n}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running regfs");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let want = format!("regfs: test pause at {point} {n} (pid {})", child.id());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut seen = Vec::new();
-    loop {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(line) if line == want => return Some(child),
-            Ok(line) => seen.push(line),
-            Err(_) => {
-                let status = child.wait().expect("wait");
-                assert!(status.success() || Instant::now() < deadline, "regfs hung:\n{}", seen.join("\n"));
-                assert!(status.success(), "regfs failed before {point} {n}:\n{}", seen.join("\n"));
-                return None;
-            }
+/// Starts `regfs ARGS` paused at `POINT:N`; `None` if it finished first
+/// (the point lies past its work), which it must do successfully.
+fn paused_at(args: &[&str], point: &str, n: u64) -> Option<std::process::Child> {
+    match run_to_pause(args, point, n) {
+        Paused::At(child) => Some(child),
+        Paused::Ended(status, log) => {
+            assert!(status.success(), "regfs failed before {point} {n} ({status}):\n{log}");
+            None
         }
     }
-}
-
-fn kill(mut child: std::process::Child) {
-    regfs::sys::kill(child.id(), libc::SIGKILL).expect("SIGKILL");
-    let _ = child.wait();
 }
 
 #[test]
@@ -850,7 +820,7 @@ fn an_apply_killed_anywhere_is_finished_by_running_it_again() {
             let before = docker_tree(&site);
             let a = args(&site);
             let a: Vec<&str> = a.iter().map(String::as_str).collect();
-            let Some(child) = run_to_pause(&a, point, n) else {
+            let Some(child) = paused_at(&a, point, n) else {
                 // It finished: past the last point.
                 assert_eq!(docker_tree(&site), want);
                 break;

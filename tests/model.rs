@@ -117,23 +117,7 @@ fn run_case(lower_spec: &[Lower], ops: &[Op]) -> Result<(), TestCaseError> {
 
     let m = Mount::fuse(&[&lower], &upper, &mnt, &args);
     compare("freshly mounted", &model.visible(), &mnt)?;
-    let mut done: Vec<Op<P>> = Vec::new();
-    for op in ops {
-        let op = op.concrete(&model);
-        let i = done.len();
-        done.push(op.clone());
-        let want = class(model.apply(&op));
-        let got = class(apply_real(&mnt, &op));
-        let name = |r: Res<()>| r.map_err(|e| std::io::Error::from_raw_os_error(e).to_string());
-        if want != got {
-            return Err(TestCaseError::fail(format!(
-                "op {i} {op:?}: the model gives {:?}, regfs {:?}\nthe operations as run: {done:#?}",
-                name(want),
-                name(got)
-            )));
-        }
-        compare(&format!("after op {i} {op:?} (the operations as run: {done:?})"), &model.visible(), &mnt)?;
-    }
+    run_ops(&mut model, ops, "regfs", |op| apply_real(&mnt, op), |what, want| compare(what, want, &mnt))?;
     m.umount();
     if tree::snapshot(&lower) != lower_before {
         return Err(TestCaseError::fail("the lower was modified"));

@@ -5,8 +5,8 @@
 //! tree must match the model, and the lower must end unchanged to the byte.
 //!
 //! What the kernel's VFS does before a request reaches a filesystem (the
-//! path walk, following symlinks; rename's ancestry checks) is done here by
-//! a small walker, as `namei` would. Histories and `chmod`s keep to modes
+//! path walk, following symlinks; rename's ancestry checks) is done here:
+//! the model's `namei` walks the view. Histories and `chmod`s keep to modes
 //! their owner may write: unprivileged, the permission bits bind regfs's own
 //! writes to upper (under FUSE the kernel checks them, as root, first).
 
@@ -25,13 +25,6 @@ use support::tree;
 
 fn errno(e: std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(-1)
-}
-
-/// What the view shows at a path: its kind, or nothing.
-enum Kind {
-    Dir,
-    File,
-    Link(String),
 }
 
 /// The view with a namei-like walker in front, as a FUSE mount has the VFS.
@@ -53,45 +46,8 @@ impl Vfs {
         }))
     }
 
-    /// As [`Model::walk`], over the view.
-    fn walk(&self, dir: &str, path: &str, follow: bool, links: &mut u32) -> Res<String> {
-        if path.starts_with('/') {
-            return Err(libc::ENOENT);
-        }
-        let comps: Vec<&str> = path.split('/').collect();
-        let mut cur = dir.to_string();
-        for (i, c) in comps.iter().enumerate() {
-            let last = i + 1 == comps.len();
-            let child = join(&cur, c);
-            match self.kind(&child)? {
-                None if last => return Ok(child),
-                None => return Err(libc::ENOENT),
-                Some(Kind::Dir) => cur = child,
-                Some(Kind::File) if last => return Ok(child),
-                Some(Kind::File) => return Err(libc::ENOTDIR),
-                Some(Kind::Link(_)) if last && !follow => return Ok(child),
-                Some(Kind::Link(target)) => {
-                    *links += 1;
-                    if *links > MAX_LINKS {
-                        return Err(libc::ELOOP);
-                    }
-                    let real = self.walk(&cur, &target, true, links)?;
-                    if last {
-                        return Ok(real);
-                    }
-                    match self.kind(&real)? {
-                        Some(Kind::Dir) => cur = real,
-                        None => return Err(libc::ENOENT),
-                        Some(_) => return Err(libc::ENOTDIR),
-                    }
-                }
-            }
-        }
-        Ok(cur)
-    }
-
     fn resolve(&self, p: &str, follow: bool) -> Res<String> {
-        self.walk("", p, follow, &mut 0)
+        namei(&|p| self.kind(p), "", p, follow, &mut 0)
     }
 
     fn parent_dir(&self, parent: &str) -> Res<String> {
@@ -262,23 +218,7 @@ fn run_case(lower_spec: &[Lower], ops: &[Op]) -> Result<(), TestCaseError> {
     };
     let vfs = open();
     compare("fresh", &model.visible(), &vfs)?;
-    let mut done: Vec<Op<P>> = Vec::new();
-    for op in ops {
-        let op = op.concrete(&model);
-        let i = done.len();
-        done.push(op.clone());
-        let want = class(model.apply(&op));
-        let got = class(vfs.apply(&op));
-        let name = |r: Res<()>| r.map_err(|e| std::io::Error::from_raw_os_error(e).to_string());
-        if want != got {
-            return Err(TestCaseError::fail(format!(
-                "op {i} {op:?}: the model gives {:?}, the view {:?}\nthe operations as run: {done:#?}",
-                name(want),
-                name(got)
-            )));
-        }
-        compare(&format!("after op {i} {op:?} (the operations as run: {done:?})"), &model.visible(), &vfs)?;
-    }
+    run_ops(&mut model, ops, "the view", |op| vfs.apply(op), |what, want| compare(what, want, &vfs))?;
     // A new view of the same layers (a remount) shows the same tree.
     compare("a new view of the same upper", &model.visible(), &open())?;
     prop_assert_eq!(tree::snapshot(&lower), lower_before, "the lower was modified");

@@ -8,6 +8,7 @@ pub mod fixtures;
 pub mod mount;
 pub mod oci;
 pub mod overlay_model;
+pub mod pause;
 pub mod registry;
 pub mod release;
 pub mod tree;

@@ -173,6 +173,93 @@ pub fn op(owner_writable: bool) -> impl Strategy<Value = Op> {
     ]
 }
 
+// ------------------------------------------------------------------- namei
+
+/// What a path walk finds at one name.
+pub enum Kind {
+    Dir,
+    File,
+    Link(String),
+}
+
+/// Path walk from directory `dir`, as the kernel's namei does, over any
+/// tree `kind` describes: every symlink on the way is followed (the last
+/// one only when `follow`). Returns the real path of the last component,
+/// whose parent exists and is a directory; the last component itself may
+/// not exist.
+pub fn namei(
+    kind: &dyn Fn(&str) -> Res<Option<Kind>>,
+    dir: &str,
+    path: &str,
+    follow: bool,
+    links: &mut u32,
+) -> Res<String> {
+    if path.starts_with('/') {
+        // Absolute targets lead out of the view, where nothing exists.
+        return Err(libc::ENOENT);
+    }
+    let comps: Vec<&str> = path.split('/').collect();
+    let mut cur = dir.to_string();
+    for (i, c) in comps.iter().enumerate() {
+        let last = i + 1 == comps.len();
+        let child = join(&cur, c);
+        match kind(&child)? {
+            None if last => return Ok(child),
+            None => return Err(libc::ENOENT),
+            Some(Kind::Dir) => cur = child,
+            Some(Kind::File) if last => return Ok(child),
+            Some(Kind::File) => return Err(libc::ENOTDIR),
+            Some(Kind::Link(_)) if last && !follow => return Ok(child),
+            Some(Kind::Link(target)) => {
+                *links += 1;
+                if *links > MAX_LINKS {
+                    return Err(libc::ELOOP);
+                }
+                let real = namei(kind, &cur, &target, true, links)?;
+                if last {
+                    return Ok(real);
+                }
+                match kind(&real)? {
+                    Some(Kind::Dir) => cur = real,
+                    None => return Err(libc::ENOENT),
+                    Some(_) => return Err(libc::ENOTDIR),
+                }
+            }
+        }
+    }
+    Ok(cur)
+}
+
+/// Runs `ops` on the model and, through `apply`, on the system under test
+/// (`who`), comparing the errno class of each and, through `compare`, the
+/// whole visible tree after each.
+pub fn run_ops(
+    model: &mut Model,
+    ops: &[Op],
+    who: &str,
+    apply: impl Fn(&Op<P>) -> Res<()>,
+    compare: impl Fn(&str, &Tree) -> Result<(), proptest::test_runner::TestCaseError>,
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    let mut done: Vec<Op<P>> = Vec::new();
+    for op in ops {
+        let op = op.concrete(model);
+        let i = done.len();
+        done.push(op.clone());
+        let want = class(model.apply(&op));
+        let got = class(apply(&op));
+        let name = |r: Res<()>| r.map_err(|e| std::io::Error::from_raw_os_error(e).to_string());
+        if want != got {
+            return Err(proptest::test_runner::TestCaseError::fail(format!(
+                "op {i} {op:?}: the model gives {:?}, {who} {:?}\nthe operations as run: {done:#?}",
+                name(want),
+                name(got)
+            )));
+        }
+        compare(&format!("after op {i} {op:?} (the operations as run: {done:?})"), &model.visible())?;
+    }
+    Ok(())
+}
+
 // ------------------------------------------------------------------- model
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -262,49 +349,17 @@ impl Model {
         self.nodes.range(prefix.clone()..).next().is_some_and(|(k, _)| k.starts_with(&prefix))
     }
 
-    /// Path walk from directory `dir`, as namei does: every symlink on the
-    /// way is followed (the last one only when `follow`). Returns the real
-    /// path of the last component, whose parent exists and is a directory;
-    /// the last component itself may not exist.
-    pub fn walk(&self, dir: &str, path: &str, follow: bool, links: &mut u32) -> Res<String> {
-        if path.starts_with('/') {
-            // Absolute targets lead out of the view, where nothing exists.
-            return Err(libc::ENOENT);
-        }
-        let comps: Vec<&str> = path.split('/').collect();
-        let mut cur = dir.to_string();
-        for (i, c) in comps.iter().enumerate() {
-            let last = i + 1 == comps.len();
-            let child = join(&cur, c);
-            match self.nodes.get(&child) {
-                None if last => return Ok(child),
-                None => return Err(libc::ENOENT),
-                Some(Node::Dir { .. }) => cur = child,
-                Some(Node::File { .. }) if last => return Ok(child),
-                Some(Node::File { .. }) => return Err(libc::ENOTDIR),
-                Some(Node::Link { .. }) if last && !follow => return Ok(child),
-                Some(Node::Link { target }) => {
-                    *links += 1;
-                    if *links > MAX_LINKS {
-                        return Err(libc::ELOOP);
-                    }
-                    let real = self.walk(&cur, target, true, links)?;
-                    if last {
-                        return Ok(real);
-                    }
-                    match self.nodes.get(&real) {
-                        Some(Node::Dir { .. }) => cur = real,
-                        None => return Err(libc::ENOENT),
-                        Some(_) => return Err(libc::ENOTDIR),
-                    }
-                }
-            }
-        }
-        Ok(cur)
+    /// What the model holds at `p`.
+    pub fn kind(&self, p: &str) -> Res<Option<Kind>> {
+        Ok(self.nodes.get(p).map(|n| match n {
+            Node::Dir { .. } => Kind::Dir,
+            Node::File { .. } => Kind::File,
+            Node::Link { target } => Kind::Link(target.clone()),
+        }))
     }
 
     pub fn resolve(&self, p: &str, follow: bool) -> Res<String> {
-        self.walk("", p, follow, &mut 0)
+        namei(&|p| self.kind(p), "", p, follow, &mut 0)
     }
 
     /// The real directory a path's parent part names.
