@@ -435,6 +435,17 @@ fn find(recs: &[Rec], pred: impl Fn(&str) -> bool) -> usize {
     recs.iter().position(|r| pred(&String::from_utf8_lossy(&r.name))).expect("a matching record")
 }
 
+/// An edit of a tar's records; false: write it without the end marker.
+type Edit = Box<dyn Fn(&mut Vec<Rec>) -> bool>;
+
+/// The edit that adds the record `r`.
+fn adding(r: Rec) -> Edit {
+    Box::new(move |recs| {
+        recs.push(r.clone());
+        true
+    })
+}
+
 #[test]
 fn hostile_bundles_are_refused_naming_the_entry_and_nothing_is_written() {
     let s = Small::new();
@@ -446,7 +457,6 @@ fn hostile_bundles_are_refused_naming_the_entry_and_nothing_is_written() {
     let link_name = String::from_utf8_lossy(&good[link_at].name).into_owned();
     let other_digest = format!("sha256:{}", "0".repeat(64));
     let store = |rest: &str| format!("{V2}/{rest}");
-    type Edit = Box<dyn Fn(&mut Vec<Rec>) -> bool>;
     // (what, edit of delta 2's records (false: write without the end marker), what the error must say)
     let cases: Vec<(&str, Edit, String)> = vec![
         (
@@ -460,60 +470,19 @@ fn hostile_bundles_are_refused_naming_the_entry_and_nothing_is_written() {
         ("no end marker", Box::new(|_| false), "truncated".into()),
         (
             "dot-dot",
-            Box::new(|r| {
-                r.push(rec(&format!("{V2}/blobs/../../../etc/passwd"), tar::EntryType::Regular, b"x"));
-                true
-            }),
+            adding(rec(&format!("{V2}/blobs/../../../etc/passwd"), tar::EntryType::Regular, b"x")),
             "a '..' component".into(),
         ),
-        (
-            "absolute",
-            Box::new(|r| {
-                r.push(rec("/etc/passwd", tar::EntryType::Regular, b"x"));
-                true
-            }),
-            "/etc/passwd: an absolute path".into(),
-        ),
+        ("absolute", adding(rec("/etc/passwd", tar::EntryType::Regular, b"x")), "/etc/passwd: an absolute path".into()),
         (
             "symlink",
-            Box::new(move |r| {
-                r.push(rec(&store("repositories/app/_layers/sha256/x"), tar::EntryType::Symlink, b""));
-                true
-            }),
+            adding(rec(&store("repositories/app/_layers/sha256/x"), tar::EntryType::Symlink, b"")),
             "a symlink".into(),
         ),
-        (
-            "hard link",
-            Box::new(move |r| {
-                r.push(rec(&store("blobs/x"), tar::EntryType::Link, b""));
-                true
-            }),
-            "a hard link".into(),
-        ),
-        (
-            "char device",
-            Box::new(move |r| {
-                r.push(rec(&store("blobs/c"), tar::EntryType::Char, b""));
-                true
-            }),
-            "a character device".into(),
-        ),
-        (
-            "block device",
-            Box::new(move |r| {
-                r.push(rec(&store("blobs/b"), tar::EntryType::Block, b""));
-                true
-            }),
-            "a block device".into(),
-        ),
-        (
-            "fifo",
-            Box::new(move |r| {
-                r.push(rec(&store("blobs/f"), tar::EntryType::Fifo, b""));
-                true
-            }),
-            "a fifo".into(),
-        ),
+        ("hard link", adding(rec(&store("blobs/x"), tar::EntryType::Link, b"")), "a hard link".into()),
+        ("char device", adding(rec(&store("blobs/c"), tar::EntryType::Char, b"")), "a character device".into()),
+        ("block device", adding(rec(&store("blobs/b"), tar::EntryType::Block, b"")), "a block device".into()),
+        ("fifo", adding(rec(&store("blobs/f"), tar::EntryType::Fifo, b"")), "a fifo".into()),
         (
             "duplicate",
             Box::new(move |r| {
@@ -525,34 +494,22 @@ fn hostile_bundles_are_refused_naming_the_entry_and_nothing_is_written() {
         ),
         (
             "a file where the blob store has prefix directories",
-            Box::new(move |r| {
-                r.push(rec(&store("blobs/sha256/zz"), tar::EntryType::Regular, b""));
-                true
-            }),
+            adding(rec(&store("blobs/sha256/zz"), tar::EntryType::Regular, b"")),
             "has no place in a registry store".into(),
         ),
         (
             "long name header of 1 MiB",
-            Box::new(move |r| {
-                r.push(rec(&"d/".repeat(1 << 19), tar::EntryType::Regular, b""));
-                true
-            }),
+            adding(rec(&"d/".repeat(1 << 19), tar::EntryType::Regular, b"")),
             "a GNU long name of".into(),
         ),
         (
             "uploads",
-            Box::new(move |r| {
-                r.push(rec(&store("repositories/app/_uploads/u/data"), tar::EntryType::Regular, b"half"));
-                true
-            }),
+            adding(rec(&store("repositories/app/_uploads/u/data"), tar::EntryType::Regular, b"half")),
             "_uploads/u/data: has no place".into(),
         ),
         (
             "outside docker/",
-            Box::new(|r| {
-                r.push(rec("etc/cron.d/x", tar::EntryType::Regular, b"x"));
-                true
-            }),
+            adding(rec("etc/cron.d/x", tar::EntryType::Regular, b"x")),
             "etc/cron.d/x: has no place".into(),
         ),
         (

@@ -210,6 +210,44 @@ fn an_unprivileged_writer_drops_setid_bits_as_under_the_kernel() {
     assert_eq!(ours, expected.map(|(n, m)| (n.to_string(), m)).to_vec());
 }
 
+/// Each case's name and outcome.
+type Outcomes = Vec<(String, String)>;
+/// Calls made on a mounted view, with their outcomes.
+type Cases = fn(&Path) -> Outcomes;
+/// A mountpoint and what unmounts it.
+type Mounted = (PathBuf, Box<dyn FnOnce()>);
+
+/// Runs `cases` on a regfs mount and on kernel overlayfs, each over its own
+/// copy of the same history (the second time, on the same upper again:
+/// `then`), prints them side by side and asserts they are the same.
+fn beside_kernel(cases: Cases, then: Option<Cases>) -> Outcomes {
+    let run = |mount: &dyn Fn(&Layers) -> Mounted| {
+        let layers = Layers::new();
+        let (mp, done) = mount(&layers);
+        let mut out = cases(&mp);
+        done();
+        if let Some(then) = then {
+            let (mp, done) = mount(&layers);
+            out.extend(then(&mp));
+            done();
+        }
+        out
+    };
+    let ours = run(&|l: &Layers| {
+        let m = l.regfs();
+        (m.mountpoint.clone(), Box::new(move || drop(m.umount())))
+    });
+    let kernel = run(&|l: &Layers| {
+        let k = l.kernel();
+        (k.mountpoint.clone(), Box::new(move || drop(k)))
+    });
+    for ((what, o), (_, k)) in ours.iter().zip(&kernel) {
+        eprintln!("{what:40} regfs: {o:45} kernel: {k}");
+    }
+    assert_eq!(ours, kernel, "regfs and kernel overlayfs differ");
+    ours
+}
+
 /// The outcome of one call: `ok` with what it showed, or the errno.
 fn outcome<T>(r: std::io::Result<T>, ok: impl FnOnce(T) -> String) -> String {
     match r {
@@ -265,18 +303,7 @@ fn creation_cases(v: &Path) -> Vec<(String, String)> {
 
 #[test]
 fn creating_opens_and_special_files_match_kernel_overlay() {
-    let ours_layers = Layers::new();
-    let m = ours_layers.regfs();
-    let ours = creation_cases(&m.mountpoint);
-    m.umount();
-    let kernel_layers = Layers::new();
-    let k = kernel_layers.kernel();
-    let kernel = creation_cases(&k.mountpoint);
-    drop(k);
-    for ((what, o), (_, k)) in ours.iter().zip(&kernel) {
-        eprintln!("{what:45} regfs: {o:30} kernel: {k}");
-    }
-    assert_eq!(ours, kernel, "regfs and kernel overlayfs differ");
+    let ours = beside_kernel(creation_cases, None);
     assert!(ours[0].1.starts_with("ok"), "the kernel creates the file: {ours:?}");
 }
 
@@ -320,18 +347,7 @@ fn unlinked_cases(v: &Path) -> Vec<(String, String)> {
 
 #[test]
 fn an_unlinked_open_file_works_as_under_kernel_overlay() {
-    let ours_layers = Layers::new();
-    let m = ours_layers.regfs();
-    let ours = unlinked_cases(&m.mountpoint);
-    m.umount();
-    let kernel_layers = Layers::new();
-    let k = kernel_layers.kernel();
-    let kernel = unlinked_cases(&k.mountpoint);
-    drop(k);
-    for ((what, o), (_, k)) in ours.iter().zip(&kernel) {
-        eprintln!("{what:32} regfs: {o:38} kernel: {k}");
-    }
-    assert_eq!(ours, kernel, "regfs and kernel overlayfs differ");
+    beside_kernel(unlinked_cases, None);
 }
 
 /// Hard links: one inode, one nlink for every name, at once (after link,
@@ -376,35 +392,17 @@ fn hardlink_cases(v: &Path) -> Vec<(String, String)> {
 }
 
 /// The names of an upper's hard-linked file, looked up in a fresh mount.
-fn hardlinks_after_remount(v: &Path) -> String {
+fn hardlinks_after_remount(v: &Path) -> Vec<(String, String)> {
     use std::os::unix::fs::MetadataExt;
     let d = v.join("docker/registry/v2");
     let (b2, e) = (fs::metadata(d.join("dir/b2")).unwrap(), fs::metadata(d.join("e")).unwrap());
-    format!("same ino {} nlink {} {}", b2.ino() == e.ino(), b2.nlink(), e.nlink())
+    vec![("after a remount".into(), format!("same ino {} nlink {} {}", b2.ino() == e.ino(), b2.nlink(), e.nlink()))]
 }
 
 #[test]
 fn hard_links_are_one_inode_as_under_kernel_overlay() {
-    let ours_layers = Layers::new();
-    let m = ours_layers.regfs();
-    let ours = hardlink_cases(&m.mountpoint);
-    m.umount();
-    let again = ours_layers.regfs();
-    let ours_remounted = hardlinks_after_remount(&again.mountpoint);
-    again.umount();
-    let kernel_layers = Layers::new();
-    let k = kernel_layers.kernel();
-    let kernel = hardlink_cases(&k.mountpoint);
-    drop(k);
-    let k = kernel_layers.kernel();
-    let kernel_remounted = hardlinks_after_remount(&k.mountpoint);
-    drop(k);
-    for ((what, o), (_, k)) in ours.iter().zip(&kernel) {
-        eprintln!("{what:36} regfs: {o:45} kernel: {k}");
-    }
-    assert_eq!(ours, kernel, "regfs and kernel overlayfs differ");
-    assert_eq!(ours_remounted, kernel_remounted, "after a remount");
-    assert_eq!(ours_remounted, "same ino true nlink 2 2");
+    let ours = beside_kernel(hardlink_cases, Some(hardlinks_after_remount));
+    assert_eq!(ours.last().map(|c| c.1.as_str()), Some("same ino true nlink 2 2"), "after a remount");
 }
 
 /// Which calls change which times, on new entries and on history ones: for
@@ -569,16 +567,5 @@ fn timestamp_cases(v: &Path) -> Vec<(String, String)> {
 
 #[test]
 fn timestamps_move_as_under_kernel_overlay() {
-    let ours_layers = Layers::new();
-    let m = ours_layers.regfs();
-    let ours = timestamp_cases(&m.mountpoint);
-    m.umount();
-    let kernel_layers = Layers::new();
-    let k = kernel_layers.kernel();
-    let kernel = timestamp_cases(&k.mountpoint);
-    drop(k);
-    for ((what, o), (_, k)) in ours.iter().zip(&kernel) {
-        eprintln!("{what:24} regfs: {o:32} kernel: {k}");
-    }
-    assert_eq!(ours, kernel, "regfs and kernel overlayfs differ");
+    beside_kernel(timestamp_cases, None);
 }
