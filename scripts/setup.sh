@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
-packages=(fuse3 docker-registry skopeo util-linux passwd fuse-overlayfs)
+packages=(fuse3 docker-registry skopeo util-linux passwd fuse-overlayfs python3-minimal)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

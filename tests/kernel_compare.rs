@@ -45,6 +45,13 @@ impl Layers {
         Mount::fuse(&[&self.lower], &self.upper, &self.path("mnt"), &["--policy", self.transparent.to_str().unwrap()])
     }
 
+    /// [`Layers::regfs`] that other users may enter (`--allow-other`), as a
+    /// kernel overlay mount always is.
+    fn regfs_shared(&self) -> Mount {
+        let policy = self.transparent.to_str().unwrap();
+        Mount::fuse(&[&self.lower], &self.upper, &self.path("mnt"), &["--policy", policy, "--allow-other"])
+    }
+
     fn kernel(&self) -> KernelOverlay {
         // A fresh work dir each time: never share work between mounts.
         let work = self.path(&format!("work-{}", std::process::id()));
@@ -234,7 +241,7 @@ fn beside_kernel(cases: Cases, then: Option<Cases>) -> Outcomes {
         out
     };
     let ours = run(&|l: &Layers| {
-        let m = l.regfs();
+        let m = l.regfs_shared();
         (m.mountpoint.clone(), Box::new(move || drop(m.umount())))
     });
     let kernel = run(&|l: &Layers| {
@@ -568,4 +575,107 @@ fn timestamp_cases(v: &Path) -> Vec<(String, String)> {
 #[test]
 fn timestamps_move_as_under_kernel_overlay() {
     beside_kernel(timestamp_cases, None);
+}
+
+/// rename(2) over what is there already, on new and history entries, and
+/// the longest names: each outcome (errno, or what the names then are).
+fn rename_and_name_cases(v: &Path) -> Outcomes {
+    let d = v.join("docker/registry/v2");
+    let mut out = Vec::new();
+    let mut case = |what: &str, result: String| out.push((what.to_string(), result));
+    let history_dir = fs::read_dir(d.join("blobs/sha256")).unwrap().next().unwrap().unwrap().path();
+    let history_blob = fs::read_dir(&history_dir).unwrap().next().unwrap().unwrap().path();
+    let history_file = history_blob.join("data");
+    fs::write(d.join("f1"), b"1").unwrap();
+    fs::write(d.join("f2"), b"2").unwrap();
+    fs::create_dir_all(d.join("d1/sub")).unwrap();
+    fs::create_dir(d.join("d2")).unwrap();
+    fs::create_dir(d.join("d3")).unwrap();
+    let rn = |a: &Path, b: &Path| outcome(fs::rename(a, b), |_| String::new());
+    let read = |p: &Path| outcome(fs::read(p), |v| String::from_utf8_lossy(&v).into());
+    case("file over file", rn(&d.join("f1"), &d.join("f2")));
+    case("the target's content", read(&d.join("f2")));
+    case("file over empty dir", rn(&d.join("f2"), &d.join("d2")));
+    case("dir over file", rn(&d.join("d2"), &d.join("f2")));
+    case("dir over non-empty dir", rn(&d.join("d3"), &d.join("d1")));
+    case("dir over empty dir", rn(&d.join("d1"), &d.join("d3")));
+    case("dir into itself", rn(&d.join("d3"), &d.join("d3/sub/x")));
+    case("history file over new file", rn(&history_file, &d.join("f2")));
+    case("history file's content moved", outcome(fs::metadata(d.join("f2")), |m| format!("size {}", m.len())));
+    case("the history name", outcome(fs::symlink_metadata(&history_file), |_| "present".into()));
+    case("history dir with content", rn(&history_blob, &d.join("moved")));
+    case("new file over history dir", rn(&d.join("f2"), &history_dir));
+    let n255 = "n".repeat(255);
+    let n256 = "n".repeat(256);
+    case("create a 255-byte name", outcome(fs::write(d.join(&n255), b"x"), |_| String::new()));
+    case("create a 256-byte name", outcome(fs::write(d.join(&n256), b"x"), |_| String::new()));
+    case("rename to a 255-byte name", rn(&d.join(&n255), &d.join("m".repeat(255))));
+    case("mkdir a 255-byte name", outcome(fs::create_dir(d.join("k".repeat(255))), |_| String::new()));
+    let deep: PathBuf = (0..6).map(|_| "p".repeat(200)).collect();
+    case("a 1.2 KiB path", outcome(fs::create_dir_all(d.join(&deep)), |_| String::new()));
+    case("a file at its end", outcome(fs::write(d.join(&deep).join("f"), b"deep"), |_| String::new()));
+    out
+}
+
+#[test]
+fn renames_over_existing_entries_and_long_names_match_kernel_overlay() {
+    beside_kernel(rename_and_name_cases, None);
+}
+
+/// What a second user may do through the view: the kernel checks the modes
+/// and owners the view shows (regfs mounts with `default_permissions`).
+fn second_user_cases(v: &Path) -> Outcomes {
+    use std::os::unix::fs::PermissionsExt;
+    let d = v.join("docker/registry/v2");
+    // The test's temporary directory is 0700: let the second user reach the mount.
+    let top = v.parent().expect("the mountpoint's directory");
+    fs::set_permissions(top, fs::Permissions::from_mode(0o755)).unwrap();
+    let history = fs::read_dir(d.join("blobs/sha256")).unwrap().next().unwrap().unwrap().path();
+    for (name, mode) in [("private", 0o600), ("public", 0o644)] {
+        fs::write(d.join(name), b"data").unwrap();
+        fs::set_permissions(d.join(name), fs::Permissions::from_mode(mode)).unwrap();
+    }
+    fs::create_dir(d.join("open")).unwrap();
+    fs::set_permissions(d.join("open"), fs::Permissions::from_mode(0o777)).unwrap();
+    fs::set_permissions(&history, fs::Permissions::from_mode(0o700)).unwrap();
+    let script = r#"
+import os, sys
+def t(what, f):
+    try:
+        r = f()
+        print(what, "ok", "" if r is None else r)
+    except OSError as e:
+        print(what, "errno", e.errno)
+t("read 0600 file", lambda: open("private").read())
+t("read 0644 file", lambda: open("public").read())
+t("write 0644 file", lambda: open("public", "a").write("x"))
+t("create in root's 0755 dir", lambda: open("new", "w").close())
+t("create in a 0777 dir", lambda: open("open/mine", "w").close())
+t("stat the new file's owner", lambda: os.stat("open/mine").st_uid)
+t("list a 0700 history dir", lambda: len(os.listdir(sys.argv[1])))
+t("unlink its own file", lambda: os.unlink("open/mine"))
+"#;
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid", "4242", "--regid", "4242", "--clear-groups", "/usr/bin/python3", "-c", script])
+        .arg(&history)
+        .current_dir(&d)
+        .output()
+        .expect("running setpriv");
+    assert!(out.status.success(), "the second user's script: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| match l.split_once(" ok") {
+            Some((what, rest)) => (what.to_string(), format!("ok{rest}")),
+            None => match l.split_once(" errno") {
+                Some((what, rest)) => (what.to_string(), format!("errno{rest}")),
+                None => (l.to_string(), String::new()),
+            },
+        })
+        .collect()
+}
+
+#[test]
+fn a_second_user_gets_what_the_kernel_gives_it() {
+    let ours = beside_kernel(second_user_cases, None);
+    assert_eq!(ours.len(), 8, "{ours:?}");
 }
