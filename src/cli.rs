@@ -206,6 +206,9 @@ struct ReleaseArgs {
     /// The release's name in the bundle (default: the tar's name without .tar).
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
+    /// Replace an existing -o FILE.tar (refused otherwise).
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args, Debug)]
@@ -242,7 +245,8 @@ struct AbsorbArgs {
 struct LayerArgs {
     /// A history registry rootdirectory (holds docker/registry/v2). Repeat for
     /// several; the first is the topmost. Opened read-only, never written.
-    #[arg(long = "lower", value_name = "DIR", required = true)]
+    /// `mount` needs one; gc and export of a single store take it as --upper alone.
+    #[arg(long = "lower", value_name = "DIR")]
     lowers: Vec<PathBuf>,
     /// The writable layer for this release (mount creates it if missing; gc
     /// and export need one no mount is using). Kept in the kernel overlayfs
@@ -389,6 +393,10 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
     let result = match cli.command {
+        Command::Mount(a) if a.layers.lowers.is_empty() => Err(anyhow::anyhow!(
+            "regfs mount needs at least one --lower DIR (the history the view shows under --upper); \
+             to gc or export a single store, give it as --upper alone"
+        )),
         Command::Mount(a) => {
             let req = MountRequest {
                 lowers: a.layers.lowers,
@@ -439,6 +447,7 @@ pub fn main() -> i32 {
             src_tls_verify: a.src_tls_verify,
             bases: a.bases,
             name: a.name,
+            force: a.force,
         })
         .map(|_| ()),
         Command::Plan(a) => crate::plan::command(&a.lowers, a.keep.as_deref(), a.policy.as_deref(), a.json),

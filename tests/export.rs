@@ -286,3 +286,32 @@ fn unmount_failures_are_reported_and_leave_upper_intact() {
     assert!(by_hand.status.success(), "{}", text(&by_hand));
     assert!(tar_entries(&tar).iter().any(|(p, _)| p.ends_with(format!("revisions/sha256/{m}/link"))));
 }
+
+/// A single store is its own view: `gc` and `export` take it as `--upper`
+/// alone (no `--lower`), with the same result as over an empty history;
+/// `mount` still needs a history and says so.
+#[test]
+fn a_single_store_is_exported_and_collected_as_upper_alone() {
+    let work = tempfile::tempdir().unwrap();
+    let (store, _, _) = fixtures::app_store(&work.path().join("store"));
+    store.upload("app");
+    let copy = work.path().join("copy");
+    fixtures::copy_tree(&store.root, &copy);
+    let empty = empty_root(&work.path().join("empty"));
+    let (a, b) = (work.path().join("a/r.tar"), work.path().join("b/r.tar"));
+    for d in [&a, &b] {
+        fs::create_dir_all(d.parent().unwrap()).unwrap();
+    }
+    regfs_ok("gc", &[], &store.root, &[]);
+    regfs_ok("gc", &[&empty], &copy, &[]);
+    assert_eq!(snapshot(&store.root.join("docker")), snapshot(&copy.join("docker")), "the same gc");
+    assert!(!store.root.join(V2).join("repositories/app/_uploads").exists(), "gc removed the upload");
+    let out = export(&[], &store.root, &a, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    regfs_ok("export", &[&empty], &copy, &["-o", b.to_str().unwrap()]);
+    assert_eq!(file_sha(&a), file_sha(&b), "the same tar");
+    let mnt = work.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let out = regfs(["mount", "--upper", copy.to_str().unwrap(), mnt.to_str().unwrap()]);
+    assert!(!out.status.success() && text(&out).contains("needs at least one --lower"), "{}", text(&out));
+}

@@ -630,6 +630,7 @@ fn images_list_errors_are_clear() {
         ("# header\napp:r1\nTeam/App:r1\n", ":3:", "is not a repository name"),
         ("app:r1\nteam/web:r1\n\napp:r1\n", ":4:", "app:r1 is listed twice (first on line 1)"),
         ("app:r1\napp:bad*tag\n", ":2:", "bad tag"),
+        ("app:r1\nteam/app:bad/tag\n", ":2:", "bad tag \"bad/tag\""),
         ("# nothing\n\n", "", "no images listed"),
     ];
     for (i, (content, at, message)) in cases.iter().enumerate() {
@@ -647,6 +648,15 @@ fn images_list_errors_are_clear() {
         );
         assert!(!out.exists() && !work_dir(&out).exists(), "case {i} wrote something");
     }
+
+    // An existing tar is not overwritten without --force (nothing is written).
+    fs::write(dir.path().join("ok.list"), "app:r1\n").expect("writing the list");
+    let existing = dir.path().join("existing.tar");
+    fs::write(&existing, b"an earlier release").expect("writing a tar");
+    let o = regfs_release(&[&history], &dir.path().join("ok.list"), &from, &existing, &[]);
+    assert!(!o.status.success() && text(&o).contains("already exists; pass --force"), "{}", text(&o));
+    assert_eq!(fs::read(&existing).expect("reading it"), b"an earlier release");
+    assert!(!work_dir(&existing).exists(), "no work dir for a refused release");
 
     // A work dir inside the history is refused before anything is written.
     fs::write(dir.path().join("ok.list"), "app:r1\n").expect("writing the list");

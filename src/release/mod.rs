@@ -43,6 +43,8 @@ pub struct ReleaseRequest {
     pub bases: Vec<PathBuf>,
     /// The release's name in the bundle (default: the tar's name).
     pub name: Option<String>,
+    /// Replace an existing tar at `output`.
+    pub force: bool,
 }
 
 /// One `repo:tag` line of an images list.
@@ -66,6 +68,12 @@ pub fn parse_images(text: &str, path: &Path) -> Result<Vec<ImageName>> {
         let at = |msg: String| anyhow!("{}:{n}: {msg}", path.display());
         let repo = policy::repo_of_image_ref(line);
         let tag = line.get(repo.len() + 1..).unwrap_or("");
+        if tag.is_empty() && line.contains(':') {
+            let bad = &line[line.find(':').map_or(0, |i| i + 1)..];
+            return Err(at(format!(
+                "{line:?}: bad tag {bad:?}: [A-Za-z0-9_][A-Za-z0-9_.-]*, at most 128 characters (no '/')"
+            )));
+        }
         if tag.is_empty() {
             return Err(at(format!("{line:?}: no tag; write repo:tag (every image of a release is named by its tag)")));
         }
@@ -220,6 +228,13 @@ struct Work {
 fn prepare_work(req: &ReleaseRequest, histories: &[PathBuf], images: &[ImageName]) -> Result<(Work, PathBuf)> {
     let output =
         store::resolve_maybe_missing(&req.output).with_context(|| format!("-o {}: bad path", req.output.display()))?;
+    if output.is_file() && !req.force {
+        bail!(
+            "-o {}: already exists; pass --force to replace it (it is replaced only once the new tar is \
+             complete), or name another file",
+            req.output.display()
+        );
+    }
     let dir = match &req.workdir {
         Some(d) => store::resolve_maybe_missing(d).with_context(|| format!("--workdir {}: bad path", d.display()))?,
         None => {
