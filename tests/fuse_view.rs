@@ -490,6 +490,26 @@ fn bad_layers_are_refused_with_clear_errors() {
     fx.assert_lower_unchanged();
 }
 
+/// The daemon's log is kept while it runs and removed after a clean
+/// unmount, so the runtime dir does not fill up with one log per mount.
+#[test]
+fn a_clean_unmount_leaves_no_daemon_log() {
+    let f = Fixture::new();
+    let m = f.mount(&["--mode", "fuse"]);
+    let log = m
+        .stderr
+        .split("log ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("no log named in {:?}", m.stderr));
+    assert!(log.is_file(), "{} while mounted", log.display());
+    let out = m.umount();
+    assert!(out.status.success());
+    assert!(!log.exists(), "{} left after a clean unmount", log.display());
+    f.assert_lower_unchanged();
+}
+
 #[test]
 fn foreground_mount_unmounts_on_sigterm() {
     let fx = Fixture::new();

@@ -57,6 +57,9 @@ pub fn umount(mountpoint: &Path, timeout: Option<Duration>) -> Result<()> {
     match status {
         Some(s) if s.code == 0 => {
             eprintln!("regfs: {}: {}", mp.display(), s.message);
+            // A clean run's log has nothing left to tell: keep the runtime
+            // dir from filling up (a failed run's log stays, named above).
+            let _ = fs::remove_file(&state.log);
             Ok(())
         }
         Some(s) => Err(anyhow!("{}: the daemon failed: {} (log: {})", mp.display(), s.message, state.log.display())),
