@@ -134,7 +134,15 @@ impl Drop for Staging {
 }
 
 /// Folds upper's blobs and layer links into `history`.
-pub fn absorb(history: &Path, upper: &Path) -> Result<AbsorbReport> {
+pub fn absorb(history: &Path, upper: &Path, force: bool) -> Result<AbsorbReport> {
+    if !force && crate::release::upper_origin(&std::path::absolute(upper)?) == crate::release::UpperOrigin::Unfinished {
+        bail!(
+            "--upper {}: the upper of a release that did not finish (no tar was written; its gc may not have \
+             run, so it can hold blobs nothing references). Re-run the release, or pass --force to absorb \
+             what it holds anyway",
+            upper.display()
+        );
+    }
     let history = store::check_lowers(&[history.to_path_buf()], "--history")?.remove(0);
     let upper = fs::canonicalize(upper).with_context(|| format!("--upper {}: cannot open", upper.display()))?;
     let _lock = store::lock_upper(&upper, "regfs absorb")?;
@@ -190,8 +198,8 @@ pub fn absorb(history: &Path, upper: &Path) -> Result<AbsorbReport> {
 }
 
 /// `regfs absorb`: runs and prints the report.
-pub fn command(history: &Path, upper: &Path, json: bool) -> Result<()> {
-    let r = absorb(history, upper)?;
+pub fn command(history: &Path, upper: &Path, json: bool, force: bool) -> Result<()> {
+    let r = absorb(history, upper, force)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {

@@ -238,6 +238,9 @@ struct AbsorbArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Absorb the upper of a release that did not finish (refused otherwise).
+    #[arg(long)]
+    force: bool,
 }
 
 /// The layers of a view: what mount, gc and export take.
@@ -458,7 +461,7 @@ pub fn main() -> i32 {
             &crate::apply::ApplyOptions { replace: a.replace, dry_run: a.dry_run },
             a.json,
         ),
-        Command::Absorb(a) => crate::absorb::command(&a.history, &a.upper, a.json),
+        Command::Absorb(a) => crate::absorb::command(&a.history, &a.upper, a.json, a.force),
         Command::Sample(a) => crate::sample::command(
             &a.dir,
             &crate::sample::SampleSpec {

@@ -297,6 +297,10 @@ fn release_fails_as_a_whole() {
     assert!(stderr.contains(&work.join("upper").display().to_string()), "the error names the upper:\n{stderr}");
     assert_nothing_left(&work);
     assert_unchanged(&before, &fx.history_root);
+    // Its upper is not absorbed by mistake: refused, naming why, history unchanged.
+    let o = regfs_absorb(&fx.history_root, &work.join("upper"));
+    assert!(!o.status.success() && text(&o).contains("a release that did not finish"), "{}", text(&o));
+    assert_unchanged(&before, &fx.history_root);
 }
 
 /// A source registry that accepts connections and never answers, so the

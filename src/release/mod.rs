@@ -212,6 +212,35 @@ impl Progress {
     }
 }
 
+/// The keep list a release's work dir holds (what makes it one).
+const KEEP_LIST: &str = "keep.list";
+/// Written into the work dir when the release's tar is complete.
+const DONE: &str = "release.done";
+
+/// What the directory holding an upper says of it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum UpperOrigin {
+    /// Not a `regfs release` work dir.
+    Other,
+    /// The upper of a release that wrote its tar.
+    Finished,
+    /// The upper of a release that failed or was stopped (its GC may not
+    /// have run: it can hold uploads and blobs nothing references).
+    Unfinished,
+}
+
+/// Whether `upper` is a release's upper, and whether that release finished.
+pub fn upper_origin(upper: &Path) -> UpperOrigin {
+    let Some(dir) = upper.parent() else { return UpperOrigin::Other };
+    if !dir.join(KEEP_LIST).is_file() || upper.file_name() != Some(std::ffi::OsStr::new("upper")) {
+        UpperOrigin::Other
+    } else if dir.join(DONE).is_file() {
+        UpperOrigin::Finished
+    } else {
+        UpperOrigin::Unfinished
+    }
+}
+
 /// The working directory's layout.
 struct Work {
     upper: PathBuf,
@@ -269,7 +298,7 @@ fn prepare_work(req: &ReleaseRequest, histories: &[PathBuf], images: &[ImageName
     for d in [&dir, &upper, &mnt] {
         fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
-    let keep = dir.join("keep.list");
+    let keep = dir.join(KEEP_LIST);
     let repos: BTreeSet<&str> = images.iter().map(|i| i.repo.as_str()).collect();
     let text: String = repos.iter().map(|r| format!("{r}\n")).collect();
     fs::write(&keep, text).with_context(|| format!("writing {}", keep.display()))?;
@@ -421,6 +450,9 @@ fn release_in(
         let _ = fs::remove_file(output);
         return Err(e);
     }
+    let done = serde_json::json!({ "tar": output, "sha256": tar_sha256 });
+    crate::util::write_atomic(&work.dir.join(DONE), done.to_string().as_bytes())
+        .with_context(|| format!("marking {} finished", work.dir.display()))?;
 
     Ok(Summary {
         images: images.len(),
