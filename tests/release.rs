@@ -282,7 +282,11 @@ fn release_fails_as_a_whole() {
     assert!(stderr.contains("no descriptor found for reference \\\"no-such-tag\\\""), "{}", text(&o));
     assert!(stderr.contains(&format!("copying {missing} failed")), "{}", text(&o));
     assert!(stderr.contains("no tar written"), "{}", text(&o));
-    assert!(o.stdout.is_empty(), "no summary on failure:\n{}", text(&o));
+    // --json: a failure is a document too, naming the phase.
+    let doc: Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("no JSON on failure ({e}):\n{}", text(&o)));
+    assert_eq!((doc["ok"].as_bool(), doc["phase"].as_str()), (Some(false), Some("push")), "{doc}");
+    assert!(doc["error"].as_str().is_some_and(|e| e.contains(&format!("copying {missing} failed"))), "{doc}");
     assert!(!out.exists(), "a tar was written at {}", out.display());
     let leftovers: Vec<_> = fs::read_dir(fx.work.path())
         .expect("readdir")
@@ -651,6 +655,8 @@ fn images_list_errors_are_clear() {
             text(&o)
         );
         assert!(!out.exists() && !work_dir(&out).exists(), "case {i} wrote something");
+        let doc: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("case {i}: no JSON ({e})"));
+        assert_eq!((doc["ok"].as_bool(), doc["phase"].as_str()), (Some(false), Some("preflight")), "case {i}: {doc}");
     }
 
     // An existing tar is not overwritten without --force (nothing is written).

@@ -147,6 +147,8 @@ impl Phases {
 /// The closing summary (also the `--json` document).
 #[derive(Debug, Serialize)]
 pub struct Summary {
+    /// Always true here; a failure's `--json` document says false.
+    pub ok: bool,
     pub images: usize,
     pub copied: usize,
     pub copy_attempts: u32,
@@ -167,14 +169,17 @@ pub struct Summary {
 /// Progress for a person on a terminal, plain log lines otherwise.
 struct Progress {
     bar: Option<indicatif::ProgressBar>,
+    /// The phase under way (what a failure names).
+    current: String,
 }
 
 impl Progress {
     fn new() -> Progress {
-        Progress { bar: None }
+        Progress { bar: None, current: "preflight".into() }
     }
 
     fn phase(&mut self, name: &str, total: Option<u64>) {
+        self.current = name.to_string();
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
         }
@@ -350,7 +355,23 @@ fn mount_view<'a>(req: &ReleaseRequest, work: &'a Work) -> Result<Mounted<'a>> {
 }
 
 /// Runs the release; prints the summary. Returns the summary for tests.
+/// With `--json` a failure is a JSON document on stdout too:
+/// `{"ok": false, "phase": ..., "error": ...}`, the phase it failed in
+/// (`preflight` before anything was mounted).
 pub fn run(req: &ReleaseRequest) -> Result<Summary> {
+    let mut progress = Progress::new();
+    let result = run_with(req, &mut progress);
+    progress.done();
+    if let Err(e) = &result
+        && req.json
+    {
+        let doc = serde_json::json!({ "ok": false, "phase": progress.current, "error": format!("{e:#}") });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    }
+    result
+}
+
+fn run_with(req: &ReleaseRequest, progress: &mut Progress) -> Result<Summary> {
     let images = parse_images(
         &fs::read_to_string(&req.images).with_context(|| format!("--images {}: cannot read", req.images.display()))?,
         &req.images,
@@ -372,9 +393,20 @@ pub fn run(req: &ReleaseRequest) -> Result<Summary> {
         .build()
         .context("starting the async runtime")?;
     let interrupts = Interrupts::install(&runtime)?;
-    let summary =
-        release_in(req, &runtime, &interrupts, &work, &output, &spec, &images, &registry_bin, &skopeo, &source)
-            .with_context(|| format!("release failed: no tar written; upper kept in {}", work.upper.display()))?;
+    let summary = release_in(
+        req,
+        &runtime,
+        &interrupts,
+        &work,
+        &output,
+        &spec,
+        &images,
+        &registry_bin,
+        &skopeo,
+        &source,
+        progress,
+    )
+    .with_context(|| format!("release failed: no tar written; upper kept in {}", work.upper.display()))?;
     print_summary(&summary, req.json)?;
     Ok(summary)
 }
@@ -392,9 +424,9 @@ fn release_in(
     registry_bin: &Path,
     skopeo: &Skopeo,
     source: &Source,
+    progress: &mut Progress,
 ) -> Result<Summary> {
     let mut phases = Phases::default();
-    let mut progress = Progress::new();
     let t = Instant::now();
     progress.phase("mount", None);
     let mounted = mount_view(req, work)?;
@@ -402,18 +434,12 @@ fn release_in(
     interrupts.check("mounting")?;
     let mode = if crate::kernel::overlay_using_upper(&work.upper).is_some() { "kernel" } else { "fuse" };
 
-    let pushed = runtime.block_on(push_all(
-        req,
-        registry_bin,
-        skopeo,
-        source,
-        images,
-        work,
-        interrupts,
-        &mut phases,
-        &mut progress,
-    ));
+    let pushed =
+        runtime.block_on(push_all(req, registry_bin, skopeo, source, images, work, interrupts, &mut phases, progress));
     progress.done();
+    if pushed.is_ok() {
+        progress.current = "unmount".into();
+    }
     // Unmount whatever happened; a failed push keeps upper for inspection.
     let t = Instant::now();
     let unmounted = mounted.unmount();
@@ -455,6 +481,7 @@ fn release_in(
         .with_context(|| format!("marking {} finished", work.dir.display()))?;
 
     Ok(Summary {
+        ok: true,
         images: images.len(),
         copied: images.len(),
         copy_attempts: attempts,
