@@ -702,23 +702,27 @@ fn inventories_name_what_a_site_holds_and_hostile_ones_are_refused() {
     let store = s.path("s2");
     let out_dir = s.path("out");
     fs::create_dir(&out_dir).unwrap();
+    // `regfs export` of store 2 cut against `base`, which must be refused.
+    let export_against = |base: &Path, tar: &Path| {
+        let (empty, store) = (empty.to_str().unwrap(), store.to_str().unwrap());
+        refused(&[
+            "export",
+            "--lower",
+            empty,
+            "--upper",
+            store,
+            "--base",
+            base.to_str().unwrap(),
+            "-o",
+            tar.to_str().unwrap(),
+        ])
+    };
     for (i, (content, want)) in cases.iter().enumerate() {
         let f = s.path(&format!("bad-{i}.inventory"));
         fs::write(&f, content).unwrap();
         let err = refused(&["inventory", f.to_str().unwrap()]);
         assert!(err.contains(&f.display().to_string()) && err.contains(want), "case {i}: {want:?}:\n{err}");
-        let tar = out_dir.join("delta.tar");
-        let err = refused(&[
-            "export",
-            "--lower",
-            empty.to_str().unwrap(),
-            "--upper",
-            store.to_str().unwrap(),
-            "--base",
-            f.to_str().unwrap(),
-            "-o",
-            tar.to_str().unwrap(),
-        ]);
+        let err = export_against(&f, &out_dir.join("delta.tar"));
         assert!(err.contains(want), "export --base, case {i}:\n{err}");
         assert_eq!(fs::read_dir(&out_dir).unwrap().count(), 0, "no tar written");
     }
@@ -734,17 +738,7 @@ fn inventories_name_what_a_site_holds_and_hostile_ones_are_refused() {
         ),
     )
     .unwrap();
-    let err = refused(&[
-        "export",
-        "--lower",
-        empty.to_str().unwrap(),
-        "--upper",
-        store.to_str().unwrap(),
-        "--base",
-        f.to_str().unwrap(),
-        "-o",
-        out_dir.join("d.tar").to_str().unwrap(),
-    ]);
+    let err = export_against(&f, &out_dir.join("d.tar"));
     assert!(err.contains("one of them is corrupt"), "{err}");
 }
 

@@ -573,7 +573,8 @@ fn replace_plan(site: &Site, release: &Checked) -> Result<(Vec<PathBuf>, Vec<Pat
         ..ReplaceReport::default()
     };
     let kept_repos: BTreeSet<String> = release.desc.images.iter().map(|i| i.repo.clone()).collect();
-    let site_repos = layout::repositories_in(&site.root, |_| true).unwrap_or_default();
+    let site_repos = layout::repositories_in(&site.root, |_| true)
+        .with_context(|| format!("listing the repositories of {}", site.root.display()))?;
     r.repositories = site_repos.iter().filter(|repo| !kept_repos.contains(*repo)).count() as u64;
     Ok((files, dirs, r))
 }
@@ -621,7 +622,10 @@ fn replace(site: &mut Site, release: &Checked) -> Result<ReplaceReport> {
 /// What a replace would remove of the blob store: the site's blobs no
 /// bundle's release needs (what GC removes once the tree is the release's).
 fn replace_blobs_dry(site: &Site, release: &Checked) -> Result<(u64, u64)> {
-    let (inv, _) = crate::inventory::Inventory::of_rootdir(&site.root, false).unwrap_or_default();
+    if !site.root.join(layout::V2).is_dir() {
+        return Ok((0, 0)); // an empty site holds no blobs
+    }
+    let (inv, _) = crate::inventory::Inventory::of_rootdir(&site.root, false)?;
     let mut n = (0, 0);
     for (d, size) in &inv.blobs {
         if release.desc.blob(d).is_none() {

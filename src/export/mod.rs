@@ -201,6 +201,7 @@ pub fn export(view: &View, out: &Path, opts: &ExportOptions, spec: &BundleSpec) 
             view,
             opts: *opts,
             description: &description,
+            shipped_prefixes: description.blobs.iter().filter(|b| b.shipped).map(|b| &b.digest.hex()[..2]).collect(),
             headers: tar::Builder::new(Vec::new()),
             batch: Vec::with_capacity(BATCH_BYTES),
             tx,
@@ -450,6 +451,8 @@ struct TarWriter<'a> {
     view: &'a View,
     opts: ExportOptions,
     description: &'a Description,
+    /// The blob prefix directories (`<xx>`) holding a blob this tar ships.
+    shipped_prefixes: std::collections::BTreeSet<&'a str>,
     /// Encodes headers (with GNU long-name entries where a path needs one):
     /// entries are appended with empty data and the bytes taken out.
     headers: tar::Builder<Vec<u8>>,
@@ -600,7 +603,7 @@ impl TarWriter<'_> {
             return d.blob(&blob).is_none_or(|b| b.shipped);
         }
         match layout::blob_prefix_of_path(rel) {
-            Some(prefix) => d.blobs.iter().any(|b| b.shipped && b.digest.hex().starts_with(prefix)),
+            Some(prefix) => self.shipped_prefixes.contains(prefix),
             None => true,
         }
     }

@@ -114,6 +114,22 @@ impl Table {
         self.collisions.remove(&(parent, Box::from(name)))
     }
 
+    /// The inode for `name` in `parent`, created on first sight, with its
+    /// layers and kind set.
+    fn intern(&mut self, parent: u64, name: &OsStr, stack: Stack, dir: bool) -> u64 {
+        if let Some(ino) = self.find(parent, name) {
+            if let Some(n) = self.nodes.get_mut(ino as usize) {
+                n.stack = stack;
+                n.dir = dir;
+            }
+            return ino;
+        }
+        let ino = self.nodes.len() as u64;
+        self.nodes.push(Node { parent, name: Box::from(name), stack, dir });
+        self.link_name(parent, name, ino);
+        ino
+    }
+
     /// Whether `ino`'s own (parent, name) still names it.
     fn named(&self, ino: u64) -> bool {
         self.node(ino).is_some_and(|n| self.find(n.parent, &n.name) == Some(ino))
@@ -207,22 +223,21 @@ impl Inodes {
     /// An upper file with several links is one inode whatever name it is
     /// found by.
     pub fn intern(&self, parent: u64, name: &OsStr, entry: &Entry) -> u64 {
-        let Some(key) = link_key(entry) else { return self.intern_stack(parent, name, &entry.layers, entry.is_dir()) };
+        let (stack, dir) = (Stack::of(&entry.layers), entry.is_dir());
         let mut t = self.write();
-        let known = t.by_file.get(&key).copied().filter(|&i| t.node(i).is_some());
-        match (t.find(parent, name), known) {
-            (Some(ino), Some(k)) if ino == k => ino,
-            (found, Some(k)) => {
-                if found.is_some() {
-                    t.remove_name(parent, name);
-                }
+        let Some(key) = link_key(entry) else { return t.intern(parent, name, stack, dir) };
+        // One lock for the lookup and the insert: two names of one file
+        // looked up at once still get one inode.
+        match t.by_file.get(&key).copied().filter(|&i| t.node(i).is_some()) {
+            Some(k) if t.find(parent, name) == Some(k) => k,
+            Some(k) => {
+                t.remove_name(parent, name);
                 t.add_name(parent, name, k);
                 k
             }
-            (found, None) => {
-                drop(t);
-                let ino = found.unwrap_or_else(|| self.intern_stack(parent, name, &entry.layers, false));
-                self.write().by_file.insert(key, ino);
+            None => {
+                let ino = t.intern(parent, name, stack, dir);
+                t.by_file.insert(key, ino);
                 ino
             }
         }
@@ -230,19 +245,7 @@ impl Inodes {
 
     /// [`Inodes::intern`] from a layer stack and whether it is a directory.
     pub fn intern_stack(&self, parent: u64, name: &OsStr, layers: &[LayerIdx], dir: bool) -> u64 {
-        let stack = Stack::of(layers);
-        let mut t = self.write();
-        if let Some(ino) = t.find(parent, name) {
-            if let Some(n) = t.nodes.get_mut(ino as usize) {
-                n.stack = stack;
-                n.dir = dir;
-            }
-            return ino;
-        }
-        let ino = t.nodes.len() as u64;
-        t.nodes.push(Node { parent, name: Box::from(name), stack, dir });
-        t.link_name(parent, name, ino);
-        ino
+        self.write().intern(parent, name, Stack::of(layers), dir)
     }
 
     /// The inode already known for `name` in `parent`, if any.
