@@ -94,10 +94,10 @@ pub fn blob_origins(view: &View) -> io::Result<BlobOrigins> {
             };
             if e.top() == UPPER {
                 o.uploaded += 1;
-                o.uploaded_bytes += e.meta.len();
+                o.uploaded_bytes += e.meta.size;
             } else {
                 o.reused += 1;
-                o.reused_bytes += e.meta.len();
+                o.reused_bytes += e.meta.size;
             }
         }
     }

@@ -2,7 +2,7 @@
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 use std::time::SystemTime;
@@ -291,5 +291,297 @@ pub fn die_with_parent(cmd: &mut tokio::process::Command) {
             }
             Ok(())
         });
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Calls relative to a directory handle (the `*at` family), for layers: a
+// view path is never joined onto a layer's root path, so a path near
+// PATH_MAX under a long root still resolves.
+
+/// What kind of file an entry is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    CharDevice,
+    BlockDevice,
+    Fifo,
+    Socket,
+}
+
+impl FileKind {
+    /// The kind in the type bits of `st_mode`.
+    pub fn of_mode(mode: u32) -> FileKind {
+        match mode & libc::S_IFMT {
+            libc::S_IFDIR => FileKind::Dir,
+            libc::S_IFLNK => FileKind::Symlink,
+            libc::S_IFCHR => FileKind::CharDevice,
+            libc::S_IFBLK => FileKind::BlockDevice,
+            libc::S_IFIFO => FileKind::Fifo,
+            libc::S_IFSOCK => FileKind::Socket,
+            _ => FileKind::File,
+        }
+    }
+    pub fn is_dir(self) -> bool {
+        self == FileKind::Dir
+    }
+    pub fn is_file(self) -> bool {
+        self == FileKind::File
+    }
+    pub fn is_symlink(self) -> bool {
+        self == FileKind::Symlink
+    }
+}
+
+/// A time as stat(2) gives it: seconds and nanoseconds since the epoch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FileTime {
+    pub sec: i64,
+    pub nsec: u32,
+}
+
+impl FileTime {
+    pub fn to_system_time(self) -> SystemTime {
+        let nsec = std::time::Duration::from_nanos(self.nsec as u64);
+        if self.sec >= 0 {
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(self.sec as u64) + nsec
+        } else {
+            SystemTime::UNIX_EPOCH - std::time::Duration::from_secs(self.sec.unsigned_abs()) + nsec
+        }
+    }
+}
+
+/// What stat(2) tells of an entry: the fields regfs reads. A layer that is
+/// not a directory tree (a tar file) fills it in itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stat {
+    /// Type and permission bits, as `st_mode`.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub nlink: u64,
+    pub dev: u64,
+    pub ino: u64,
+    pub rdev: u64,
+    pub blksize: u64,
+    pub blocks: u64,
+    pub atime: FileTime,
+    pub mtime: FileTime,
+    pub ctime: FileTime,
+}
+
+impl Stat {
+    pub fn kind(&self) -> FileKind {
+        FileKind::of_mode(self.mode)
+    }
+    pub fn is_dir(&self) -> bool {
+        self.kind().is_dir()
+    }
+    pub fn is_file(&self) -> bool {
+        self.kind().is_file()
+    }
+    pub fn is_symlink(&self) -> bool {
+        self.kind().is_symlink()
+    }
+    /// The permission bits (with set-id and sticky).
+    pub fn perm(&self) -> u32 {
+        self.mode & 0o7777
+    }
+    /// The same fields from std's metadata (of an open file, say).
+    pub fn of_metadata(m: &std::fs::Metadata) -> Stat {
+        use std::os::unix::fs::MetadataExt;
+        let t = |sec: i64, nsec: i64| FileTime { sec, nsec: nsec as u32 };
+        Stat {
+            mode: m.mode(),
+            uid: m.uid(),
+            gid: m.gid(),
+            size: m.size(),
+            nlink: m.nlink(),
+            dev: m.dev(),
+            ino: m.ino(),
+            rdev: m.rdev(),
+            blksize: m.blksize(),
+            blocks: m.blocks(),
+            atime: t(m.atime(), m.atime_nsec()),
+            mtime: t(m.mtime(), m.mtime_nsec()),
+            ctime: t(m.ctime(), m.ctime_nsec()),
+        }
+    }
+    // The field widths differ by architecture: the casts are not all no-ops.
+    #[allow(clippy::unnecessary_cast)]
+    fn of_rustix(s: &rustix::fs::Stat) -> Stat {
+        let t = |sec: i64, nsec: u64| FileTime { sec, nsec: nsec as u32 };
+        Stat {
+            mode: s.st_mode as u32,
+            uid: s.st_uid,
+            gid: s.st_gid,
+            size: s.st_size as u64,
+            nlink: s.st_nlink as u64,
+            dev: s.st_dev as u64,
+            ino: s.st_ino as u64,
+            rdev: s.st_rdev as u64,
+            blksize: s.st_blksize as u64,
+            blocks: s.st_blocks as u64,
+            atime: t(s.st_atime as i64, s.st_atime_nsec as u64),
+            mtime: t(s.st_mtime as i64, s.st_mtime_nsec as u64),
+            ctime: t(s.st_ctime as i64, s.st_ctime_nsec as u64),
+        }
+    }
+}
+
+/// `rel` as the `*at` calls take it: the directory itself is ".".
+fn at_path(rel: &Path) -> &Path {
+    if rel.as_os_str().is_empty() { Path::new(".") } else { rel }
+}
+
+fn missing(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR))
+}
+
+/// Opens a directory as a handle for the `*at` calls (`O_PATH`: needs no
+/// read permission on it).
+pub fn open_dir_handle(path: &Path) -> io::Result<OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    Ok(rustix::fs::open(path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?)
+}
+
+/// `fstatat(dir, rel, AT_SYMLINK_NOFOLLOW)`; `None` when nothing is there.
+pub fn stat_at(dir: BorrowedFd, rel: &Path) -> io::Result<Option<Stat>> {
+    match rustix::fs::statat(dir, at_path(rel), rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(s) => Ok(Some(Stat::of_rustix(&s))),
+        Err(e) => {
+            let e = io::Error::from(e);
+            if missing(&e) { Ok(None) } else { Err(e) }
+        }
+    }
+}
+
+/// `fstat` of an open file.
+pub fn stat_of(f: &impl AsFd) -> io::Result<Stat> {
+    Ok(Stat::of_rustix(&rustix::fs::fstat(f)?))
+}
+
+/// `openat(dir, rel, flags | O_CLOEXEC, mode)`.
+pub fn open_at(dir: BorrowedFd, rel: &Path, flags: i32, mode: u32) -> io::Result<std::fs::File> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::from_bits_retain(flags as u32) | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(dir, at_path(rel), flags, Mode::from_bits_truncate(mode))?;
+    Ok(std::fs::File::from(fd))
+}
+
+/// A directory's names, each with its kind where the listing tells it.
+pub type DirNames = Vec<(OsString, Option<FileKind>)>;
+
+/// The names in the directory `rel` with their kinds (`None` where the
+/// filesystem does not tell one in the listing); `.` and `..` left out.
+/// `None` when there is no directory there (a symlink is none: it is not
+/// followed).
+pub fn read_dir_at(dir: BorrowedFd, rel: &Path) -> io::Result<Option<DirNames>> {
+    use rustix::fs::{FileType, Mode, OFlags};
+    let fd = match rustix::fs::openat(
+        dir,
+        at_path(rel),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(e) => {
+            let e = io::Error::from(e);
+            return if missing(&e) || e.raw_os_error() == Some(libc::ELOOP) { Ok(None) } else { Err(e) };
+        }
+    };
+    let mut out = Vec::new();
+    let mut d = rustix::fs::Dir::new(fd)?;
+    while let Some(de) = d.read() {
+        let de = de?;
+        let name = de.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let kind = match de.file_type() {
+            FileType::RegularFile => Some(FileKind::File),
+            FileType::Directory => Some(FileKind::Dir),
+            FileType::Symlink => Some(FileKind::Symlink),
+            FileType::CharacterDevice => Some(FileKind::CharDevice),
+            FileType::BlockDevice => Some(FileKind::BlockDevice),
+            FileType::Fifo => Some(FileKind::Fifo),
+            FileType::Socket => Some(FileKind::Socket),
+            FileType::Unknown => None,
+        };
+        out.push((OsString::from_vec(name.to_vec()), kind));
+    }
+    Ok(Some(out))
+}
+
+/// `readlinkat(dir, rel)`.
+pub fn read_link_at(dir: BorrowedFd, rel: &Path) -> io::Result<std::path::PathBuf> {
+    let target = rustix::fs::readlinkat(dir, at_path(rel), Vec::new())?;
+    Ok(std::path::PathBuf::from(OsString::from_vec(target.into_bytes())))
+}
+
+pub fn mkdir_at(dir: BorrowedFd, rel: &Path, mode: u32) -> io::Result<()> {
+    Ok(rustix::fs::mkdirat(dir, rel, rustix::fs::Mode::from_bits_truncate(mode))?)
+}
+
+/// `mknodat(dir, rel, mode, rdev)`: devices, fifos and the kernel's 0/0 whiteout.
+pub fn mknod_at(dir: BorrowedFd, rel: &Path, mode: u32, rdev: u64) -> io::Result<()> {
+    let c = cstr(rel)?;
+    // SAFETY: the descriptor is borrowed for the call and c is a valid
+    // NUL-terminated string.
+    check(unsafe { libc::mknodat(dir.as_raw_fd(), c.as_ptr(), mode as libc::mode_t, rdev as libc::dev_t) })
+}
+
+pub fn symlink_at(target: &Path, dir: BorrowedFd, rel: &Path) -> io::Result<()> {
+    Ok(rustix::fs::symlinkat(target, dir, rel)?)
+}
+
+/// `linkat(dir, from, dir, to, 0)`: a second name, not following a symlink.
+pub fn link_at(dir: BorrowedFd, from: &Path, to: &Path) -> io::Result<()> {
+    Ok(rustix::fs::linkat(dir, from, dir, to, rustix::fs::AtFlags::empty())?)
+}
+
+/// `unlinkat(dir, rel, is_dir ? AT_REMOVEDIR : 0)`.
+pub fn unlink_at(dir: BorrowedFd, rel: &Path, is_dir: bool) -> io::Result<()> {
+    let flags = if is_dir { rustix::fs::AtFlags::REMOVEDIR } else { rustix::fs::AtFlags::empty() };
+    Ok(rustix::fs::unlinkat(dir, rel, flags)?)
+}
+
+/// `renameat2(dir, from, dir, to, flags)`.
+pub fn rename_at(dir: BorrowedFd, from: &Path, to: &Path, flags: u32) -> io::Result<()> {
+    Ok(rustix::fs::renameat_with(dir, from, dir, to, rustix::fs::RenameFlags::from_bits_retain(flags))?)
+}
+
+/// `utimensat(dir, rel, [atime, mtime], AT_SYMLINK_NOFOLLOW)`.
+pub fn utimens_at(dir: BorrowedFd, rel: &Path, atime: SetTime, mtime: SetTime) -> io::Result<()> {
+    let c = cstr(at_path(rel))?;
+    let ts = [timespec(atime), timespec(mtime)];
+    // SAFETY: a borrowed descriptor, a valid C string and a two-element
+    // timespec array.
+    check(unsafe { libc::utimensat(dir.as_raw_fd(), c.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })
+}
+
+/// `fchmodat(dir, rel, mode)` (follows a symlink: callers never chmod one).
+pub fn chmod_at(dir: BorrowedFd, rel: &Path, mode: u32) -> io::Result<()> {
+    Ok(rustix::fs::chmodat(
+        dir,
+        at_path(rel),
+        rustix::fs::Mode::from_bits_truncate(mode),
+        rustix::fs::AtFlags::empty(),
+    )?)
+}
+
+/// `fchownat(dir, rel, uid, gid, AT_SYMLINK_NOFOLLOW)`; `None` keeps an id.
+pub fn chown_at(dir: BorrowedFd, rel: &Path, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+    use rustix::fs::{Gid, Uid};
+    let (u, g) = (uid.map(Uid::from_raw), gid.map(Gid::from_raw));
+    Ok(rustix::fs::chownat(dir, at_path(rel), u, g, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?)
+}
+
+impl From<FileTime> for SetTime {
+    fn from(t: FileTime) -> SetTime {
+        SetTime::At(t.to_system_time())
     }
 }

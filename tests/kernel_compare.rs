@@ -27,10 +27,17 @@ struct Layers {
 
 impl Layers {
     fn new() -> Layers {
+        Layers::under("")
+    }
+
+    /// Layers whose roots lie `below` further down than the mountpoints
+    /// (a long path there makes their real paths longer than the view's).
+    fn under(below: &str) -> Layers {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let lower = tmp.path().join("history");
+        let base = tmp.path().join(below);
+        let lower = base.join("history");
         tree::write_store(&lower, REPOS, "r1");
-        let upper = tmp.path().join("upper");
+        let upper = base.join("upper");
         fs::create_dir_all(&upper).unwrap();
         let transparent = tmp.path().join("transparent.json");
         fs::write(&transparent, r#"{"hide_sections": []}"#).unwrap();
@@ -228,8 +235,13 @@ type Mounted = (PathBuf, Box<dyn FnOnce()>);
 /// copy of the same history (the second time, on the same upper again:
 /// `then`), prints them side by side and asserts they are the same.
 fn beside_kernel(cases: Cases, then: Option<Cases>) -> Outcomes {
+    beside_kernel_over(Layers::new, cases, then)
+}
+
+/// [`beside_kernel`] over layers `layers` makes.
+fn beside_kernel_over(layers: fn() -> Layers, cases: Cases, then: Option<Cases>) -> Outcomes {
     let run = |mount: &dyn Fn(&Layers) -> Mounted| {
-        let layers = Layers::new();
+        let layers = layers();
         let (mp, done) = mount(&layers);
         let mut out = cases(&mp);
         done();
@@ -620,6 +632,53 @@ fn rename_and_name_cases(v: &Path) -> Outcomes {
 #[test]
 fn renames_over_existing_entries_and_long_names_match_kernel_overlay() {
     beside_kernel(rename_and_name_cases, None);
+}
+
+/// The longest paths a caller can name (PATH_MAX counts the NUL: 4095
+/// bytes), on layers whose roots are 600 bytes longer than the mountpoint.
+/// regfs joined view paths onto the layer roots and gave ENAMETOOLONG once
+/// the joined path reached PATH_MAX; it now resolves relative to a handle
+/// of each layer root, as the kernel resolves by dentry.
+fn long_path_cases(v: &Path) -> Outcomes {
+    use std::os::unix::ffi::OsStrExt;
+    const PATH_MAX: usize = 4096;
+    let d = v.join("docker/registry/v2");
+    let mut out = Vec::new();
+    let mut case = |what: &str, result: String| out.push((what.to_string(), result));
+    // Directories down to where a name of at most 255 bytes (NAME_MAX)
+    // makes the path exactly PATH_MAX - 1 bytes.
+    let mut deep = d.clone();
+    let room = |p: &Path| PATH_MAX - 1 - p.as_os_str().len() - 1;
+    while room(&deep) > 255 {
+        deep.push("q".repeat(250.min(room(&deep) - 101)));
+    }
+    let name_len = room(&deep);
+    let file = deep.join("f".repeat(name_len));
+    let moved = deep.join("g".repeat(name_len));
+    let too_long = deep.join("h".repeat(name_len + 1));
+    assert_eq!(file.as_os_str().as_bytes().len(), PATH_MAX - 1);
+    let nothing = |_| String::new();
+    case("mkdir -p to the deepest directory", outcome(fs::create_dir_all(&deep), nothing));
+    case("create a file, path 4095 bytes", outcome(fs::write(&file, b"deep"), nothing));
+    case("read it", outcome(fs::read(&file), |v| String::from_utf8_lossy(&v).into()));
+    case("stat it", outcome(fs::symlink_metadata(&file), |m| format!("size {}", m.len())));
+    case("list its directory", outcome(fs::read_dir(&deep), |rd| format!("{} names", rd.count())));
+    let set_xattr = regfs::sys::lsetxattr(&file, "user.regfs-test".as_ref(), b"1", 0);
+    case("setxattr on it", outcome(set_xattr, nothing));
+    case("rename it to another 4095-byte path", outcome(fs::rename(&file, &moved), nothing));
+    case("symlink at 4095 bytes", outcome(std::os::unix::fs::symlink("target", &file), nothing));
+    case("readlink it", outcome(fs::read_link(&file), |t| t.display().to_string()));
+    case("a 4096-byte path", outcome(fs::write(&too_long, b"x"), nothing));
+    case("unlink the file", outcome(fs::remove_file(&moved), nothing));
+    case("unlink the symlink", outcome(fs::remove_file(&file), nothing));
+    case("rmdir the deepest directory", outcome(fs::remove_dir(&deep), nothing));
+    out
+}
+
+#[test]
+fn paths_up_to_path_max_work_under_longer_layer_roots_as_under_kernel_overlay() {
+    let ours = beside_kernel_over(|| Layers::under(&vec!["r".repeat(199); 3].join("/")), long_path_cases, None);
+    assert!(ours[1].1.starts_with("ok"), "the kernel takes a 4095-byte path: {ours:?}");
 }
 
 /// What a second user may do through the view: the kernel checks the modes

@@ -13,8 +13,7 @@
 mod support;
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::MetadataExt;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
@@ -35,11 +34,10 @@ struct Vfs {
 impl Vfs {
     fn kind(&self, rel: &str) -> Res<Option<Kind>> {
         let Some(e) = self.view.resolve(Path::new(rel)).map_err(errno)? else { return Ok(None) };
-        let ft = e.meta.file_type();
-        Ok(Some(if ft.is_dir() {
+        Ok(Some(if e.meta.is_dir() {
             Kind::Dir
-        } else if ft.is_symlink() {
-            let target = fs::read_link(self.view.real_path(Path::new(rel), &e)).map_err(errno)?;
+        } else if e.meta.is_symlink() {
+            let target = self.view.read_link(Path::new(rel), &e).map_err(errno)?;
             Kind::Link(target.to_string_lossy().into_owned())
         } else {
             Kind::File
@@ -176,19 +174,22 @@ impl Vfs {
             for item in self.view.list(e.as_dir(Path::new(&rel))).expect("list") {
                 let p = join(&rel, item.name.to_str().expect("UTF-8 name"));
                 let m = &item.entry.meta;
-                let real = self.view.real_path(Path::new(&p), &item.entry);
-                let mode = m.mode() & 0o7777;
+                let rel_p = Path::new(&p);
+                let mode = m.perm();
                 let seen = if m.is_dir() {
                     stack.push(p.clone());
                     Seen::Dir(mode)
-                } else if m.file_type().is_symlink() {
-                    Seen::Link(fs::read_link(&real).expect("readlink").to_string_lossy().into_owned())
+                } else if m.is_symlink() {
+                    Seen::Link(
+                        self.view.read_link(rel_p, &item.entry).expect("readlink").to_string_lossy().into_owned(),
+                    )
                 } else if m.is_file() {
-                    let data = fs::read(&real).expect("read");
-                    assert_eq!(data.len() as u64, m.len(), "stat size of {p} differs from its data");
+                    let mut data = Vec::new();
+                    self.view.open_read(rel_p, &item.entry, 0).expect("open").read_to_end(&mut data).expect("read");
+                    assert_eq!(data.len() as u64, m.size, "stat size of {p} differs from its data");
                     Seen::File(mode, String::from_utf8_lossy(&data).into_owned())
                 } else {
-                    Seen::Other(format!("{:o} rdev {}", m.mode(), m.rdev()))
+                    Seen::Other(format!("{:o} rdev {}", m.mode, m.rdev))
                 };
                 out.insert(p, seen);
             }

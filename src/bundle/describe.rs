@@ -2,7 +2,6 @@
 //! the view (so hidden history never counts), before the tar is written.
 
 use std::ffi::OsStr;
-use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
@@ -121,7 +120,7 @@ fn blobs(view: &View) -> Result<Vec<Blob>, DescribeError> {
 /// The size of a blob directory's `data`, if it holds a regular file.
 fn data_size(view: &View, dir: &Path, layers: &[LayerIdx]) -> Result<Option<u64>, DescribeError> {
     let found = view.lookup(Dir { rel: dir, layers }, OsStr::new(layout::DATA)).map_err(io_err(dir))?;
-    Ok(found.filter(|e| e.meta.is_file()).map(|e| e.meta.len()))
+    Ok(found.filter(|e| e.meta.is_file()).map(|e| e.meta.size))
 }
 
 /// Every tag of the view's repositories: (repo, tag, the digest `current` names).
@@ -175,12 +174,11 @@ fn read_view_file(view: &View, rel: &Path, max: u64) -> Result<Option<Vec<u8>>, 
     if !e.meta.is_file() {
         return Ok(None);
     }
-    if e.meta.len() > max {
-        return Err(bad(rel, format!("{} bytes: larger than expected ({max} at most)", e.meta.len())));
+    if e.meta.size > max {
+        return Err(bad(rel, format!("{} bytes: larger than expected ({max} at most)", e.meta.size)));
     }
-    let real = view.real_path(rel, &e);
-    let mut buf = Vec::with_capacity(e.meta.len() as usize);
-    fs::File::open(&real).and_then(|f| f.take(max).read_to_end(&mut buf)).map_err(io_err(rel))?;
+    let mut buf = Vec::with_capacity(e.meta.size as usize);
+    view.open_read(rel, &e, 0).and_then(|f| f.take(max).read_to_end(&mut buf)).map_err(io_err(rel))?;
     Ok(Some(buf))
 }
 

@@ -20,9 +20,9 @@
 //!   next export to the target removes what a killed one left.
 
 use std::ffi::OsStr;
-use std::fs::{self, File, Metadata, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::Instant;
 
@@ -34,8 +34,9 @@ use crate::bundle::{self, BaseRef, Description, Totals};
 use crate::inventory::Inventory;
 use crate::layout::{self, Digest};
 use crate::store::{self, Layers};
+use crate::sys;
 use crate::util::human_bytes;
-use crate::view::{Dir, LayerIdx, Named, View};
+use crate::view::{Dir, Entry, LayerIdx, Named, Stat, View};
 
 /// Buffer size of the tar writer and of each read from a layer file.
 const BUF_BYTES: usize = 1 << 20;
@@ -500,17 +501,17 @@ impl TarWriter<'_> {
         Ok(items)
     }
 
-    fn header(&self, meta: &Metadata, ty: tar::EntryType, size: u64) -> tar::Header {
+    fn header(&self, meta: &Stat, ty: tar::EntryType, size: u64) -> tar::Header {
         // ustar: paths up to 255 bytes fit the header (name + prefix); longer
         // ones get a GNU long-name entry, which GNU tar and Go read.
         let mut h = tar::Header::new_ustar();
         h.set_entry_type(ty);
         h.set_size(size);
-        h.set_mode(meta.mode() & 0o7777);
+        h.set_mode(meta.perm());
         if self.opts.keep_times {
-            h.set_mtime(meta.mtime().max(0) as u64);
-            h.set_uid(meta.uid().into());
-            h.set_gid(meta.gid().into());
+            h.set_mtime(meta.mtime.sec.max(0) as u64);
+            h.set_uid(meta.uid.into());
+            h.set_gid(meta.gid.into());
         } else {
             h.set_mtime(0);
             h.set_uid(0);
@@ -557,9 +558,11 @@ impl TarWriter<'_> {
         }
         crate::testhook::point("export-entry", n);
         let ft = item.file_type;
-        let real = self.view.layer_path(item.layers[0], rel);
+        let real = self.view.place_of(item.layers[0], rel);
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        let entry = || self.view.entry_of(parent, item).with_context(|| format!("stat {}", real.display()));
         if ft.is_dir() {
-            let meta = fs::symlink_metadata(&real).with_context(|| format!("stat {}", real.display()))?;
+            let meta = entry()?.meta;
             let mut h = self.header(&meta, tar::EntryType::Directory, 0);
             self.put_header(&mut h, rel, None)?;
             self.report.dirs += 1;
@@ -570,10 +573,11 @@ impl TarWriter<'_> {
                 }
             }
         } else if ft.is_file() {
-            self.file(rel, &real)?;
+            self.file(rel, &entry()?, &real)?;
         } else if ft.is_symlink() {
-            let meta = fs::symlink_metadata(&real).with_context(|| format!("stat {}", real.display()))?;
-            let target = fs::read_link(&real).with_context(|| format!("reading symlink {}", rel.display()))?;
+            let e = entry()?;
+            let meta = e.meta;
+            let target = self.view.read_link(rel, &e).with_context(|| format!("reading symlink {}", rel.display()))?;
             if !stays_inside(&target) {
                 bail!(
                     "{}: symlink to {} leads out of the store; registries never create symlinks: remove it, \
@@ -608,21 +612,20 @@ impl TarWriter<'_> {
         }
     }
 
-    fn file(&mut self, rel: &Path, real: &Path) -> Result<()> {
-        let f = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(real)
+    fn file(&mut self, rel: &Path, e: &Entry, real: &Path) -> Result<()> {
+        let f = self
+            .view
+            .open_read(rel, e, libc::O_NOFOLLOW)
             .with_context(|| format!("opening {} ({})", rel.display(), real.display()))?;
         // The size written is the open file's: one stat, of what is read.
-        let meta = f.metadata().with_context(|| format!("stat {}", real.display()))?;
+        let meta = sys::stat_of(&f).with_context(|| format!("stat {}", real.display()))?;
         let blob = if self.opts.verify { layout::blob_of_data_path(rel) } else { None };
-        let mut reader = ExactReader { inner: f, remaining: meta.len(), hasher: blob.map(|_| sha2::Sha256::new()) };
-        let mut h = self.header(&meta, tar::EntryType::Regular, meta.len());
+        let mut reader = ExactReader { inner: f, remaining: meta.size, hasher: blob.map(|_| sha2::Sha256::new()) };
+        let mut h = self.header(&meta, tar::EntryType::Regular, meta.size);
         self.put_header(&mut h, rel, None)?;
-        if blob.is_none() && meta.len() <= SMALL_FILE {
+        if blob.is_none() && meta.size <= SMALL_FILE {
             let start = self.batch.len();
-            self.batch.resize(start + meta.len() as usize, 0);
+            self.batch.resize(start + meta.size as usize, 0);
             reader
                 .read_exact(&mut self.batch[start..])
                 .with_context(|| format!("reading {} ({})", rel.display(), real.display()))?;
@@ -637,7 +640,7 @@ impl TarWriter<'_> {
             })))?;
         }
         self.report.files += 1;
-        self.report.data_bytes += meta.len();
+        self.report.data_bytes += meta.size;
         Ok(())
     }
 }

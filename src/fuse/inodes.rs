@@ -79,9 +79,8 @@ struct Table {
 
 /// (device, inode) of an upper file with several links.
 fn link_key(entry: &Entry) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
     let m = &entry.meta;
-    (entry.top() == UPPER && m.is_file() && m.nlink() > 1).then(|| (m.dev(), m.ino()))
+    (entry.top() == UPPER && m.is_file() && m.nlink > 1).then_some((m.dev, m.ino))
 }
 
 fn name_hash(name: &OsStr) -> u64 {

@@ -6,9 +6,9 @@
 mod inodes;
 
 use std::ffi::OsStr;
-use std::fs::{File, Metadata};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -22,7 +22,7 @@ use fuser::{
 };
 
 use crate::sys::{self, SetTime};
-use crate::view::{AttrChange, Dir, Entry, UPPER, View};
+use crate::view::{AttrChange, Dir, Entry, FileKind, Stat, UPPER, View};
 use inodes::{Inodes, NodeInfo, ROOT};
 
 /// Attribute/entry cache time for entries that live in upper (they change).
@@ -74,33 +74,15 @@ fn io_errno(e: &io::Error) -> Errno {
     Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
-fn to_system_time(sec: i64, nsec: i64) -> SystemTime {
-    if sec >= 0 {
-        UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
-    } else {
-        UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs()) + Duration::from_nanos(nsec as u64)
-    }
-}
-
-fn file_type(m: &Metadata) -> FileType {
-    kind_of(m.file_type())
-}
-
-fn kind_of(ft: std::fs::FileType) -> FileType {
-    if ft.is_dir() {
-        FileType::Directory
-    } else if ft.is_symlink() {
-        FileType::Symlink
-    } else if ft.is_char_device() {
-        FileType::CharDevice
-    } else if ft.is_block_device() {
-        FileType::BlockDevice
-    } else if ft.is_fifo() {
-        FileType::NamedPipe
-    } else if ft.is_socket() {
-        FileType::Socket
-    } else {
-        FileType::RegularFile
+fn kind_of(kind: FileKind) -> FileType {
+    match kind {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::BlockDevice => FileType::BlockDevice,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
     }
 }
 
@@ -111,7 +93,7 @@ fn ttl_for(e: &Entry) -> Duration {
 /// The attributes of an entry, with the kernel overlay's conventions:
 /// a merged directory reports nlink 1, as overlayfs does.
 /// A setattr applied to an open file (one no name leads to any more).
-fn set_attr_of_file(f: &File, change: &AttrChange) -> io::Result<std::fs::Metadata> {
+fn set_attr_of_file(f: &File, change: &AttrChange) -> io::Result<Stat> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(mode) = change.mode {
         f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))?;
@@ -125,27 +107,27 @@ fn set_attr_of_file(f: &File, change: &AttrChange) -> io::Result<std::fs::Metada
     if change.atime.is_some() || change.mtime.is_some() {
         sys::futimens(f, change.atime.unwrap_or(SetTime::Omit), change.mtime.unwrap_or(SetTime::Omit))?;
     }
-    f.metadata()
+    sys::stat_of(f)
 }
 
 fn attr(ino: u64, e: &Entry) -> FileAttr {
     let m = &e.meta;
-    let nlink = if m.is_dir() && e.layers.len() > 1 { 1 } else { m.nlink() as u32 };
+    let nlink = if m.is_dir() && e.layers.len() > 1 { 1 } else { m.nlink as u32 };
     FileAttr {
         ino: INodeNo(ino),
-        size: m.size(),
-        blocks: m.blocks(),
-        atime: to_system_time(m.atime(), m.atime_nsec()),
-        mtime: to_system_time(m.mtime(), m.mtime_nsec()),
-        ctime: to_system_time(m.ctime(), m.ctime_nsec()),
-        crtime: to_system_time(m.ctime(), m.ctime_nsec()),
-        kind: file_type(m),
-        perm: (m.mode() & 0o7777) as u16,
+        size: m.size,
+        blocks: m.blocks,
+        atime: m.atime.to_system_time(),
+        mtime: m.mtime.to_system_time(),
+        ctime: m.ctime.to_system_time(),
+        crtime: m.ctime.to_system_time(),
+        kind: kind_of(m.kind()),
+        perm: m.perm() as u16,
         nlink,
-        uid: m.uid(),
-        gid: m.gid(),
-        rdev: m.rdev() as u32,
-        blksize: m.blksize() as u32,
+        uid: m.uid,
+        gid: m.gid,
+        rdev: m.rdev as u32,
+        blksize: m.blksize as u32,
         flags: 0,
     }
 }
@@ -358,11 +340,10 @@ impl RegFs {
 
     /// New entries belong to the caller, as on any filesystem (root only).
     fn own(&self, req: &Request, path: &Path, e: Entry) -> io::Result<Entry> {
-        if !self.chown_new || (e.meta.uid() == req.uid() && e.meta.gid() == req.gid()) {
+        if !self.chown_new || (e.meta.uid == req.uid() && e.meta.gid == req.gid()) {
             return Ok(e);
         }
-        let p = self.view.layer_path(UPPER, path);
-        std::os::unix::fs::lchown(&p, Some(req.uid()), Some(req.gid()))?;
+        self.view.chown_upper(path, req.uid(), req.gid())?;
         self.view.refresh(path, &e)
     }
 
@@ -459,7 +440,7 @@ impl Filesystem for RegFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         // An open handle answers for itself (an unlinked file still has attributes).
         if let Some(f) = fh.and_then(|fh| self.file(fh).ok())
-            && let (Ok(meta), Ok(info)) = (f.metadata(), self.node(ino))
+            && let (Ok(meta), Ok(info)) = (sys::stat_of(&*f), self.node(ino))
         {
             let e = Entry { layers: info.layers, meta };
             return reply.attr(&ttl_for(&e), &attr(ino.0, &e));
@@ -467,7 +448,7 @@ impl Filesystem for RegFs {
         match self.fresh(ino) {
             Ok((_, e)) => reply.attr(&ttl_for(&e), &attr(ino.0, &e)),
             // Unlinked while open: the open file answers (nlink 0).
-            Err(e) if e == Errno::ENOENT => match self.open_file_of(ino.0).map(|f| f.metadata()) {
+            Err(e) if e == Errno::ENOENT => match self.open_file_of(ino.0).map(|f| sys::stat_of(&*f)) {
                 Some(Ok(meta)) => {
                     let e = Entry { layers: vec![UPPER], meta };
                     reply.attr(&ttl_for(&e), &attr(ino.0, &e))
@@ -510,7 +491,7 @@ impl Filesystem for RegFs {
         // bits (the kernel leaves this to regfs, see `init`).
         let mode = match mode {
             None if size.is_some() && req.uid() != 0 => match self.fresh(ino) {
-                Ok((_, e)) if e.meta.is_file() => killed_suidgid(e.meta.mode(), e.meta.gid(), req.gid()),
+                Ok((_, e)) if e.meta.is_file() => killed_suidgid(e.meta.mode, e.meta.gid, req.gid()),
                 Ok(_) => None,
                 Err(e) => return reply.error(e),
             },
@@ -558,7 +539,7 @@ impl Filesystem for RegFs {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        match std::fs::read_link(self.view.real_path(&path, &e)) {
+        match self.view.read_link(&path, &e) {
             Ok(t) => reply.data(t.as_os_str().as_encoded_bytes()),
             Err(err) => reply.error(self.fail("readlink", &path, &err)),
         }
@@ -895,11 +876,9 @@ impl Filesystem for RegFs {
             Ok(n) => n.path,
             Err(e) => return reply.error(e),
         };
-        // Only upper changes; a directory upper lacks holds nothing unsynced.
-        let up = self.view.layer_path(UPPER, &path);
-        match sys::sync_dir(&up) {
+        // Only upper changes.
+        match self.view.sync_upper_dir(&path) {
             Ok(()) => reply.ok(),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => reply.ok(),
             Err(e) => reply.error(self.fail("fsyncdir", &path, &e)),
         }
     }

@@ -37,7 +37,7 @@ mod scan;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -230,7 +230,7 @@ impl<'s> Store<'s> {
     fn read_manifest(&self, p: &Pending) -> Result<(BlobData, Option<manifest::Refs>), GcError> {
         let path = layout::blob_data(&p.digest);
         let data = self.data(&p.digest)?;
-        let Some((size, real)) = &data else {
+        let Some(entry) = &data else {
             if p.required {
                 return Err(bad(
                     &path,
@@ -239,10 +239,16 @@ impl<'s> Store<'s> {
             }
             return Ok((data, None));
         };
-        if *size > manifest::MAX_MANIFEST_BYTES {
+        let size = entry.meta.size;
+        if size > manifest::MAX_MANIFEST_BYTES {
             return Err(bad(&path, format!("{size} bytes: too large to be a manifest (named by {})", p.origin)));
         }
-        let bytes = fs::read(real).map_err(|source| GcError::Io { path: path.display().to_string(), source })?;
+        let mut bytes = Vec::with_capacity(size as usize);
+        self.sc
+            .view()
+            .open_read(&path, entry, 0)
+            .and_then(|f| f.take(size).read_to_end(&mut bytes))
+            .map_err(|source| GcError::Io { path: path.display().to_string(), source })?;
         if Digest::of(&bytes) != p.digest {
             return Err(bad(
                 &path,
@@ -426,7 +432,7 @@ fn plan_scan(sc: &Scanner, opts: &GcOptions, prefixes: &[Named], t0: Instant) ->
     let mut doomed = Vec::new();
     for blob in &store.blobs {
         match kept_data(&blob.digest) {
-            Some((size, _)) => b.keep(Kind::Blob, *size),
+            Some(e) => b.keep(Kind::Blob, e.meta.size),
             _ => doomed.push(blob),
         }
     }

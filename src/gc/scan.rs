@@ -10,7 +10,6 @@
 //! Every directory listed is remembered (how many names it holds), so the planner
 //! can tell which directories GC leaves empty without listing them again.
 
-use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -20,7 +19,7 @@ use rustc_hash::FxHashMap;
 
 use super::{GcError, bad};
 use crate::layout::{self, Digest, Section};
-use crate::view::{Dir, LayerIdx, Named, UPPER, View};
+use crate::view::{Dir, Entry, Layer, LayerIdx, Named, UPPER, View};
 
 /// A link directory (`.../sha256/<hex>`) and what its `link` file says.
 #[derive(Clone, Debug)]
@@ -93,8 +92,8 @@ pub struct BlobScan {
     pub layers: Vec<LayerIdx>,
 }
 
-/// Size and real path of a blob's data file.
-pub type BlobData = Option<(u64, PathBuf)>;
+/// A blob's data file as the view has it (its size is the entry's).
+pub type BlobData = Option<Entry>;
 
 pub struct Scanner<'v> {
     view: &'v View,
@@ -115,6 +114,10 @@ fn utf8<'a>(dir: &Path, item: &'a Named) -> Result<&'a str, GcError> {
 }
 
 impl<'v> Scanner<'v> {
+    pub fn view(&self) -> &'v View {
+        self.view
+    }
+
     pub fn new(view: &'v View) -> Scanner<'v> {
         Scanner { view, listings: Mutex::new(FxHashMap::default()) }
     }
@@ -189,13 +192,12 @@ impl<'v> Scanner<'v> {
         if !e.meta.is_file() {
             return Err(bad(&rel, "a link must be a regular file"));
         }
-        if e.meta.len() > MAX_LINK_BYTES {
-            return Err(bad(&rel, format!("a link holds 71 bytes, this one {}", e.meta.len())));
+        if e.meta.size > MAX_LINK_BYTES {
+            return Err(bad(&rel, format!("a link holds 71 bytes, this one {}", e.meta.size)));
         }
-        let real = self.view.real_path(&rel, &e);
         // Sized from the lookup: one read(2) for a link, not a probe loop.
-        let mut content = vec![0; e.meta.len() as usize];
-        fs::File::open(&real).and_then(|mut f| f.read_exact(&mut content)).map_err(io_err(&rel))?;
+        let mut content = vec![0; e.meta.size as usize];
+        self.view.open_read(&rel, &e, 0).and_then(|mut f| f.read_exact(&mut content)).map_err(io_err(&rel))?;
         let d = layout::parse_link(&content).map_err(|err| bad(&rel, format!("bad link: {err}")))?;
         if let Some(x) = expect.filter(|x| **x != d) {
             return Err(bad(&rel, format!("the link names {d} but is filed under {x}")));
@@ -367,8 +369,7 @@ impl<'v> Scanner<'v> {
         Ok(per_prefix.into_iter().flatten().collect())
     }
 
-    /// The size and real path of a blob's `data` file; `None` when there is
-    /// none.
+    /// A blob's `data` file; `None` when there is none.
     pub fn blob_data(&self, blob: &BlobScan) -> Result<BlobData, GcError> {
         let dir = layout::blob_dir(&blob.digest);
         let data_rel = dir.join(layout::DATA);
@@ -377,7 +378,7 @@ impl<'v> Scanner<'v> {
             .lookup(Dir { rel: &dir, layers: &blob.layers }, layout::DATA.as_ref())
             .map_err(io_err(&data_rel))?
         {
-            Some(d) if d.meta.is_file() => Ok(Some((d.meta.len(), self.view.real_path(&data_rel, &d)))),
+            Some(d) if d.meta.is_file() => Ok(Some(d)),
             Some(_) => Err(bad(&data_rel, "blob data must be a regular file")),
             None => Ok(None),
         }
@@ -387,23 +388,18 @@ impl<'v> Scanner<'v> {
     /// below it) frees: what upper holds there. History entries are only
     /// hidden by a whiteout, which frees nothing, so they are not visited.
     pub fn upper_usage(&self, rel: &Path) -> Result<(u64, u64), GcError> {
-        fn walk(p: &Path, rel: &Path) -> Result<(u64, u64), GcError> {
-            let meta = match fs::symlink_metadata(p) {
-                Ok(m) => m,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
-                Err(e) => return Err(io_err(rel)(e)),
-            };
+        fn walk(upper: &dyn Layer, rel: &Path) -> Result<(u64, u64), GcError> {
+            let Some(meta) = upper.stat(rel).map_err(io_err(rel))? else { return Ok((0, 0)) };
             if !meta.is_dir() {
-                return Ok(if meta.is_file() { (1, meta.len()) } else { (0, 0) });
+                return Ok(if meta.is_file() { (1, meta.size) } else { (0, 0) });
             }
             let mut total = (0, 0);
-            for de in fs::read_dir(p).map_err(io_err(rel))? {
-                let de = de.map_err(io_err(rel))?;
-                let (f, b) = walk(&de.path(), &rel.join(de.file_name()))?;
+            for (name, _) in upper.read_dir(rel).map_err(io_err(rel))?.unwrap_or_default() {
+                let (f, b) = walk(upper, &rel.join(name))?;
                 total = (total.0 + f, total.1 + b);
             }
             Ok(total)
         }
-        walk(&self.view.layer_path(UPPER, rel), rel)
+        walk(self.view.upper_layer(), rel)
     }
 }

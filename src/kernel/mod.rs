@@ -41,15 +41,9 @@ pub fn hidden_paths(view: &View) -> io::Result<BTreeSet<PathBuf>> {
     let repos = layout::repositories_root();
     // Work items: the directories directly under each lower's repositories/.
     let mut items = Vec::new();
-    for lower in view.lower_roots() {
-        match fs::read_dir(lower.join(&repos)) {
-            Ok(rd) => {
-                for de in rd {
-                    items.push(repos.join(de?.file_name()));
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+    for lower in view.lowers() {
+        for (name, _) in lower.read_dir(&repos)?.unwrap_or_default() {
+            items.push(repos.join(name));
         }
     }
     items.sort();
@@ -76,23 +70,12 @@ fn collect(view: &View, rel: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
         return Ok(());
     }
     let mut names = BTreeSet::new();
-    for lower in view.lower_roots() {
-        let dir = lower.join(rel);
-        // The view shows a symlink as a symlink: never walk through one.
-        if fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_symlink()) {
-            continue;
-        }
-        match fs::read_dir(&dir) {
-            Ok(rd) => {
-                for de in rd {
-                    let de = de?;
-                    if de.file_type()?.is_dir() {
-                        names.insert(de.file_name());
-                    }
-                }
+    for lower in view.lowers() {
+        // A symlink is no directory to a layer: never walked through.
+        for (name, kind) in lower.read_dir(rel)?.unwrap_or_default() {
+            if kind.is_dir() {
+                names.insert(name);
             }
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {}
-            Err(e) => return Err(e),
         }
     }
     for name in names {

@@ -7,10 +7,7 @@ impl View {
     /// Makes sure the directory `rel` exists in upper, copying up each
     /// missing ancestor with its mode, owner and times.
     pub(super) fn ensure_upper_dir(&self, rel: &Path) -> io::Result<()> {
-        let up = self.layer_path(UPPER, rel);
-        if let Some(m) = lstat(&up)?
-            && m.is_dir()
-        {
+        if self.stat_in(UPPER, rel)?.is_some_and(|m| m.is_dir()) {
             return Ok(());
         }
         let Some(entry) = self.resolve(rel)? else { return Err(errno(libc::ENOENT)) };
@@ -21,15 +18,16 @@ impl View {
         if let Some(parent) = parent {
             self.ensure_upper_dir(parent)?;
         }
-        let parent_up = parent.map(|p| self.layer_path(UPPER, p));
-        let parent_meta = parent_up.as_deref().map(fs::symlink_metadata).transpose()?;
+        let parent_meta = parent.map(|p| self.stat_in(UPPER, p)).transpose()?.flatten();
         // A whiteout can't sit where the view shows a directory, but a stale
         // temporary or foreign file could: only a missing name is created.
-        fs::create_dir(&up).or_else(|e| if e.kind() == io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })?;
+        self.upper
+            .mkdir(rel, 0o700)
+            .or_else(|e| if e.kind() == io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })?;
         count_copyup(true);
-        copy_attrs(&entry.meta, &up)?;
-        if let (Some(p), Some(m)) = (parent_up, parent_meta) {
-            restore_times(&p, &m)?;
+        self.copy_attrs(&entry.meta, rel)?;
+        if let (Some(p), Some(m)) = (parent, parent_meta) {
+            self.restore_times(p, &m)?;
         }
         Ok(())
     }
@@ -51,78 +49,74 @@ impl View {
         }
         let parent = Self::parent_of(rel)?;
         self.ensure_upper_dir(parent)?;
-        let parent_up = self.layer_path(UPPER, parent);
-        let parent_meta = fs::symlink_metadata(&parent_up)?;
-        let src = self.real_path(rel, &entry);
+        let parent_meta = self.stat_in(UPPER, parent)?.ok_or_else(|| errno(libc::ENOENT))?;
+        let src = self.layer(entry.top());
         let tmp = self.tmp_path(parent);
-        let ft = entry.meta.file_type();
-        let made = if ft.is_file() {
-            copy_file_data(&src, &tmp, entry.meta.mode())
-        } else if ft.is_symlink() {
-            fs::read_link(&src).and_then(|t| std::os::unix::fs::symlink(t, &tmp))
-        } else {
-            sys::mknod(&tmp, entry.meta.mode(), entry.meta.rdev())
+        let m = &entry.meta;
+        let made = match m.kind() {
+            FileKind::File => self.copy_file_data(src, rel, &tmp, m.perm()),
+            FileKind::Symlink => src.read_link(rel).and_then(|t| self.upper.symlink(&t, &tmp)),
+            _ => self.upper.mknod(&tmp, m.mode, m.rdev),
         };
         let finish = made
-            .and_then(|_| copy_xattrs(&src, &tmp))
-            .and_then(|_| copy_attrs(&entry.meta, &tmp))
-            .and_then(|_| fs::rename(&tmp, self.layer_path(UPPER, rel)));
+            .and_then(|_| self.copy_xattrs(src, rel, &tmp))
+            .and_then(|_| self.copy_attrs(m, &tmp))
+            .and_then(|_| self.upper.rename(&tmp, rel, 0));
         if let Err(e) = finish {
-            let _ = fs::remove_file(&tmp);
+            let _ = self.upper.remove_file(&tmp);
             return Err(e);
         }
-        restore_times(&parent_up, &parent_meta)?;
+        self.restore_times(parent, &parent_meta)?;
         count_copyup(false);
         self.resolve_existing(rel)
     }
-}
 
-/// Gives `dir` back the times of `before`: copying up into a directory is
-/// no change a user made, so overlayfs keeps its times (its ctime moves).
-fn restore_times(dir: &Path, before: &Metadata) -> io::Result<()> {
-    let at = |t: io::Result<std::time::SystemTime>| t.map(SetTime::At).unwrap_or(SetTime::Omit);
-    sys::utimens(dir, at(before.accessed()), at(before.modified()))
-}
-
-pub(super) fn copy_file_data(src: &Path, dst: &Path, mode: u32) -> io::Result<()> {
-    let mut from = File::open(src)?;
-    let mut to = OpenOptions::new().write(true).create_new(true).mode(mode & 0o7777).open(dst)?;
-    // io::copy uses copy_file_range/sendfile between files where it can.
-    io::copy(&mut from, &mut to)?;
-    Ok(())
-}
-
-/// Owner (where permitted), mode and times of `meta` onto `dst`.
-pub(super) fn copy_attrs(meta: &Metadata, dst: &Path) -> io::Result<()> {
-    if sys::geteuid() == 0
-        && let Err(e) = std::os::unix::fs::lchown(dst, Some(meta.uid()), Some(meta.gid()))
-    {
-        // In a user namespace, ids outside its map cannot be given
-        // (EINVAL): the copy keeps the namespace root's ownership.
-        if !(sys::in_user_namespace() && matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EPERM))) {
-            return Err(e);
-        }
+    /// Gives the upper directory `dir` back the times of `before`: copying
+    /// up into a directory is no change a user made, so overlayfs keeps its
+    /// times (its ctime moves).
+    fn restore_times(&self, dir: &Path, before: &Stat) -> io::Result<()> {
+        self.upper.set_times(dir, before.atime.into(), before.mtime.into())
     }
-    if !meta.file_type().is_symlink() {
-        fs::set_permissions(dst, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
-    }
-    let atime = meta.accessed().map(SetTime::At).unwrap_or(SetTime::Omit);
-    let mtime = meta.modified().map(SetTime::At).unwrap_or(SetTime::Omit);
-    sys::utimens(dst, atime, mtime)
-}
 
-/// User-visible xattrs travel with a copy-up; overlay's own never do.
-pub(super) fn copy_xattrs(src: &Path, dst: &Path) -> io::Result<()> {
-    for name in sys::llistxattr(src)? {
-        if is_overlay_xattr(&name) {
-            continue;
-        }
-        if let Some(v) = sys::lgetxattr(src, &name)? {
-            // Not every namespace is writable by every user: skip, don't fail.
-            if let Err(e) = sys::lsetxattr(dst, &name, &v, 0) {
-                tracing::debug!(path = %dst.display(), ?name, error = %e, "xattr not copied up");
+    /// The data of the file `rel` of `src` into the new upper file `dst`.
+    fn copy_file_data(&self, src: &dyn Layer, rel: &Path, dst: &Path, mode: u32) -> io::Result<()> {
+        let mut from = src.open(rel, 0)?;
+        let mut to = self.upper.open_with(dst, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, mode & 0o7777)?;
+        // io::copy uses copy_file_range/sendfile between files where it can.
+        io::copy(&mut from, &mut to)?;
+        Ok(())
+    }
+
+    /// Owner (where permitted), mode and times of `meta` onto the upper entry `dst`.
+    pub(super) fn copy_attrs(&self, meta: &Stat, dst: &Path) -> io::Result<()> {
+        if sys::geteuid() == 0
+            && let Err(e) = self.upper.set_owner(dst, Some(meta.uid), Some(meta.gid))
+        {
+            // In a user namespace, ids outside its map cannot be given
+            // (EINVAL): the copy keeps the namespace root's ownership.
+            if !(sys::in_user_namespace() && matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EPERM))) {
+                return Err(e);
             }
         }
+        if !meta.is_symlink() {
+            self.upper.set_mode(dst, meta.perm())?;
+        }
+        self.upper.set_times(dst, meta.atime.into(), meta.mtime.into())
     }
-    Ok(())
+
+    /// User-visible xattrs travel with a copy-up; overlay's own never do.
+    fn copy_xattrs(&self, src: &dyn Layer, rel: &Path, dst: &Path) -> io::Result<()> {
+        for name in src.xattr_names(rel)? {
+            if is_overlay_xattr(&name) {
+                continue;
+            }
+            if let Some(v) = src.xattr(rel, &name)? {
+                // Not every namespace is writable by every user: skip, don't fail.
+                if let Err(e) = self.upper.set_xattr(dst, &name, &v, 0) {
+                    tracing::debug!(path = %dst.display(), ?name, error = %e, "xattr not copied up");
+                }
+            }
+        }
+        Ok(())
+    }
 }

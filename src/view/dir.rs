@@ -7,10 +7,9 @@ impl View {
     /// Removes a whiteout (or any non-directory) that upper holds at `rel`,
     /// so a new entry can take its place.
     pub(super) fn clear_upper_slot(&self, rel: &Path) -> io::Result<()> {
-        let p = self.layer_path(UPPER, rel);
-        if let Some(m) = lstat(&p)? {
-            if self.is_whiteout(UPPER, &p, &m)? {
-                fs::remove_file(&p)?;
+        if let Some(m) = self.stat_in(UPPER, rel)? {
+            if self.is_whiteout(UPPER, rel, &m)? {
+                self.upper.remove_file(rel)?;
             } else {
                 return Err(errno(libc::EEXIST));
             }
@@ -51,23 +50,21 @@ impl View {
 
     /// A name just created in upper: the only layer it has.
     pub(super) fn new_upper_entry(&self, rel: &Path) -> io::Result<Entry> {
-        Ok(Entry { layers: vec![UPPER], meta: fs::symlink_metadata(self.layer_path(UPPER, rel))? })
+        Ok(Entry { layers: vec![UPPER], meta: self.stat_in(UPPER, rel)?.ok_or_else(|| errno(libc::ENOENT))? })
     }
 
     /// Creates a regular file `name` in `dir` (`O_CREAT|O_EXCL` semantics) and opens it.
     pub fn create_file(&self, dir: Dir, name: &OsStr, mode: u32, write: bool, read: bool) -> io::Result<(File, Entry)> {
         let _g = self.lock();
         let rel = self.prepare_new(dir, name)?;
-        let p = self.layer_path(UPPER, &rel);
-        // O_CREAT|O_EXCL by hand: std refuses to create without write
-        // access, but open(O_CREAT|O_RDONLY) creates a file (POSIX).
-        let f = OpenOptions::new()
-            .read(read || !write)
-            .write(write)
-            .custom_flags(libc::O_CREAT | libc::O_EXCL)
-            .mode(mode & 0o7777)
-            .open(&p)?;
-        let meta = f.metadata()?;
+        // open(O_CREAT|O_RDONLY) creates a file too (POSIX).
+        let acc = match (read, write) {
+            (true, true) => libc::O_RDWR,
+            (_, true) => libc::O_WRONLY,
+            _ => libc::O_RDONLY,
+        };
+        let f = self.upper.open_with(&rel, acc | libc::O_CREAT | libc::O_EXCL, mode & 0o7777)?;
+        let meta = sys::stat_of(&f)?;
         Ok((f, Entry { layers: vec![UPPER], meta }))
     }
 
@@ -76,11 +73,10 @@ impl View {
     pub fn mkdir(&self, dir: Dir, name: &OsStr, mode: u32) -> io::Result<Entry> {
         let _g = self.lock();
         let rel = self.prepare_new(dir, name)?;
-        let p = self.layer_path(UPPER, &rel);
-        fs::create_dir(&p)?;
-        fs::set_permissions(&p, fs::Permissions::from_mode(mode & 0o7777))?;
+        self.upper.mkdir(&rel, 0o700)?;
+        self.upper.set_mode(&rel, mode)?;
         if self.lower_has(&rel)? {
-            self.set_opaque(&p)?;
+            self.set_opaque(&rel)?;
         }
         // New in upper, and opaque wherever a lower holds the name.
         self.new_upper_entry(&rel)
@@ -100,7 +96,7 @@ impl View {
         }
         let _g = self.lock();
         let rel = self.prepare_new(dir, name)?;
-        sys::mknod(&self.layer_path(UPPER, &rel), mode, rdev)?;
+        self.upper.mknod(&rel, mode, rdev)?;
         self.new_upper_entry(&rel)
     }
 
@@ -108,7 +104,7 @@ impl View {
     pub fn symlink(&self, dir: Dir, name: &OsStr, target: &Path) -> io::Result<Entry> {
         let _g = self.lock();
         let rel = self.prepare_new(dir, name)?;
-        std::os::unix::fs::symlink(target, self.layer_path(UPPER, &rel))?;
+        self.upper.symlink(target, &rel)?;
         self.new_upper_entry(&rel)
     }
 
@@ -122,7 +118,7 @@ impl View {
         self.copy_up_locked(from)?;
         let (parent, pe, name) = self.parent_dir(to)?;
         self.prepare_new(Dir { rel: &parent, layers: &pe.layers }, &name)?;
-        fs::hard_link(self.layer_path(UPPER, from), self.layer_path(UPPER, to))?;
+        self.upper.hard_link(from, to)?;
         self.resolve_existing(to)
     }
 
@@ -201,16 +197,15 @@ impl View {
             self.copy_up_locked(from)?;
         }
         self.ensure_upper_dir(Self::parent_of(to)?)?;
-        let up_to = self.layer_path(UPPER, to);
         match &dst {
             // An empty merged or opaque directory in upper holds only whiteouts.
-            Some(d) if d.is_dir() && d.layers.contains(&UPPER) => fs::remove_dir_all(&up_to)?,
+            Some(d) if d.is_dir() && d.layers.contains(&UPPER) => self.upper.remove_all(to)?,
             Some(_) => {}
             None => self.clear_upper_slot(to)?,
         }
-        fs::rename(self.layer_path(UPPER, from), &up_to)?;
+        self.upper.rename(from, to, 0)?;
         if src.is_dir() && self.lower_has(to)? {
-            self.set_opaque(&up_to)?;
+            self.set_opaque(to)?;
         }
         if self.lower_has(from)? {
             self.make_whiteout(from)?;

@@ -5,53 +5,65 @@ use super::*;
 impl View {
     /// Opens the file behind `rel` for reading (no copy-up).
     pub fn open_read(&self, rel: &Path, e: &Entry, flags: i32) -> io::Result<File> {
-        OpenOptions::new()
-            .read(true)
-            .custom_flags(flags & !(libc::O_ACCMODE | libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC))
-            .open(self.real_path(rel, e))
+        self.layer(e.top()).open(rel, flags)
+    }
+
+    /// The target of the symlink behind `rel`.
+    pub fn read_link(&self, rel: &Path, e: &Entry) -> io::Result<PathBuf> {
+        self.layer(e.top()).read_link(rel)
     }
 
     /// Opens `rel` for writing: copied up first; O_APPEND and O_TRUNC honoured.
     pub fn open_write(&self, rel: &Path, flags: i32) -> io::Result<(File, Entry)> {
         let entry = self.copy_up(rel)?;
-        let acc = flags & libc::O_ACCMODE;
-        let f = OpenOptions::new()
-            .read(acc == libc::O_RDWR)
-            .write(true)
-            .custom_flags(flags & !(libc::O_ACCMODE | libc::O_CREAT | libc::O_EXCL))
-            .open(self.layer_path(UPPER, rel))?;
+        let acc = if flags & libc::O_ACCMODE == libc::O_RDWR { libc::O_RDWR } else { libc::O_WRONLY };
+        let f = self.upper.open_with(rel, acc | (flags & !(libc::O_ACCMODE | libc::O_CREAT | libc::O_EXCL)), 0)?;
         Ok((f, entry))
     }
 
     /// chmod/chown/truncate/utimens through copy-up.
     pub fn set_attr(&self, rel: &Path, change: &AttrChange) -> io::Result<Entry> {
         self.copy_up(rel)?;
-        let p = self.layer_path(UPPER, rel);
         if let Some(mode) = change.mode {
-            fs::set_permissions(&p, fs::Permissions::from_mode(mode & 0o7777))?;
+            self.upper.set_mode(rel, mode)?;
         }
         if change.uid.is_some() || change.gid.is_some() {
-            std::os::unix::fs::lchown(&p, change.uid, change.gid)?;
+            self.upper.set_owner(rel, change.uid, change.gid)?;
         }
         if let Some(size) = change.size {
-            OpenOptions::new().write(true).open(&p)?.set_len(size)?;
+            self.upper.open_with(rel, libc::O_WRONLY, 0)?.set_len(size)?;
         }
         if change.atime.is_some() || change.mtime.is_some() {
-            sys::utimens(&p, change.atime.unwrap_or(SetTime::Omit), change.mtime.unwrap_or(SetTime::Omit))?;
+            self.upper.set_times(rel, change.atime.unwrap_or(SetTime::Omit), change.mtime.unwrap_or(SetTime::Omit))?;
         }
         self.resolve_existing(rel)
     }
 
+    /// Gives a name that exists in upper to `uid`:`gid` (a front end
+    /// making a new entry the caller's).
+    pub fn chown_upper(&self, rel: &Path, uid: u32, gid: u32) -> io::Result<()> {
+        self.upper.set_owner(rel, Some(uid), Some(gid))
+    }
+
+    /// fsync of the directory `rel` in upper; a directory upper lacks
+    /// holds nothing unsynced.
+    pub fn sync_upper_dir(&self, rel: &Path) -> io::Result<()> {
+        match self.upper.sync_dir(rel) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            r => r,
+        }
+    }
+
     /// Extended attributes a user of the view sees (overlay's own are hidden).
     pub fn list_xattrs(&self, rel: &Path, e: &Entry) -> io::Result<Vec<OsString>> {
-        Ok(sys::llistxattr(&self.real_path(rel, e))?.into_iter().filter(|n| !is_overlay_xattr(n)).collect())
+        Ok(self.layer(e.top()).xattr_names(rel)?.into_iter().filter(|n| !is_overlay_xattr(n)).collect())
     }
 
     pub fn get_xattr(&self, rel: &Path, e: &Entry, name: &OsStr) -> io::Result<Option<Vec<u8>>> {
         if is_overlay_xattr(name) {
             return Ok(None);
         }
-        sys::lgetxattr(&self.real_path(rel, e), name)
+        self.layer(e.top()).xattr(rel, name)
     }
 
     pub fn set_xattr(&self, rel: &Path, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
@@ -59,7 +71,7 @@ impl View {
             return Err(errno(libc::EPERM));
         }
         self.copy_up(rel)?;
-        sys::lsetxattr(&self.layer_path(UPPER, rel), name, value, flags)
+        self.upper.set_xattr(rel, name, value, flags)
     }
 
     pub fn remove_xattr(&self, rel: &Path, name: &OsStr) -> io::Result<()> {
@@ -67,6 +79,6 @@ impl View {
             return Err(errno(libc::EPERM));
         }
         self.copy_up(rel)?;
-        sys::lremovexattr(&self.layer_path(UPPER, rel), name)
+        self.upper.remove_xattr(rel, name)
     }
 }

@@ -4,52 +4,50 @@
 use super::*;
 
 impl View {
-    /// Whether `p` (already known to exist with metadata `m`) is a whiteout.
+    /// Whether `rel` in layer `li` (known to exist as `m`) is a whiteout.
     /// In the bottom layer only the 0/0 device form counts: an xattr
     /// whiteout there would hide nothing (nothing lies below), and skipping
     /// it spares a stat of every history file when listing.
-    pub(super) fn is_whiteout(&self, li: LayerIdx, p: &Path, m: &Metadata) -> io::Result<bool> {
-        let ft = m.file_type();
-        if !self.may_be_whiteout(li, ft) {
+    pub(super) fn is_whiteout(&self, li: LayerIdx, rel: &Path, m: &Stat) -> io::Result<bool> {
+        let kind = m.kind();
+        if !self.may_be_whiteout(li, kind) {
             return Ok(false);
         }
-        if ft.is_char_device() {
-            return Ok(m.rdev() == 0);
+        if kind == FileKind::CharDevice {
+            return Ok(m.rdev == 0);
         }
-        Ok(m.len() == 0 && overlay_mark(p, XattrNs::whiteout, |_| true)?)
+        Ok(m.size == 0 && overlay_mark(self.layer(li), rel, XattrNs::whiteout, |_| true)?)
     }
 
     pub(super) fn is_bottom(&self, li: LayerIdx) -> bool {
-        li + 1 == self.roots.len()
+        li + 1 == self.layer_count()
     }
 
-    /// Whether an entry of type `ft` in layer `li` may be a whiteout (so a
+    /// Whether an entry of kind `kind` in layer `li` may be a whiteout (so a
     /// listing must stat it to know): a device, or a file above the bottom
     /// layer (the xattr form).
-    pub(super) fn may_be_whiteout(&self, li: LayerIdx, ft: fs::FileType) -> bool {
-        ft.is_char_device() || (ft.is_file() && !self.is_bottom(li))
+    pub(super) fn may_be_whiteout(&self, li: LayerIdx, kind: FileKind) -> bool {
+        kind == FileKind::CharDevice || (kind.is_file() && !self.is_bottom(li))
     }
 
-    pub(super) fn is_opaque(&self, dir: &Path) -> io::Result<bool> {
-        overlay_mark(dir, XattrNs::opaque, |v| v == b"y")
+    /// Whether the directory `rel` of layer `li` is marked opaque.
+    pub(super) fn is_opaque(&self, li: LayerIdx, rel: &Path) -> io::Result<bool> {
+        overlay_mark(self.layer(li), rel, XattrNs::opaque, |v| v == b"y")
     }
 
-    pub(super) fn set_opaque(&self, p: &Path) -> io::Result<()> {
-        sys::lsetxattr(p, OsStr::new(self.ns.opaque()), b"y", 0)
+    pub(super) fn set_opaque(&self, rel: &Path) -> io::Result<()> {
+        self.upper.set_xattr(rel, OsStr::new(self.ns.opaque()), b"y", 0)
     }
 
     /// Puts a whiteout at `rel` in upper: the kernel's 0/0 character device,
     /// or where mknod is refused, the xattr form (Linux 6.7+).
     pub(super) fn make_whiteout(&self, rel: &Path) -> io::Result<()> {
-        let p = self.layer_path(UPPER, rel);
-        match sys::mknod(&p, libc::S_IFCHR, sys::makedev(0, 0)) {
+        match self.upper.mknod(rel, libc::S_IFCHR, sys::makedev(0, 0)) {
             Ok(()) => Ok(()),
             Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) => {
-                File::create(&p)?;
-                sys::lsetxattr(&p, OsStr::new(self.ns.whiteout()), b"", 0)?;
-                if let Some(parent) = p.parent() {
-                    sys::lsetxattr(parent, OsStr::new(self.ns.whiteouts_dir()), b"", 0)?;
-                }
+                self.upper.open_with(rel, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o644)?;
+                self.upper.set_xattr(rel, OsStr::new(self.ns.whiteout()), b"", 0)?;
+                self.upper.set_xattr(Self::parent_of(rel)?, OsStr::new(self.ns.whiteouts_dir()), b"", 0)?;
                 Ok(())
             }
             Err(e) => Err(e),
@@ -58,13 +56,12 @@ impl View {
 
     /// Removes `rel` from upper and, where a lower holds it, whites it out.
     pub(super) fn remove_and_whiteout(&self, rel: &Path, entry: &Entry) -> io::Result<()> {
-        let up = self.layer_path(UPPER, rel);
         if entry.layers.contains(&UPPER) {
             if entry.is_dir() {
                 // The view shows it empty: upper holds only whiteouts and temps.
-                fs::remove_dir_all(&up)?;
+                self.upper.remove_all(rel)?;
             } else {
-                fs::remove_file(&up)?;
+                self.upper.remove_file(rel)?;
             }
         }
         if self.lower_has(rel)? {
@@ -79,13 +76,12 @@ impl View {
     /// on an upper directory. The parent must be visible in the view.
     pub fn hide_in_upper(&self, rel: &Path) -> io::Result<Hidden> {
         let _g = self.lock();
-        let up = self.layer_path(UPPER, rel);
-        match lstat(&up)? {
+        match self.stat_in(UPPER, rel)? {
             Some(m) if m.is_dir() => {
-                if self.is_opaque(&up)? {
+                if self.is_opaque(UPPER, rel)? {
                     Ok(Hidden::Already)
                 } else {
-                    self.set_opaque(&up)?;
+                    self.set_opaque(rel)?;
                     Ok(Hidden::Opaque)
                 }
             }
@@ -101,17 +97,15 @@ impl View {
 
     /// Whether upper holds a directory at `rel`.
     pub fn upper_has_dir(&self, rel: &Path) -> io::Result<bool> {
-        Ok(lstat(&self.layer_path(UPPER, rel))?.is_some_and(|m| m.is_dir()))
+        Ok(self.stat_in(UPPER, rel)?.is_some_and(|m| m.is_dir()))
     }
 
     /// Gives the upper directory `rel` the times of the topmost lower one:
     /// a directory copied up only to hold whiteouts then looks unchanged.
     pub fn restore_lower_times(&self, rel: &Path) -> io::Result<()> {
-        for li in 1..self.roots.len() {
-            if let Some(m) = lstat(&self.layer_path(li, rel))?.filter(|m| m.is_dir()) {
-                let atime = m.accessed().map(SetTime::At).unwrap_or(SetTime::Omit);
-                let mtime = m.modified().map(SetTime::At).unwrap_or(SetTime::Omit);
-                return sys::utimens(&self.layer_path(UPPER, rel), atime, mtime);
+        for li in 1..self.layer_count() {
+            if let Some(m) = self.stat_in(li, rel)?.filter(|m| m.is_dir()) {
+                return self.upper.set_times(rel, m.atime.into(), m.mtime.into());
             }
         }
         Ok(())

@@ -17,16 +17,16 @@
 mod copy_up;
 mod dir;
 mod inode;
+pub mod layer;
 mod marks;
 mod namei;
 pub mod policy;
 mod readdir;
 
 use std::ffi::{OsStr, OsString};
-use std::fs::{self, File, Metadata, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +34,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rustc_hash::FxHashMap;
 
 use crate::sys::{self, SetTime};
+pub use crate::sys::{FileKind, FileTime, Stat};
+pub use layer::{DirLayer, Layer};
 pub use policy::Policy;
 
 /// Index of a layer: 0 is upper, 1.. the lowers from the top.
@@ -125,8 +127,8 @@ pub struct Entry {
     /// The layers that contribute, topmost first. A non-directory has exactly
     /// one; a merged directory several; an opaque directory cuts the list.
     pub layers: Vec<LayerIdx>,
-    /// Metadata of the topmost layer's entry.
-    pub meta: Metadata,
+    /// What the topmost layer's entry is.
+    pub meta: Stat,
 }
 
 impl Entry {
@@ -160,8 +162,8 @@ pub struct Named {
     pub name: OsString,
     /// As [`Entry::layers`].
     pub layers: Vec<LayerIdx>,
-    /// The type of the topmost layer's entry.
-    pub file_type: fs::FileType,
+    /// The kind of the topmost layer's entry.
+    pub file_type: FileKind,
 }
 
 impl Named {
@@ -186,7 +188,9 @@ pub struct Dir<'a> {
 
 #[derive(Debug)]
 pub struct View {
-    roots: Vec<PathBuf>,
+    upper: DirLayer,
+    /// Topmost first; layer index `i` is `lowers[i - 1]`.
+    lowers: Vec<Box<dyn Layer>>,
     policy: Policy,
     ns: XattrNs,
     /// Serialises namespace changes in upper (copy-up, create, rename...).
@@ -198,41 +202,34 @@ fn errno(code: i32) -> io::Error {
     io::Error::from_raw_os_error(code)
 }
 
-fn is_missing(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR))
-}
-
-fn lstat(p: &Path) -> io::Result<Option<Metadata>> {
-    match fs::symlink_metadata(p) {
-        Ok(m) => Ok(Some(m)),
-        Err(e) if is_missing(&e) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
 /// Reads an overlay marker xattr. Reading `user.*` needs read permission
 /// on the entry: one the process may not read (a mode-000 history
 /// directory, as an ordinary user) marks nothing, as overlayfs decides, so
 /// it does not make its parent unlistable.
-fn overlay_xattr(p: &Path, name: &str) -> io::Result<Option<Vec<u8>>> {
-    match sys::lgetxattr(p, OsStr::new(name)) {
+fn overlay_xattr(layer: &dyn Layer, rel: &Path, name: &str) -> io::Result<Option<Vec<u8>>> {
+    match layer.xattr(rel, OsStr::new(name)) {
         Err(e) if e.raw_os_error() == Some(libc::EACCES) => Ok(None),
         r => r,
     }
 }
 
-/// Whether `p` carries the overlay mark `name` (in either namespace) with a
-/// value `accept` takes. One `llistxattr` answers for the usual entry
-/// without xattrs, instead of a failing `lgetxattr` per namespace.
-fn overlay_mark(p: &Path, name: fn(XattrNs) -> &'static str, accept: fn(&[u8]) -> bool) -> io::Result<bool> {
-    let names = match sys::llistxattr(p) {
+/// Whether `rel` in `layer` carries the overlay mark `name` (in either
+/// namespace) with a value `accept` takes. One `llistxattr` answers for the
+/// usual entry without xattrs, instead of a failing `lgetxattr` per namespace.
+fn overlay_mark(
+    layer: &dyn Layer,
+    rel: &Path,
+    name: fn(XattrNs) -> &'static str,
+    accept: fn(&[u8]) -> bool,
+) -> io::Result<bool> {
+    let names = match layer.xattr_names(rel) {
         Ok(n) => n,
         Err(e) if e.raw_os_error() == Some(libc::EACCES) => return Ok(false),
         Err(e) => return Err(e),
     };
     for ns in ALL_NS {
         if names.iter().any(|n| n == name(ns))
-            && let Some(v) = overlay_xattr(p, name(ns))?
+            && let Some(v) = overlay_xattr(layer, rel, name(ns))?
             && accept(&v)
         {
             return Ok(true);
@@ -247,20 +244,19 @@ fn is_internal_name(name: &OsStr) -> bool {
 }
 
 impl View {
-    /// A view over `upper` and `lowers` (topmost first). Checks that every
-    /// layer root is a directory; it does not write anything.
+    /// A view over the directories `upper` and `lowers` (topmost first).
+    /// Checks that every layer root is a directory; it does not write anything.
     pub fn new(upper: PathBuf, lowers: Vec<PathBuf>, policy: Policy, ns: XattrNs) -> io::Result<View> {
-        let mut roots = vec![upper];
-        roots.extend(lowers);
-        for r in &roots {
-            if !fs::metadata(r)?.is_dir() {
-                return Err(io::Error::new(
-                    io::ErrorKind::NotADirectory,
-                    format!("{} is not a directory", r.display()),
-                ));
-            }
-        }
-        Ok(View { roots, policy, ns, ns_lock: Mutex::new(()), tmp_seq: AtomicU64::new(0) })
+        let lowers = lowers
+            .iter()
+            .map(|l| DirLayer::open(l).map(|l| Box::new(l) as Box<dyn Layer>))
+            .collect::<io::Result<_>>()?;
+        Ok(View::of_layers(DirLayer::open(&upper)?, lowers, policy, ns))
+    }
+
+    /// A view over layers already open (a lower need not be a directory).
+    pub fn of_layers(upper: DirLayer, lowers: Vec<Box<dyn Layer>>, policy: Policy, ns: XattrNs) -> View {
+        View { upper, lowers, policy, ns, ns_lock: Mutex::new(()), tmp_seq: AtomicU64::new(0) }
     }
 
     pub fn policy(&self) -> &Policy {
@@ -268,31 +264,54 @@ impl View {
     }
 
     pub fn upper_root(&self) -> &Path {
-        &self.roots[UPPER]
+        self.upper.root()
     }
 
-    pub fn lower_roots(&self) -> &[PathBuf] {
-        &self.roots[1..]
+    /// The upper layer, to read (writes go through the view).
+    pub fn upper_layer(&self) -> &dyn Layer {
+        &self.upper
     }
 
-    /// The real path of `rel` in layer `layer`.
-    pub fn layer_path(&self, layer: LayerIdx, rel: &Path) -> PathBuf {
-        if rel.as_os_str().is_empty() { self.roots[layer].clone() } else { self.roots[layer].join(rel) }
+    /// The lower layers, topmost first.
+    pub fn lowers(&self) -> impl Iterator<Item = &dyn Layer> {
+        self.lowers.iter().map(|l| &**l)
     }
 
-    /// The real path of the topmost file behind an entry.
-    pub fn real_path(&self, rel: &Path, e: &Entry) -> PathBuf {
-        self.layer_path(e.top(), rel)
+    /// Where `rel` of layer `li` lives, for messages (never opened: a
+    /// layer is read through [`Layer`]).
+    pub fn place_of(&self, li: LayerIdx, rel: &Path) -> PathBuf {
+        self.layer(li).source().join(rel)
+    }
+
+    /// The entry a listed name stands for, with its topmost layer's stat.
+    pub fn entry_of(&self, dir_rel: &Path, n: &Named) -> io::Result<Entry> {
+        let meta = self.stat_in(n.layers[0], &dir_rel.join(&n.name))?.ok_or_else(|| errno(libc::ENOENT))?;
+        Ok(Entry { layers: n.layers.clone(), meta })
+    }
+
+    /// Layer `li` (0 is upper).
+    fn layer(&self, li: LayerIdx) -> &dyn Layer {
+        if li == UPPER { &self.upper } else { &*self.lowers[li - 1] }
+    }
+
+    fn layer_count(&self) -> usize {
+        self.lowers.len() + 1
+    }
+
+    /// What layer `li` holds at `rel`, if anything.
+    fn stat_in(&self, li: LayerIdx, rel: &Path) -> io::Result<Option<Stat>> {
+        self.layer(li).stat(rel)
     }
 
     /// The root directory of the view: every layer contributes.
     pub fn root(&self) -> io::Result<Entry> {
-        let meta = fs::symlink_metadata(&self.roots[UPPER])?;
+        let root = Path::new("");
+        let meta = self.stat_in(UPPER, root)?.ok_or_else(|| errno(libc::ENOENT))?;
         let mut layers = vec![UPPER];
-        if !self.is_opaque(&self.roots[UPPER])? {
-            for i in 1..self.roots.len() {
+        if !self.is_opaque(UPPER, root)? {
+            for i in 1..self.layer_count() {
                 layers.push(i);
-                if self.is_opaque(&self.roots[i])? {
+                if self.is_opaque(i, root)? {
                     break;
                 }
             }
@@ -304,17 +323,18 @@ impl View {
     /// one does, removing the name from upper must leave a whiteout and a new
     /// directory there must be opaque.
     fn lower_has(&self, rel: &Path) -> io::Result<bool> {
-        for li in 1..self.roots.len() {
-            if lstat(&self.layer_path(li, rel))?.is_some() {
+        for li in 1..self.layer_count() {
+            if self.stat_in(li, rel)?.is_some() {
                 return Ok(true);
             }
         }
         Ok(false)
     }
 
+    /// A fresh name for a temporary file in the upper directory `dir_rel`.
     fn tmp_path(&self, dir_rel: &Path) -> PathBuf {
         let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
-        self.layer_path(UPPER, &dir_rel.join(format!("{TMP_PREFIX}{}.{n}", std::process::id())))
+        dir_rel.join(format!("{TMP_PREFIX}{}.{n}", std::process::id()))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {

@@ -25,9 +25,8 @@ impl View {
             if li != UPPER && hidden {
                 break;
             }
-            let p = self.layer_path(li, &rel);
-            let Some(meta) = lstat(&p)? else { continue };
-            if self.is_whiteout(li, &p, &meta)? {
+            let Some(meta) = self.stat_in(li, &rel)? else { continue };
+            if self.is_whiteout(li, &rel, &meta)? {
                 break;
             }
             let is_dir = meta.is_dir();
@@ -47,7 +46,7 @@ impl View {
             }
             // Nothing lies below the bottom layer: its opaque marks cut
             // nothing, so they are not read (two getxattrs per directory).
-            if !self.is_bottom(li) && self.is_opaque(&p)? {
+            if !self.is_bottom(li) && self.is_opaque(li, &rel)? {
                 break;
             }
         }
@@ -86,9 +85,8 @@ impl View {
     /// Fresh metadata for an entry: upper may have changed since `e` was
     /// resolved (writes, copy-up); lower entries never change while mounted.
     pub fn refresh(&self, rel: &Path, e: &Entry) -> io::Result<Entry> {
-        let p = self.layer_path(UPPER, rel);
-        if let Some(meta) = lstat(&p)?
-            && !self.is_whiteout(UPPER, &p, &meta)?
+        if let Some(meta) = self.stat_in(UPPER, rel)?
+            && !self.is_whiteout(UPPER, rel, &meta)?
         {
             let mut layers = vec![UPPER];
             layers.extend(e.layers.iter().copied().filter(|&l| l != UPPER));
@@ -104,9 +102,8 @@ impl View {
     /// upper first (a copy-up may have happened since), else the topmost
     /// of `layers`. ENOENT when neither holds it any more.
     pub fn stat_stack(&self, rel: &Path, layers: &[LayerIdx]) -> io::Result<Entry> {
-        let up = self.layer_path(UPPER, rel);
-        if let Some(meta) = lstat(&up)?
-            && !self.is_whiteout(UPPER, &up, &meta)?
+        if let Some(meta) = self.stat_in(UPPER, rel)?
+            && !self.is_whiteout(UPPER, rel, &meta)?
         {
             let mut all = vec![UPPER];
             if meta.is_dir() {
@@ -116,7 +113,7 @@ impl View {
         }
         let lowers: Vec<LayerIdx> = layers.iter().copied().filter(|&l| l != UPPER).collect();
         let top = *lowers.first().ok_or_else(|| errno(libc::ENOENT))?;
-        let meta = lstat(&self.layer_path(top, rel))?.ok_or_else(|| errno(libc::ENOENT))?;
+        let meta = self.stat_in(top, rel)?.ok_or_else(|| errno(libc::ENOENT))?;
         Ok(Entry { layers: lowers, meta })
     }
 }

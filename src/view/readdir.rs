@@ -6,14 +6,7 @@ impl View {
     /// Lists a directory of the view: each visible name once, upper first,
     /// with its metadata.
     pub fn list(&self, dir: Dir) -> io::Result<Vec<DirItem>> {
-        let dir_rel = dir.rel;
-        self.names(dir)?
-            .into_iter()
-            .map(|n| {
-                let meta = fs::symlink_metadata(self.layer_path(n.layers[0], &dir_rel.join(&n.name)))?;
-                Ok(DirItem { name: n.name, entry: Entry { layers: n.layers, meta } })
-            })
-            .collect()
+        self.names(dir)?.into_iter().map(|n| Ok(DirItem { entry: self.entry_of(dir.rel, &n)?, name: n.name })).collect()
     }
 
     /// Lists a directory of the view from its layers' directory entries:
@@ -28,7 +21,7 @@ impl View {
             name: OsString,
             /// The contributing layers and the topmost entry's type; `None`
             /// while hidden (a whiteout, or policy).
-            found: Option<(Vec<LayerIdx>, fs::FileType)>,
+            found: Option<(Vec<LayerIdx>, FileKind)>,
             /// No layer further down may contribute.
             closed: bool,
         }
@@ -41,19 +34,12 @@ impl View {
         let judge = self.policy.may_hide_in(dir_rel);
         let stack = std::iter::once(UPPER).chain(dir_layers.iter().copied().filter(|&l| l != UPPER));
         for li in stack {
-            let dir = self.layer_path(li, dir_rel);
-            let rd = match fs::read_dir(&dir) {
-                Ok(rd) => rd,
-                Err(e) if is_missing(&e) => continue,
-                Err(e) => return Err(e),
-            };
+            let Some(rd) = self.layer(li).read_dir(dir_rel)? else { continue };
             layers_read += 1;
             if layers_read == 2 {
                 index = Some(slots.iter().enumerate().map(|(i, s)| (s.name.clone(), i)).collect());
             }
-            for de in rd {
-                let de = de?;
-                let name = de.file_name();
+            for (name, ft) in rd {
                 if is_internal_name(&name) {
                     continue;
                 }
@@ -71,25 +57,21 @@ impl View {
                 if slot.closed {
                     continue;
                 }
-                let path = || dir.join(&slot.name);
-                if li != UPPER && judge && self.policy.hides_lower(&dir_rel.join(&slot.name)) {
+                let rel = || dir_rel.join(&slot.name);
+                if li != UPPER && judge && self.policy.hides_lower(&rel()) {
                     slot.closed = true;
                     continue;
                 }
-                let ft = de.file_type()?;
                 if self.may_be_whiteout(li, ft) {
-                    let p = path();
-                    let meta = match lstat(&p)? {
-                        Some(m) => m,
-                        None => continue,
-                    };
-                    if self.is_whiteout(li, &p, &meta)? {
+                    let r = rel();
+                    let Some(meta) = self.stat_in(li, &r)? else { continue };
+                    if self.is_whiteout(li, &r, &meta)? {
                         slot.closed = true;
                         continue;
                     }
                 }
                 // A non-directory is final, and so is an opaque directory.
-                slot.closed = !ft.is_dir() || (!self.is_bottom(li) && self.is_opaque(&path())?);
+                slot.closed = !ft.is_dir() || (!self.is_bottom(li) && self.is_opaque(li, &rel())?);
                 match &mut slot.found {
                     None => slot.found = Some((vec![li], ft)),
                     Some((layers, top)) if top.is_dir() && ft.is_dir() => layers.push(li),

@@ -2,6 +2,8 @@
 //! listings, whiteouts, opaque directories, copy-up, rename and removal.
 
 use super::*;
+use std::fs;
+use std::io::Read;
 
 struct Layers {
     _tmp: tempfile::TempDir,
@@ -39,7 +41,9 @@ fn names(v: &View, rel: &str) -> Vec<String> {
 
 fn read(v: &View, rel: &str) -> Option<String> {
     let e = v.resolve(Path::new(rel)).unwrap()?;
-    Some(fs::read_to_string(v.real_path(Path::new(rel), &e)).unwrap())
+    let mut s = String::new();
+    v.open_read(Path::new(rel), &e, 0).unwrap().read_to_string(&mut s).unwrap();
+    Some(s)
 }
 
 #[test]
@@ -85,7 +89,7 @@ fn removing_leaves_whiteouts_only_where_a_lower_holds_the_name() {
     assert!(fs::symlink_metadata(l.upper.join("n")).is_err(), "an upper-only name leaves nothing");
     v.in_parent(Path::new("h"), |d, n| v.unlink(d, n)).unwrap();
     let m = fs::symlink_metadata(l.upper.join("h")).unwrap();
-    assert!(v.is_whiteout(UPPER, &l.upper.join("h"), &m).unwrap(), "a history name leaves a whiteout");
+    assert!(v.is_whiteout(UPPER, Path::new("h"), &Stat::of_metadata(&m)).unwrap(), "a history name leaves a whiteout");
     assert_eq!(fs::read_to_string(l.lower.join("h")).unwrap(), "history", "the lower is never written");
     assert!(v.resolve(Path::new("h")).unwrap().is_none());
     // A new file takes the whiteout's place.
@@ -132,7 +136,7 @@ fn read_only_creates_work_and_zero_devices_are_refused() {
     let l = Layers::new();
     let v = l.view(Policy::transparent());
     let (f, e) = v.in_parent(Path::new("ro"), |d, n| v.create_file(d, n, 0o640, false, true)).unwrap();
-    assert!(e.meta.is_file() && e.meta.len() == 0);
+    assert!(e.meta.is_file() && e.meta.size == 0);
     use std::io::Write;
     assert_eq!((&f).write(b"x").unwrap_err().raw_os_error(), Some(libc::EBADF), "opened read-only");
     let err = v.in_parent(Path::new("dev"), |d, n| v.mknod(d, n, libc::S_IFCHR | 0o644, 0)).unwrap_err();
