@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
-use regfs::view::{AttrChange, Policy, View, XattrNs};
+use regfs::view::{AttrChange, Entry, Policy, View, XattrNs};
 use support::overlay_model::*;
 use support::tree;
 
@@ -65,8 +65,21 @@ impl Vfs {
         match self.kind(real)? {
             None => Err(libc::ENOENT),
             Some(Kind::Dir) => Err(libc::EISDIR),
-            Some(_) => self.view.open_write(Path::new(real), flags).map(|(f, _)| f).map_err(errno),
+            Some(_) => {
+                let e = self.entry(real)?;
+                self.view.open_write(Path::new(real), &e, flags).map(|c| c.value.0).map_err(errno)
+            }
         }
+    }
+
+    /// The entry at `real` (a path resolved already).
+    fn entry(&self, real: &str) -> Res<Entry> {
+        self.view.resolve(Path::new(real)).map_err(errno)?.ok_or(libc::ENOENT)
+    }
+
+    fn set_attr(&self, real: &str, change: &AttrChange) -> Res<()> {
+        let e = self.entry(real)?;
+        self.view.set_attr(Path::new(real), &e, change).map(drop).map_err(errno)
     }
 
     fn create(&self, real: &str, d: &str) -> Res<()> {
@@ -74,7 +87,8 @@ impl Vfs {
         let (mut f, _) = self
             .view
             .in_parent(Path::new(real), |dir, name| self.view.create_file(dir, name, mode, true, false))
-            .map_err(errno)?;
+            .map_err(errno)?
+            .value;
         f.write_all(d.as_bytes()).map_err(errno)
     }
 
@@ -109,7 +123,7 @@ impl Vfs {
                     Some(Kind::Dir) => Err(libc::EISDIR),
                     Some(_) => {
                         let change = AttrChange { size: Some(*n), ..AttrChange::default() };
-                        self.view.set_attr(&at(&real), &change).map(drop).map_err(errno)
+                        self.set_attr(&real, &change)
                     }
                 }
             }
@@ -119,7 +133,7 @@ impl Vfs {
                     return Err(libc::ENOENT);
                 }
                 let change = AttrChange { mode: Some(m.0), ..AttrChange::default() };
-                self.view.set_attr(&at(&real), &change).map(drop).map_err(errno)
+                self.set_attr(&real, &change)
             }
             Op::Mkdir(p) => {
                 let real = self.resolve(&p.0, false)?;
@@ -135,11 +149,11 @@ impl Vfs {
             }
             Op::Unlink(p) => {
                 let real = self.resolve(&p.0, false)?;
-                self.view.in_parent(&at(&real), |dir, name| self.view.unlink(dir, name)).map_err(errno)
+                self.view.in_parent(&at(&real), |dir, name| self.view.unlink(dir, name)).map(drop).map_err(errno)
             }
             Op::Rmdir(p) => {
                 let real = self.resolve(&p.0, false)?;
-                self.view.in_parent(&at(&real), |dir, name| self.view.rmdir(dir, name)).map_err(errno)
+                self.view.in_parent(&at(&real), |dir, name| self.view.rmdir(dir, name)).map(drop).map_err(errno)
             }
             Op::Rename(a, b) => {
                 let (fp, fname) = split(&a.0);
@@ -160,7 +174,12 @@ impl Vfs {
                         return Err(libc::ENOTEMPTY);
                     }
                 }
-                self.view.rename(&at(&old), &at(&new), 0).map_err(errno)
+                self.view
+                    .in_parent(&at(&old), |from, name| {
+                        self.view.in_parent(&at(&new), |to, to_name| self.view.rename(from, name, to, to_name, 0))
+                    })
+                    .map(drop)
+                    .map_err(errno)
             }
         }
     }

@@ -22,7 +22,7 @@ use fuser::{
 };
 
 use crate::sys::{self, SetTime};
-use crate::view::{AttrChange, Dir, Entry, FileKind, Stat, UPPER, View};
+use crate::view::{AttrChange, Changed, CopyUps, Dir, Entry, FileKind, Stat, UPPER, View};
 use inodes::{Inodes, NodeInfo, ROOT};
 
 /// Attribute/entry cache time for entries that live in upper (they change).
@@ -216,15 +216,15 @@ impl RegFs {
     /// copy-up changed: a copied-up file's parent gained an upper entry,
     /// and copied-up directories turned into merged ones (nlink 1, upper's
     /// times).
-    fn changed(&self, ino: INodeNo) {
-        self.invalidate(ino, crate::view::take_copyups(), true);
+    fn changed(&self, ino: INodeNo, copyups: CopyUps) {
+        self.invalidate(ino, copyups, true);
     }
 
     /// After a request on names in directory `dir` (create, mkdir, unlink,
     /// rmdir, rename, link): the kernel drops `dir`'s attributes itself, so
     /// only directory copy-ups leave it something to learn.
-    fn changed_in(&self, dir: INodeNo) {
-        self.invalidate(dir, crate::view::take_copyups(), false);
+    fn changed_in(&self, dir: INodeNo, copyups: CopyUps) {
+        self.invalidate(dir, copyups, false);
     }
 
     /// Drops the listing cache of `ino` and, after copy-ups, the kernel's
@@ -238,7 +238,7 @@ impl RegFs {
     /// an upper entry. Nothing higher changed: invalidating up to the root
     /// made the kernel ask for every ancestor's attributes again after each
     /// copy-up (~1,000 GETATTRs per release push).
-    fn invalidate(&self, ino: INodeNo, copyups: crate::view::CopyUps, entry: bool) {
+    fn invalidate(&self, ino: INodeNo, copyups: CopyUps, entry: bool) {
         self.listings.remove(&ino.0);
         let depth = if copyups.dirs > 0 {
             copyups.dirs + if entry { 2 } else { 1 }
@@ -326,12 +326,12 @@ impl RegFs {
         name: &OsStr,
         path: &Path,
         reply: ReplyEntry,
-        res: io::Result<Entry>,
+        res: io::Result<Changed<Entry>>,
     ) {
-        match res.and_then(|e| self.own(req, path, e)) {
-            Ok(e) => {
+        match res.and_then(|c| Ok((self.own(req, path, c.value)?, c.copyups))) {
+            Ok((e, copyups)) => {
                 let ino = self.inodes.intern(parent.0, name, &e);
-                self.changed_in(parent);
+                self.changed_in(parent, copyups);
                 reply.entry(&ttl_for(&e), &attr(ino, &e), Generation(0));
             }
             Err(err) => reply.error(self.fail("create", path, &err)),
@@ -477,10 +477,11 @@ impl Filesystem for RegFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let path = match self.node(ino) {
-            Ok(n) => n.path,
+        let info = match self.node(ino) {
+            Ok(n) => n,
             Err(e) => return reply.error(e),
         };
+        let path = info.path.clone();
         // ftruncate on an open (already copied-up) handle goes to that file.
         if let (Some(size), Some(f)) = (size, fh.and_then(|fh| self.file(fh).ok()))
             && let Err(e) = f.set_len(size)
@@ -512,22 +513,27 @@ impl Filesystem for RegFs {
             && change.atime.is_none()
             && change.mtime.is_none()
         {
-            self.fresh(ino).map(|(_, e)| e).map_err(|e| io::Error::from_raw_os_error(e.code()))
+            self.fresh(ino).map(|(_, e)| (e, CopyUps::default())).map_err(|e| io::Error::from_raw_os_error(e.code()))
         } else {
-            self.view.set_attr(&path, &change)
+            self.view
+                .stat_stack(&path, &info.layers)
+                .and_then(|e| self.view.set_attr(&path, &e, &change))
+                .map(|c| (c.value, c.copyups))
         };
         // Unlinked while open (fchmod, futimens, ...): the open file takes it.
         let res = match res {
             Err(err) if err.raw_os_error() == Some(libc::ENOENT) => match self.open_file_of(ino.0) {
-                Some(f) => set_attr_of_file(&f, &change).map(|meta| Entry { layers: vec![UPPER], meta }),
+                Some(f) => {
+                    set_attr_of_file(&f, &change).map(|meta| (Entry { layers: vec![UPPER], meta }, CopyUps::default()))
+                }
                 None => Err(err),
             },
             r => r,
         };
         match res {
-            Ok(e) => {
+            Ok((e, copyups)) => {
                 self.inodes.update(ino.0, &e);
-                self.changed(ino);
+                self.changed(ino, copyups);
                 reply.attr(&ttl_for(&e), &attr(ino.0, &e))
             }
             Err(err) => reply.error(self.fail("setattr", &path, &err)),
@@ -569,9 +575,9 @@ impl Filesystem for RegFs {
             Err(e) => return reply.error(e),
         };
         match self.view.unlink(dir.as_dir(), name) {
-            Ok(()) => {
+            Ok(c) => {
                 self.inodes.detach(parent.0, name);
-                self.changed_in(parent);
+                self.changed_in(parent, c.copyups);
                 reply.ok()
             }
             Err(err) => reply.error(self.fail("unlink", &path, &err)),
@@ -584,9 +590,9 @@ impl Filesystem for RegFs {
             Err(e) => return reply.error(e),
         };
         match self.view.rmdir(dir.as_dir(), name) {
-            Ok(()) => {
+            Ok(c) => {
                 self.inodes.detach(parent.0, name);
-                self.changed_in(parent);
+                self.changed_in(parent, c.copyups);
                 reply.ok()
             }
             Err(err) => reply.error(self.fail("rmdir", &path, &err)),
@@ -612,41 +618,39 @@ impl Filesystem for RegFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let paths = self.child_path(parent, name).and_then(|(_, a)| Ok((a, self.child_path(newparent, newname)?.1)));
-        let (from, to) = match paths {
+        let dirs = self.child_path(parent, name).and_then(|(a, _)| Ok((a, self.child_path(newparent, newname)?.0)));
+        let (from_dir, to_dir) = match dirs {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        match self.view.rename(&from, &to, flags.bits()) {
-            Ok(()) => {
+        match self.view.rename(from_dir.as_dir(), name, to_dir.as_dir(), newname, flags.bits()) {
+            Ok(c) => {
                 self.inodes.rename(parent.0, name, newparent.0, newname);
                 if let Some(ino) = self.inodes.find(newparent.0, newname)
-                    && let Ok(Some(e)) = self.view.resolve(&to)
+                    && let Ok(Some(e)) = self.view.lookup(to_dir.as_dir(), newname)
                 {
                     self.inodes.update(ino, &e);
                 }
-                let copyups = crate::view::take_copyups();
-                self.invalidate(parent, copyups, false);
-                self.invalidate(newparent, copyups, false);
+                self.invalidate(parent, c.copyups, false);
+                self.invalidate(newparent, c.copyups, false);
                 reply.ok()
             }
-            Err(err) => reply.error(self.fail("rename", &from, &err)),
+            Err(err) => reply.error(self.fail("rename", &from_dir.path.join(name), &err)),
         }
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        let paths = self.node(ino).and_then(|n| Ok((n.path, self.child_path(newparent, newname)?.1)));
-        let (from, to) = match paths {
+        let found = self.fresh(ino).and_then(|src| Ok((src, self.child_path(newparent, newname)?)));
+        let ((from, src), (dir, to)) = match found {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        match self.view.link(&from, &to) {
-            Ok(e) => {
-                if let Ok(Some(src)) = self.view.resolve(&from) {
+        match self.view.link(&from, &src, dir.as_dir(), newname) {
+            Ok(Changed { value: e, copyups }) => {
+                if let Ok(src) = self.view.refresh(&from, &src) {
                     self.inodes.update(ino.0, &src);
                 }
                 let new_ino = self.inodes.intern(newparent.0, newname, &e);
-                let copyups = crate::view::take_copyups();
                 self.invalidate(ino, copyups, true);
                 self.invalidate(newparent, copyups, false);
                 reply.entry(&ttl_for(&e), &attr(new_ino, &e), Generation(0));
@@ -663,9 +667,9 @@ impl Filesystem for RegFs {
         let flags = flags.0;
         let writes = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         let res = if writes {
-            self.view.open_write(&path, flags).map(|(f, e)| {
+            self.view.open_write(&path, &e, flags).map(|Changed { value: (f, e), copyups }| {
                 self.inodes.update(ino.0, &e);
-                self.changed(ino);
+                self.changed(ino, copyups);
                 f
             })
         } else {
@@ -900,13 +904,13 @@ impl Filesystem for RegFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let path = match self.node(ino) {
-            Ok(n) => n.path,
+        let (path, e) = match self.fresh(ino) {
+            Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        match self.view.set_xattr(&path, name, value, flags) {
-            Ok(()) => {
-                self.changed(ino);
+        match self.view.set_xattr(&path, &e, name, value, flags) {
+            Ok(c) => {
+                self.changed(ino, c.copyups);
                 reply.ok()
             }
             Err(err) => reply.error(self.fail("setxattr", &path, &err)),
@@ -944,13 +948,13 @@ impl Filesystem for RegFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let path = match self.node(ino) {
-            Ok(n) => n.path,
+        let (path, e) = match self.fresh(ino) {
+            Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        match self.view.remove_xattr(&path, name) {
-            Ok(()) => {
-                self.changed(ino);
+        match self.view.remove_xattr(&path, &e, name) {
+            Ok(c) => {
+                self.changed(ino, c.copyups);
                 reply.ok()
             }
             Err(err) => reply.error(self.fail("removexattr", &path, &err)),
@@ -980,11 +984,11 @@ impl Filesystem for RegFs {
         let res = self
             .view
             .create_file(dir.as_dir(), name, mode & !umask, acc != libc::O_RDONLY, acc != libc::O_WRONLY)
-            .and_then(|(f, e)| Ok((f, self.own(req, &path, e)?)));
+            .and_then(|Changed { value: (f, e), copyups }| Ok((f, self.own(req, &path, e)?, copyups)));
         match res {
-            Ok((f, e)) => {
+            Ok((f, e, copyups)) => {
                 let ino = self.inodes.intern(parent.0, name, &e);
-                self.changed_in(parent);
+                self.changed_in(parent, copyups);
                 let fh = self.add_handle(Handle::File(Arc::new(f), ino));
                 reply.created(&ttl_for(&e), &attr(ino, &e), Generation(0), fh, FopenFlags::empty());
             }

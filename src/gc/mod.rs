@@ -615,7 +615,7 @@ pub fn sweep(view: &View, plan: &Plan) -> Result<()> {
         crate::testhook::point("gc-delete", i as u64 + 1);
         tracing::debug!(kind = ?d.kind, path = %d.path.display(), "gc: deleting");
         let done = match d.kind {
-            Kind::EmptyDir => view.in_parent(&d.path, |dir, name| view.rmdir(dir, name)),
+            Kind::EmptyDir => view.in_parent(&d.path, |dir, name| view.rmdir(dir, name)).map(drop),
             _ => view.remove_tree(&d.path),
         };
         match done {

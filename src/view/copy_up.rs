@@ -6,7 +6,7 @@ use super::*;
 impl View {
     /// Makes sure the directory `rel` exists in upper, copying up each
     /// missing ancestor with its mode, owner and times.
-    pub(super) fn ensure_upper_dir(&self, rel: &Path) -> io::Result<()> {
+    pub(super) fn ensure_upper_dir(&self, rel: &Path, c: &mut CopyUps) -> io::Result<()> {
         if self.stat_in(UPPER, rel)?.is_some_and(|m| m.is_dir()) {
             return Ok(());
         }
@@ -16,7 +16,7 @@ impl View {
         }
         let parent = rel.parent();
         if let Some(parent) = parent {
-            self.ensure_upper_dir(parent)?;
+            self.ensure_upper_dir(parent, c)?;
         }
         let parent_meta = parent.map(|p| self.stat_in(UPPER, p)).transpose()?.flatten();
         // A whiteout can't sit where the view shows a directory, but a stale
@@ -24,7 +24,7 @@ impl View {
         self.upper
             .mkdir(rel, 0o700)
             .or_else(|e| if e.kind() == io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })?;
-        count_copyup(true);
+        c.count(true);
         self.copy_attrs(&entry.meta, rel)?;
         if let (Some(p), Some(m)) = (parent, parent_meta) {
             self.restore_times(p, &m)?;
@@ -32,23 +32,25 @@ impl View {
         Ok(())
     }
 
-    /// Copies a lower entry up to upper (data, mode, owner, times, xattrs).
-    pub(super) fn copy_up(&self, rel: &Path) -> io::Result<Entry> {
+    /// Copies the entry `e` at `rel` up to upper (data, mode, owner, times,
+    /// xattrs) unless upper has it already; returns it fresh.
+    pub(super) fn copy_up(&self, rel: &Path, e: &Entry, c: &mut CopyUps) -> io::Result<Entry> {
         let _g = self.lock();
-        self.copy_up_locked(rel)
+        self.copy_up_locked(rel, e, c)
     }
 
-    pub(super) fn copy_up_locked(&self, rel: &Path) -> io::Result<Entry> {
-        let entry = self.resolve_existing(rel)?;
+    pub(super) fn copy_up_locked(&self, rel: &Path, e: &Entry, c: &mut CopyUps) -> io::Result<Entry> {
+        // Fresh: a copy-up may have happened since `e` was found.
+        let entry = self.stat_stack(rel, &e.layers)?;
         if entry.top() == UPPER {
             return Ok(entry);
         }
         if entry.is_dir() {
-            self.ensure_upper_dir(rel)?;
-            return self.resolve_existing(rel);
+            self.ensure_upper_dir(rel, c)?;
+            return self.refresh(rel, &entry);
         }
         let parent = Self::parent_of(rel)?;
-        self.ensure_upper_dir(parent)?;
+        self.ensure_upper_dir(parent, c)?;
         let parent_meta = self.stat_in(UPPER, parent)?.ok_or_else(|| errno(libc::ENOENT))?;
         let src = self.layer(entry.top());
         let tmp = self.tmp_path(parent);
@@ -67,8 +69,8 @@ impl View {
             return Err(e);
         }
         self.restore_times(parent, &parent_meta)?;
-        count_copyup(false);
-        self.resolve_existing(rel)
+        c.count(false);
+        self.refresh(rel, &entry)
     }
 
     /// Gives the upper directory `dir` back the times of `before`: copying

@@ -13,17 +13,20 @@ impl View {
         self.layer(e.top()).read_link(rel)
     }
 
-    /// Opens `rel` for writing: copied up first; O_APPEND and O_TRUNC honoured.
-    pub fn open_write(&self, rel: &Path, flags: i32) -> io::Result<(File, Entry)> {
-        let entry = self.copy_up(rel)?;
+    /// Opens the entry `e` at `rel` for writing: copied up first; O_APPEND
+    /// and O_TRUNC honoured.
+    pub fn open_write(&self, rel: &Path, e: &Entry, flags: i32) -> io::Result<Changed<(File, Entry)>> {
+        let mut c = CopyUps::default();
+        let entry = self.copy_up(rel, e, &mut c)?;
         let acc = if flags & libc::O_ACCMODE == libc::O_RDWR { libc::O_RDWR } else { libc::O_WRONLY };
         let f = self.upper.open_with(rel, acc | (flags & !(libc::O_ACCMODE | libc::O_CREAT | libc::O_EXCL)), 0)?;
-        Ok((f, entry))
+        Ok(Changed::new((f, entry), c))
     }
 
-    /// chmod/chown/truncate/utimens through copy-up.
-    pub fn set_attr(&self, rel: &Path, change: &AttrChange) -> io::Result<Entry> {
-        self.copy_up(rel)?;
+    /// chmod/chown/truncate/utimens of the entry `e` at `rel`, through copy-up.
+    pub fn set_attr(&self, rel: &Path, e: &Entry, change: &AttrChange) -> io::Result<Changed<Entry>> {
+        let mut c = CopyUps::default();
+        let e = self.copy_up(rel, e, &mut c)?;
         if let Some(mode) = change.mode {
             self.upper.set_mode(rel, mode)?;
         }
@@ -36,7 +39,7 @@ impl View {
         if change.atime.is_some() || change.mtime.is_some() {
             self.upper.set_times(rel, change.atime.unwrap_or(SetTime::Omit), change.mtime.unwrap_or(SetTime::Omit))?;
         }
-        self.resolve_existing(rel)
+        Ok(Changed::new(self.refresh(rel, &e)?, c))
     }
 
     /// Gives a name that exists in upper to `uid`:`gid` (a front end
@@ -66,19 +69,23 @@ impl View {
         self.layer(e.top()).xattr(rel, name)
     }
 
-    pub fn set_xattr(&self, rel: &Path, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+    pub fn set_xattr(&self, rel: &Path, e: &Entry, name: &OsStr, value: &[u8], flags: i32) -> io::Result<Changed<()>> {
         if is_overlay_xattr(name) {
             return Err(errno(libc::EPERM));
         }
-        self.copy_up(rel)?;
-        self.upper.set_xattr(rel, name, value, flags)
+        let mut c = CopyUps::default();
+        self.copy_up(rel, e, &mut c)?;
+        self.upper.set_xattr(rel, name, value, flags)?;
+        Ok(Changed::new((), c))
     }
 
-    pub fn remove_xattr(&self, rel: &Path, name: &OsStr) -> io::Result<()> {
+    pub fn remove_xattr(&self, rel: &Path, e: &Entry, name: &OsStr) -> io::Result<Changed<()>> {
         if is_overlay_xattr(name) {
             return Err(errno(libc::EPERM));
         }
-        self.copy_up(rel)?;
-        self.upper.remove_xattr(rel, name)
+        let mut c = CopyUps::default();
+        self.copy_up(rel, e, &mut c)?;
+        self.upper.remove_xattr(rel, name)?;
+        Ok(Changed::new((), c))
     }
 }

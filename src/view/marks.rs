@@ -55,7 +55,7 @@ impl View {
     }
 
     /// Removes `rel` from upper and, where a lower holds it, whites it out.
-    pub(super) fn remove_and_whiteout(&self, rel: &Path, entry: &Entry) -> io::Result<()> {
+    pub(super) fn remove_and_whiteout(&self, rel: &Path, entry: &Entry, c: &mut CopyUps) -> io::Result<()> {
         if entry.layers.contains(&UPPER) {
             if entry.is_dir() {
                 // The view shows it empty: upper holds only whiteouts and temps.
@@ -65,7 +65,7 @@ impl View {
             }
         }
         if self.lower_has(rel)? {
-            self.ensure_upper_dir(Self::parent_of(rel)?)?;
+            self.ensure_upper_dir(Self::parent_of(rel)?, c)?;
             self.make_whiteout(rel)?;
         }
         Ok(())
@@ -73,7 +73,9 @@ impl View {
 
     /// Hides whatever the lowers hold at `rel` by a mark in upper, as kernel
     /// overlay needs it: a whiteout where upper has nothing, the opaque xattr
-    /// on an upper directory. The parent must be visible in the view.
+    /// on an upper directory. The parent must be visible in the view. (For
+    /// the kernel front end's materialisation: no mount serves the view
+    /// meanwhile, so its copy-ups are not told.)
     pub fn hide_in_upper(&self, rel: &Path) -> io::Result<Hidden> {
         let _g = self.lock();
         match self.stat_in(UPPER, rel)? {
@@ -88,7 +90,7 @@ impl View {
             // A whiteout or an upper file already covers the lowers.
             Some(_) => Ok(Hidden::Already),
             None => {
-                self.ensure_upper_dir(Self::parent_of(rel)?)?;
+                self.ensure_upper_dir(Self::parent_of(rel)?, &mut CopyUps::default())?;
                 self.make_whiteout(rel)?;
                 Ok(Hidden::Whiteout)
             }

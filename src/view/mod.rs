@@ -42,36 +42,33 @@ pub use policy::Policy;
 pub type LayerIdx = usize;
 pub const UPPER: LayerIdx = 0;
 
-thread_local! {
-    /// What this thread copied up since the last [`take_copyups`].
-    static COPYUPS: std::cell::Cell<CopyUps> = const { std::cell::Cell::new(CopyUps { dirs: 0, others: 0 }) };
-}
-
-/// Copy-ups counted per thread: a front end serving one request per thread
-/// learns whether the request changed attributes of entries it did not
-/// name (a file's parent gains an upper entry; a copied-up directory turns
-/// into a merged one, and so may every ancestor).
+/// What a changing operation copied up besides the entry it named: a front
+/// end that caches attributes learns which entries changed under it (a
+/// file's parent gains an upper entry; a copied-up directory turns into a
+/// merged one, and so may every ancestor).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CopyUps {
     pub dirs: u64,
     pub others: u64,
 }
 
-/// The calling thread's copy-ups since the last call.
-pub fn take_copyups() -> CopyUps {
-    COPYUPS.with(|c| c.replace(CopyUps::default()))
+impl CopyUps {
+    fn count(&mut self, dir: bool) {
+        if dir { self.dirs += 1 } else { self.others += 1 }
+    }
 }
 
-fn count_copyup(dir: bool) {
-    COPYUPS.with(|c| {
-        let mut n = c.get();
-        if dir {
-            n.dirs += 1
-        } else {
-            n.others += 1
-        }
-        c.set(n);
-    });
+/// The result of an operation that changes the view, with its copy-ups.
+#[derive(Debug)]
+pub struct Changed<T> {
+    pub value: T,
+    pub copyups: CopyUps,
+}
+
+impl<T> Changed<T> {
+    fn new(value: T, copyups: CopyUps) -> Changed<T> {
+        Changed { value, copyups }
+    }
 }
 
 /// Names regfs uses for its own temporary files in upper; never shown.

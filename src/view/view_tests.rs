@@ -97,20 +97,28 @@ fn removing_leaves_whiteouts_only_where_a_lower_holds_the_name() {
     assert_eq!(read(&v, "h").as_deref(), Some(""));
 }
 
+/// rename(2) of the view path `from` to `to`.
+fn rename(v: &View, from: &str, to: &str) -> io::Result<Changed<()>> {
+    v.in_parent(Path::new(from), |fd, name| {
+        v.in_parent(Path::new(to), |td, to_name| v.rename(fd, name, td, to_name, 0))
+    })
+}
+
 #[test]
 fn rename_copies_files_up_and_refuses_history_directories() {
     let l = Layers::new();
     Layers::file(&l.lower, "f", "data");
     Layers::file(&l.lower, "dir/inner", "x");
     let v = l.view(Policy::transparent());
-    v.rename(Path::new("f"), Path::new("g"), 0).unwrap();
+    let done = rename(&v, "f", "g").unwrap();
+    assert_eq!(done.copyups, CopyUps { dirs: 0, others: 1 }, "the file was copied up to move it");
     assert_eq!(read(&v, "g").as_deref(), Some("data"));
     assert!(v.resolve(Path::new("f")).unwrap().is_none(), "the source is whited out");
     assert_eq!(fs::read_to_string(l.lower.join("f")).unwrap(), "data");
-    let e = v.rename(Path::new("dir"), Path::new("moved"), 0).unwrap_err();
+    let e = rename(&v, "dir", "moved").unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EXDEV), "a directory with history content never moves");
     v.in_parent(Path::new("new"), |d, n| v.mkdir(d, n, 0o755)).unwrap();
-    v.rename(Path::new("new"), Path::new("renamed"), 0).unwrap();
+    rename(&v, "new", "renamed").unwrap();
     assert_eq!(names(&v, ""), ["dir", "g", "renamed"]);
     let e = v.in_parent(Path::new("dir"), |d, n| v.rmdir(d, n)).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::ENOTEMPTY));
@@ -123,7 +131,13 @@ fn writing_a_history_file_copies_it_up_first() {
     let l = Layers::new();
     Layers::file(&l.lower, "a/b/file", "history");
     let v = l.view(Policy::transparent());
-    let (mut f, _) = v.open_write(Path::new("a/b/file"), libc::O_WRONLY | libc::O_APPEND).unwrap();
+    let e = v.resolve(Path::new("a/b/file")).unwrap().unwrap();
+    let done = v.open_write(Path::new("a/b/file"), &e, libc::O_WRONLY | libc::O_APPEND).unwrap();
+    assert_eq!(done.copyups, CopyUps { dirs: 2, others: 1 }, "a, a/b and the file were copied up");
+    let (mut f, e) = done.value;
+    assert_eq!(e.layers, [UPPER], "the entry returned is upper's");
+    let again = v.open_write(Path::new("a/b/file"), &e, libc::O_WRONLY).unwrap();
+    assert_eq!(again.copyups, CopyUps::default(), "a second open copies nothing");
     use std::io::Write;
     f.write_all(b" + release").unwrap();
     assert_eq!(read(&v, "a/b/file").as_deref(), Some("history + release"));
@@ -135,7 +149,7 @@ fn writing_a_history_file_copies_it_up_first() {
 fn read_only_creates_work_and_zero_devices_are_refused() {
     let l = Layers::new();
     let v = l.view(Policy::transparent());
-    let (f, e) = v.in_parent(Path::new("ro"), |d, n| v.create_file(d, n, 0o640, false, true)).unwrap();
+    let (f, e) = v.in_parent(Path::new("ro"), |d, n| v.create_file(d, n, 0o640, false, true)).unwrap().value;
     assert!(e.meta.is_file() && e.meta.size == 0);
     use std::io::Write;
     assert_eq!((&f).write(b"x").unwrap_err().raw_os_error(), Some(libc::EBADF), "opened read-only");
