@@ -173,7 +173,7 @@ pub fn absorb(history: &Path, upper: &Path, force: bool) -> Result<AbsorbReport>
     let repos = layout::repositories_in(&upper, |s| s == Section::Layers)
         .with_context(|| format!("listing the repositories of {}", upper.display()))?;
     for repo in repos {
-        let dir = upper.join(layout::layers_dir(&repo));
+        let dir = upper.join(layout::layer_links_dir(&repo));
         for hex in crate::util::subdir_names(&dir)? {
             let link_path = dir.join(&hex).join(layout::LINK);
             let Ok(content) = fs::read(&link_path) else { continue };

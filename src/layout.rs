@@ -13,12 +13,12 @@
 //!   repositories/                                         repositories_root
 //!     <name>/                                             repo_dir (name: a/b/c)
 //!       _layers/                                          section_dir(Layers)
-//!         sha256/                                         layers_dir
+//!         sha256/                                         layer_links_dir
 //!           <hex>/                                        layer_link_dir
 //!             link                                        layer_link
 //!       _manifests/                                       section_dir(Manifests)
-//!         revisions/                                      revisions_parent
-//!           sha256/                                       revisions_dir
+//!         revisions/                                      revisions_dir
+//!           sha256/                                       revision_links_dir
 //!             <hex>/                                      revision_dir
 //!               link                                      revision_link
 //!         tags/                                           tags_dir
@@ -27,8 +27,12 @@
 //!             index/sha256/                               tag_index_dir
 //!               <hex>/                                    tag_index_entry_dir
 //!                 link
-//!       _uploads/<uuid>/{data,startedat,hashstates/...}   uploads_dir
+//!       _uploads/<uuid>/{data,startedat,hashstates/...}   uploads_dir (section_dir(Uploads))
 //! ```
+//!
+//! Names: `*_root` is one of the two top directories, `*_dir` a directory,
+//! `*s_dir` / `*_links_dir` the directory of every entry of a kind, a bare
+//! noun (`blob_data`, `layer_link`) the file.
 //!
 //! [`parse_store_path`] reads the same grammar back (what a bundle may hold);
 //! [`classify`] says where a path sits for the view's policy.
@@ -161,40 +165,77 @@ pub fn repositories_root() -> PathBuf {
     Path::new(V2).join("repositories")
 }
 
+/// `repositories/<name>`
 pub fn repo_dir(repo: &str) -> PathBuf {
     repositories_root().join(repo)
 }
 
-pub fn layers_dir(repo: &str) -> PathBuf {
-    repo_dir(repo).join(LAYERS).join("sha256")
+/// A section directory of a repository (`<repo>/_layers`, ...).
+pub fn section_dir(repo: &str, section: Section) -> PathBuf {
+    repo_dir(repo).join(section.name())
+}
+
+/// `<repo>/_layers/sha256`: the directory of every layer link.
+pub fn layer_links_dir(repo: &str) -> PathBuf {
+    section_dir(repo, Section::Layers).join("sha256")
+}
+
+/// `<repo>/_layers/sha256/<hex>`: the directory of one layer link.
+pub fn layer_link_dir(repo: &str, d: &Digest) -> PathBuf {
+    layer_links_dir(repo).join(d.hex())
 }
 
 pub fn layer_link(repo: &str, d: &Digest) -> PathBuf {
-    layers_dir(repo).join(d.hex()).join("link")
+    layer_link_dir(repo, d).join(LINK)
 }
 
+/// `<repo>/_manifests/revisions`.
 pub fn revisions_dir(repo: &str) -> PathBuf {
-    revisions_parent(repo).join("sha256")
+    section_dir(repo, Section::Manifests).join("revisions")
+}
+
+/// `<repo>/_manifests/revisions/sha256`: the directory of every revision link.
+pub fn revision_links_dir(repo: &str) -> PathBuf {
+    revisions_dir(repo).join("sha256")
+}
+
+/// `<repo>/_manifests/revisions/sha256/<hex>`: the directory of one revision link.
+pub fn revision_dir(repo: &str, d: &Digest) -> PathBuf {
+    revision_links_dir(repo).join(d.hex())
 }
 
 pub fn revision_link(repo: &str, d: &Digest) -> PathBuf {
-    revisions_dir(repo).join(d.hex()).join("link")
+    revision_dir(repo, d).join(LINK)
 }
 
+/// `<repo>/_manifests/tags`.
 pub fn tags_dir(repo: &str) -> PathBuf {
-    repo_dir(repo).join(MANIFESTS).join("tags")
+    section_dir(repo, Section::Manifests).join("tags")
 }
 
+/// `<repo>/_manifests/tags/<tag>`.
+pub fn tag_dir(repo: &str, tag: &str) -> PathBuf {
+    tags_dir(repo).join(tag)
+}
+
+/// `<repo>/_manifests/tags/<tag>/current/link`: the tag's digest.
 pub fn tag_current_link(repo: &str, tag: &str) -> PathBuf {
-    tags_dir(repo).join(tag).join("current/link")
+    tag_dir(repo, tag).join("current").join(LINK)
 }
 
+/// `<repo>/_manifests/tags/<tag>/index/sha256`: the tag's history.
 pub fn tag_index_dir(repo: &str, tag: &str) -> PathBuf {
-    tags_dir(repo).join(tag).join("index/sha256")
+    tag_dir(repo, tag).join("index/sha256")
 }
 
+/// `<repo>/_manifests/tags/<tag>/index/sha256/<hex>`: one entry of a tag's history.
+pub fn tag_index_entry_dir(repo: &str, tag: &str, d: &Digest) -> PathBuf {
+    tag_index_dir(repo, tag).join(d.hex())
+}
+
+/// `<repo>/_uploads`.
 pub fn uploads_dir(repo: &str) -> PathBuf {
-    repo_dir(repo).join(UPLOADS)
+    section_dir(repo, Section::Uploads)
 }
 
 /// The file that holds a link's digest, in every link directory.
@@ -224,36 +265,6 @@ pub fn blob_of_data_path(rel: &Path) -> Option<Digest> {
     blob_dir_digest(prefix, hex).ok()
 }
 
-/// A section directory of a repository (`<repo>/_layers`, ...).
-pub fn section_dir(repo: &str, section: Section) -> PathBuf {
-    repo_dir(repo).join(section.name())
-}
-
-/// `<repo>/_layers/sha256/<hex>`: the directory of one layer link.
-pub fn layer_link_dir(repo: &str, d: &Digest) -> PathBuf {
-    layers_dir(repo).join(d.hex())
-}
-
-/// `<repo>/_manifests/revisions/sha256/<hex>`: the directory of one revision link.
-pub fn revision_dir(repo: &str, d: &Digest) -> PathBuf {
-    revisions_dir(repo).join(d.hex())
-}
-
-/// `<repo>/_manifests/revisions`.
-pub fn revisions_parent(repo: &str) -> PathBuf {
-    section_dir(repo, Section::Manifests).join("revisions")
-}
-
-/// `<repo>/_manifests/tags/<tag>`.
-pub fn tag_dir(repo: &str, tag: &str) -> PathBuf {
-    tags_dir(repo).join(tag)
-}
-
-/// `<repo>/_manifests/tags/<tag>/index/sha256/<hex>`: one entry of a tag's history.
-pub fn tag_index_entry_dir(repo: &str, tag: &str, d: &Digest) -> PathBuf {
-    tag_index_dir(repo, tag).join(d.hex())
-}
-
 /// Whether a directory under `repositories/` may be (or hold) a repository:
 /// the registry's walk skips every `_`-name that is not a section.
 pub fn may_hold_repos(name: &str) -> bool {
@@ -279,7 +290,7 @@ pub fn skeleton_dirs() -> Vec<PathBuf> {
 /// The directories of a repository that stay, even empty, while it has
 /// manifests: `_layers`, `_manifests`, `_manifests/revisions`, `_manifests/tags`.
 pub fn live_repo_dirs(repo: &str) -> [PathBuf; 4] {
-    [section_dir(repo, Section::Layers), section_dir(repo, Section::Manifests), revisions_parent(repo), tags_dir(repo)]
+    [section_dir(repo, Section::Layers), section_dir(repo, Section::Manifests), revisions_dir(repo), tags_dir(repo)]
 }
 
 /// The repositories of the store directory `root` (one layer, read

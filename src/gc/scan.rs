@@ -289,11 +289,11 @@ impl<'v> Scanner<'v> {
     pub fn scan_repo(&self, repo: &mut RepoScan, with_layers: bool) -> Result<(), GcError> {
         if let Some(m) = repo.section(Section::Manifests) {
             let m = m.clone();
-            repo.revisions = self.links(&m, &layout::revisions_dir(&repo.name))?;
+            repo.revisions = self.links(&m, &layout::revision_links_dir(&repo.name))?;
             repo.tags = self.tags(&m, &repo.name)?;
         }
         if let Some(l) = repo.section(Section::Layers).filter(|_| with_layers) {
-            repo.layer_links = self.links(l, &layout::layers_dir(&repo.name))?;
+            repo.layer_links = self.links(l, &layout::layer_links_dir(&repo.name))?;
         }
         Ok(())
     }
