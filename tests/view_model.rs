@@ -13,7 +13,7 @@
 mod support;
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
@@ -203,8 +203,8 @@ impl Vfs {
                         self.view.read_link(rel_p, &item.entry).expect("readlink").to_string_lossy().into_owned(),
                     )
                 } else if m.is_file() {
-                    let mut data = Vec::new();
-                    self.view.open_read(rel_p, &item.entry, 0).expect("open").read_to_end(&mut data).expect("read");
+                    let data =
+                        self.view.open_read(rel_p, &item.entry, 0).expect("open").read_all(1 << 20).expect("read");
                     assert_eq!(data.len() as u64, m.size, "stat size of {p} differs from its data");
                     Seen::File(mode, String::from_utf8_lossy(&data).into_owned())
                 } else {

@@ -2,7 +2,7 @@
 //! the view (so hidden history never counts), before the tar is written.
 
 use std::ffi::OsStr;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
@@ -177,9 +177,7 @@ fn read_view_file(view: &View, rel: &Path, max: u64) -> Result<Option<Vec<u8>>, 
     if e.meta.size > max {
         return Err(bad(rel, format!("{} bytes: larger than expected ({max} at most)", e.meta.size)));
     }
-    let mut buf = Vec::with_capacity(e.meta.size as usize);
-    view.open_read(rel, &e, 0).and_then(|f| f.take(max).read_to_end(&mut buf)).map_err(io_err(rel))?;
-    Ok(Some(buf))
+    view.open_read(rel, &e, 0).and_then(|f| f.read_all(max)).map(Some).map_err(io_err(rel))
 }
 
 #[derive(Deserialize)]

@@ -34,7 +34,6 @@ use crate::bundle::{self, BaseRef, Description, Totals};
 use crate::inventory::Inventory;
 use crate::layout::{self, Digest};
 use crate::store::{self, Layers};
-use crate::sys;
 use crate::util::human_bytes;
 use crate::view::{Dir, Entry, LayerIdx, Named, Stat, View};
 
@@ -618,7 +617,8 @@ impl TarWriter<'_> {
             .open_read(rel, e, libc::O_NOFOLLOW)
             .with_context(|| format!("opening {} ({})", rel.display(), real.display()))?;
         // The size written is the open file's: one stat, of what is read.
-        let meta = sys::stat_of(&f).with_context(|| format!("stat {}", real.display()))?;
+        let (f, size) = f.into_sequential().with_context(|| format!("stat {}", real.display()))?;
+        let meta = Stat { size, ..e.meta };
         let blob = if self.opts.verify { layout::blob_of_data_path(rel) } else { None };
         let mut reader = ExactReader { inner: f, remaining: meta.size, hasher: blob.map(|_| sha2::Sha256::new()) };
         let mut h = self.header(&meta, tar::EntryType::Regular, meta.size);

@@ -22,7 +22,7 @@ use fuser::{
 };
 
 use crate::sys::{self, SetTime};
-use crate::view::{AttrChange, Changed, CopyUps, Dir, Entry, FileKind, Stat, UPPER, View};
+use crate::view::{AttrChange, Changed, CopyUps, Dir, Entry, FileKind, LayerFile, Stat, UPPER, View};
 use inodes::{Inodes, NodeInfo, ROOT};
 
 /// Attribute/entry cache time for entries that live in upper (they change).
@@ -38,6 +38,23 @@ enum Handle {
     /// A read-only history file the kernel reads directly (FUSE
     /// passthrough) through the backing shared by every open of `ino`.
     Passthrough(Arc<File>, u64),
+    /// A read-only part of a layer's file (a tar member): regfs reads it.
+    Part(Arc<LayerFile>),
+}
+
+/// What a read goes to: an open file, or a part of one.
+enum Source {
+    File(Arc<File>),
+    Part(Arc<LayerFile>),
+}
+
+impl Source {
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
+        match self {
+            Source::File(f) => f.read_at(buf, off),
+            Source::Part(p) => p.read_at(buf, off),
+        }
+    }
 }
 
 /// The one backing file an inode may have (the kernel allows one per
@@ -378,9 +395,19 @@ impl RegFs {
         })
     }
 
+    /// The open file of a handle; EBADF for a read-only part of one.
     fn file(&self, fh: FileHandle) -> Result<Arc<File>, Errno> {
         match self.handles.get(&fh.0).as_deref() {
             Some(Handle::File(f, _)) | Some(Handle::Passthrough(f, _)) => Ok(f.clone()),
+            Some(Handle::Part(..)) | None => Err(Errno::EBADF),
+        }
+    }
+
+    /// What a handle reads from.
+    fn source(&self, fh: FileHandle) -> Result<Source, Errno> {
+        match self.handles.get(&fh.0).as_deref() {
+            Some(Handle::File(f, _)) | Some(Handle::Passthrough(f, _)) => Ok(Source::File(f.clone())),
+            Some(Handle::Part(p)) => Ok(Source::Part(p.clone())),
             None => Err(Errno::EBADF),
         }
     }
@@ -670,15 +697,18 @@ impl Filesystem for RegFs {
             self.view.open_write(&path, &e, flags).map(|Changed { value: (f, e), copyups }| {
                 self.inodes.update(ino.0, &e);
                 self.changed(ino, copyups);
-                f
+                LayerFile::whole(f)
             })
         } else {
             self.view.open_read(&path, &e, flags)
         };
+        // A part of a layer's file (a tar member) is read through regfs.
+        let res = res.map(|f| f.into_whole_file());
         match res {
+            Ok(Err(part)) => reply.opened(self.add_handle(Handle::Part(Arc::new(part))), FopenFlags::FOPEN_KEEP_CACHE),
             // Only history files: they never change, so one backing per
             // inode serves every reader.
-            Ok(f) if !writes && e.top() != UPPER && self.passthrough.load(Ordering::Relaxed) => {
+            Ok(Ok(f)) if !writes && e.top() != UPPER && self.passthrough.load(Ordering::Relaxed) => {
                 let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
                 let shared = match self.backings.entry(ino.0) {
                     dashmap::Entry::Occupied(mut b) => {
@@ -707,7 +737,7 @@ impl Filesystem for RegFs {
                     }
                 }
             }
-            Ok(f) => {
+            Ok(Ok(f)) => {
                 // History files never change: the kernel may keep their pages.
                 let fopen =
                     if !writes && e.top() != UPPER { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
@@ -728,7 +758,7 @@ impl Filesystem for RegFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let f = match self.file(fh) {
+        let f = match self.source(fh) {
             Ok(f) => f,
             Err(e) => return reply.error(e),
         };

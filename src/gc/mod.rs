@@ -37,7 +37,7 @@ mod scan;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -243,11 +243,11 @@ impl<'s> Store<'s> {
         if size > manifest::MAX_MANIFEST_BYTES {
             return Err(bad(&path, format!("{size} bytes: too large to be a manifest (named by {})", p.origin)));
         }
-        let mut bytes = Vec::with_capacity(size as usize);
-        self.sc
+        let bytes = self
+            .sc
             .view()
             .open_read(&path, entry, 0)
-            .and_then(|f| f.take(size).read_to_end(&mut bytes))
+            .and_then(|f| f.read_all(size))
             .map_err(|source| GcError::Io { path: path.display().to_string(), source })?;
         if Digest::of(&bytes) != p.digest {
             return Err(bad(

@@ -10,7 +10,6 @@
 //! Every directory listed is remembered (how many names it holds), so the planner
 //! can tell which directories GC leaves empty without listing them again.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -196,8 +195,8 @@ impl<'v> Scanner<'v> {
             return Err(bad(&rel, format!("a link holds 71 bytes, this one {}", e.meta.size)));
         }
         // Sized from the lookup: one read(2) for a link, not a probe loop.
-        let mut content = vec![0; e.meta.size as usize];
-        self.view.open_read(&rel, &e, 0).and_then(|mut f| f.read_exact(&mut content)).map_err(io_err(&rel))?;
+        let content =
+            self.view.open_read(&rel, &e, 0).and_then(|f| f.read_all(MAX_LINK_BYTES)).map_err(io_err(&rel))?;
         let d = layout::parse_link(&content).map_err(|err| bad(&rel, format!("bad link: {err}")))?;
         if let Some(x) = expect.filter(|x| **x != d) {
             return Err(bad(&rel, format!("the link names {d} but is filed under {x}")));

@@ -82,10 +82,13 @@ impl View {
 
     /// The data of the file `rel` of `src` into the new upper file `dst`.
     fn copy_file_data(&self, src: &dyn Layer, rel: &Path, dst: &Path, mode: u32) -> io::Result<()> {
-        let mut from = src.open(rel, 0)?;
+        let (from, len) = src.open(rel, 0)?.into_sequential()?;
         let mut to = self.upper.open_with(dst, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, mode & 0o7777)?;
         // io::copy uses copy_file_range/sendfile between files where it can.
-        io::copy(&mut from, &mut to)?;
+        let copied = io::copy(&mut io::Read::take(from, len), &mut to)?;
+        if copied != len {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the file shrank while it was copied up"));
+        }
         Ok(())
     }
 

@@ -4,7 +4,7 @@ use super::*;
 
 impl View {
     /// Opens the file behind `rel` for reading (no copy-up).
-    pub fn open_read(&self, rel: &Path, e: &Entry, flags: i32) -> io::Result<File> {
+    pub fn open_read(&self, rel: &Path, e: &Entry, flags: i32) -> io::Result<LayerFile> {
         self.layer(e.top()).open(rel, flags)
     }
 

@@ -27,12 +27,86 @@ pub trait Layer: fmt::Debug + Send + Sync {
     fn read_dir(&self, rel: &Path) -> io::Result<Option<Vec<(OsString, FileKind)>>>;
     /// Opens the regular file `rel` for reading with `flags` (access mode
     /// and creation flags are the layer's to set).
-    fn open(&self, rel: &Path, flags: i32) -> io::Result<File>;
+    fn open(&self, rel: &Path, flags: i32) -> io::Result<LayerFile>;
     fn read_link(&self, rel: &Path) -> io::Result<PathBuf>;
     /// The extended attribute names of `rel`.
     fn xattr_names(&self, rel: &Path) -> io::Result<Vec<OsString>>;
     /// One extended attribute of `rel`; `None` when it is not set.
     fn xattr(&self, rel: &Path, name: &OsStr) -> io::Result<Option<Vec<u8>>>;
+}
+
+/// A layer's regular file, open for reading: a whole file, or a byte range
+/// of one (a member of a tar file a layer is backed by).
+#[derive(Debug)]
+pub struct LayerFile {
+    file: File,
+    /// (start, length) of the data in `file`; `None`: all of it, however
+    /// long it grows (an upper file another handle writes).
+    span: Option<(u64, u64)>,
+}
+
+impl LayerFile {
+    pub fn whole(file: File) -> LayerFile {
+        LayerFile { file, span: None }
+    }
+
+    /// The `len` bytes of `file` from `start`.
+    pub fn range(file: File, start: u64, len: u64) -> LayerFile {
+        LayerFile { file, span: Some((start, len)) }
+    }
+
+    /// The file itself where the data is all of it (FUSE passthrough,
+    /// `lseek` for holes); `None` for a range.
+    pub fn whole_file(&self) -> Option<&File> {
+        self.span.is_none().then_some(&self.file)
+    }
+
+    /// [`LayerFile::whole_file`], by value.
+    pub fn into_whole_file(self) -> Result<File, LayerFile> {
+        if self.span.is_none() { Ok(self.file) } else { Err(self) }
+    }
+
+    /// `pread` of the data at `off` (a short read at its end).
+    pub fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        match self.span {
+            None => self.file.read_at(buf, off),
+            Some((start, len)) => {
+                let room = len.saturating_sub(off).min(buf.len() as u64) as usize;
+                if room == 0 {
+                    return Ok(0);
+                }
+                self.file.read_at(&mut buf[..room], start + off)
+            }
+        }
+    }
+
+    /// The data, up to `max` bytes.
+    pub fn read_all(self, max: u64) -> io::Result<Vec<u8>> {
+        use std::io::Read;
+        let (f, len) = self.into_sequential()?;
+        let mut buf = Vec::with_capacity(len.min(max) as usize);
+        f.take(len.min(max)).read_to_end(&mut buf)?;
+        Ok(buf)
+    }
+
+    /// The file positioned at the data's start, and the data's length now:
+    /// for readers that go through it once (copy-up, export, GC). Reading
+    /// no more than the length stays inside the data; a plain `File` lets
+    /// `io::copy` use `copy_file_range`.
+    pub fn into_sequential(mut self) -> io::Result<(File, u64)> {
+        use std::io::Seek;
+        match self.span {
+            None => {
+                let len = sys::stat_of(&self.file)?.size;
+                Ok((self.file, len))
+            }
+            Some((start, len)) => {
+                self.file.seek(io::SeekFrom::Start(start))?;
+                Ok((self.file, len))
+            }
+        }
+    }
 }
 
 /// A layer that is a directory tree on a local filesystem; upper is one,
@@ -168,9 +242,9 @@ impl Layer for DirLayer {
             .map(Some)
     }
 
-    fn open(&self, rel: &Path, flags: i32) -> io::Result<File> {
+    fn open(&self, rel: &Path, flags: i32) -> io::Result<LayerFile> {
         let keep = flags & !(libc::O_ACCMODE | libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
-        self.open_with(rel, libc::O_RDONLY | keep, 0)
+        self.open_with(rel, libc::O_RDONLY | keep, 0).map(LayerFile::whole)
     }
 
     fn read_link(&self, rel: &Path) -> io::Result<PathBuf> {
@@ -183,5 +257,37 @@ impl Layer for DirLayer {
 
     fn xattr(&self, rel: &Path, name: &OsStr) -> io::Result<Option<Vec<u8>>> {
         sys::lgetxattr(&self.xattr_path(rel), name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn a_range_reads_only_its_bytes_and_a_whole_file_all_of_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"0123456789").unwrap();
+        let part = LayerFile::range(File::open(&p).unwrap(), 3, 4);
+        let mut buf = [0u8; 8];
+        assert_eq!(part.read_at(&mut buf, 0).unwrap(), 4);
+        assert_eq!(&buf[..4], b"3456");
+        assert_eq!(part.read_at(&mut buf, 2).unwrap(), 2, "short at the range's end");
+        assert_eq!(&buf[..2], b"56");
+        assert_eq!(part.read_at(&mut buf, 4).unwrap(), 0);
+        assert!(part.whole_file().is_none());
+        let (mut f, len) = part.into_sequential().unwrap();
+        let mut s = String::new();
+        (&mut f).take(len).read_to_string(&mut s).unwrap();
+        assert_eq!(s, "3456");
+
+        let whole = LayerFile::whole(File::open(&p).unwrap());
+        assert_eq!(whole.read_at(&mut buf, 6).unwrap(), 4);
+        assert!(whole.whole_file().is_some());
+        let (f, len) = whole.into_sequential().unwrap();
+        assert_eq!(len, 10);
+        assert!(f.metadata().unwrap().is_file());
     }
 }

@@ -35,7 +35,7 @@ use rustc_hash::FxHashMap;
 
 use crate::sys::{self, SetTime};
 pub use crate::sys::{FileKind, FileTime, Stat};
-pub use layer::{DirLayer, Layer};
+pub use layer::{DirLayer, Layer, LayerFile};
 pub use policy::Policy;
 
 /// Index of a layer: 0 is upper, 1.. the lowers from the top.

@@ -3,7 +3,6 @@
 
 use super::*;
 use std::fs;
-use std::io::Read;
 
 struct Layers {
     _tmp: tempfile::TempDir,
@@ -41,9 +40,7 @@ fn names(v: &View, rel: &str) -> Vec<String> {
 
 fn read(v: &View, rel: &str) -> Option<String> {
     let e = v.resolve(Path::new(rel)).unwrap()?;
-    let mut s = String::new();
-    v.open_read(Path::new(rel), &e, 0).unwrap().read_to_string(&mut s).unwrap();
-    Some(s)
+    Some(String::from_utf8(v.open_read(Path::new(rel), &e, 0).unwrap().read_all(1 << 20).unwrap()).unwrap())
 }
 
 #[test]
