@@ -267,6 +267,11 @@ fn beside_kernel_over(layers: fn() -> Layers, cases: Cases, then: Option<Cases>)
     ours
 }
 
+/// What a call that shows nothing showed.
+fn nothing<T>(_: T) -> String {
+    String::new()
+}
+
 /// The outcome of one call: `ok` with what it showed, or the errno.
 fn outcome<T>(r: std::io::Result<T>, ok: impl FnOnce(T) -> String) -> String {
     match r {
@@ -324,6 +329,102 @@ fn creation_cases(v: &Path) -> Vec<(String, String)> {
 fn creating_opens_and_special_files_match_kernel_overlay() {
     let ours = beside_kernel(creation_cases, None);
     assert!(ours[0].1.starts_with("ok"), "the kernel creates the file: {ours:?}");
+}
+
+/// open(2) flags on each kind of target: history and new files, a
+/// directory, a symlink (to a history file, dangling), a missing name and
+/// one in a missing directory. Each outcome, then what the target holds.
+fn open_flag_cases(v: &Path) -> Outcomes {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let d = v.join("docker/registry/v2");
+    let mut out = Vec::new();
+    let mut case = |what: &str, result: String| out.push((what.to_string(), result));
+    let blobs: Vec<PathBuf> = fs::read_dir(d.join("blobs/sha256"))
+        .unwrap()
+        .flat_map(|p| fs::read_dir(p.unwrap().path()).unwrap())
+        .map(|b| b.unwrap().path().join("data"))
+        .collect();
+    let mut blobs = blobs.into_iter();
+    let mut history = || blobs.next().expect("enough history blobs");
+    fs::write(d.join("new"), b"new file").unwrap();
+    let open = |p: &Path, acc: i32, flags: i32| {
+        let mut o = fs::OpenOptions::new();
+        match acc {
+            libc::O_RDONLY => o.read(true),
+            libc::O_WRONLY => o.write(true),
+            _ => o.read(true).write(true),
+        };
+        o.custom_flags(flags).mode(0o644).open(p)
+    };
+    let size = |p: &Path| outcome(fs::symlink_metadata(p), |m| format!("size {}", m.len()));
+    let head = |p: &Path| {
+        outcome(fs::File::open(p), |f| {
+            let mut b = Vec::new();
+            f.take(6).read_to_end(&mut b).unwrap();
+            format!("{b:?}")
+        })
+    };
+
+    let h = history();
+    case("O_WRONLY|O_TRUNC on a history file", outcome(open(&h, libc::O_WRONLY, libc::O_TRUNC), nothing));
+    case("its size", size(&h));
+    let h = history();
+    let before = fs::metadata(&h).unwrap().len();
+    let appended = open(&h, libc::O_WRONLY, libc::O_APPEND).and_then(|mut f| f.write_all(b"!"));
+    case("O_WRONLY|O_APPEND on a history file, write", outcome(appended, nothing));
+    case("its size grew by one", outcome(fs::metadata(&h), |m| format!("{}", m.len() == before + 1)));
+    let h = history();
+    let read = open(&h, libc::O_RDWR, 0).and_then(|mut f| {
+        let mut b = [0u8; 2];
+        f.read_exact(&mut b).map(|()| b)
+    });
+    case("O_RDWR on a history file, read", outcome(read, |b| format!("{b:?}")));
+    let h = history();
+    case("O_RDONLY|O_TRUNC on a history file", outcome(open(&h, libc::O_RDONLY, libc::O_TRUNC), nothing));
+    case("its size", size(&h));
+    let h = history();
+    case("O_CREAT|O_EXCL on a history file", outcome(open(&h, libc::O_WRONLY, libc::O_CREAT | libc::O_EXCL), nothing));
+    case(
+        "O_CREAT|O_EXCL on a new file",
+        outcome(open(&d.join("new"), libc::O_WRONLY, libc::O_CREAT | libc::O_EXCL), nothing),
+    );
+    case("O_CREAT on a new file (no O_EXCL)", outcome(open(&d.join("new"), libc::O_WRONLY, libc::O_CREAT), nothing));
+    case("it keeps its data", head(&d.join("new")));
+    std::os::unix::fs::symlink(h.strip_prefix(&d).unwrap(), d.join("to-history")).unwrap();
+    std::os::unix::fs::symlink("nowhere", d.join("dangling")).unwrap();
+    case("O_NOFOLLOW on a symlink", outcome(open(&d.join("to-history"), libc::O_RDONLY, libc::O_NOFOLLOW), nothing));
+    case(
+        "O_NOFOLLOW|O_CREAT on a dangling symlink",
+        outcome(open(&d.join("dangling"), libc::O_WRONLY, libc::O_NOFOLLOW | libc::O_CREAT), nothing),
+    );
+    let through = open(&d.join("to-history"), libc::O_WRONLY, libc::O_TRUNC).and_then(|mut f| f.write_all(b"via link"));
+    case("write through a symlink to a history file", outcome(through, nothing));
+    case("the target's data", head(&h));
+    case(
+        "the symlink is still one",
+        outcome(fs::symlink_metadata(d.join("to-history")), |m| format!("{}", m.file_type().is_symlink())),
+    );
+    case(
+        "O_CREAT|O_EXCL through a symlink to a file",
+        outcome(open(&d.join("to-history"), libc::O_WRONLY, libc::O_CREAT | libc::O_EXCL), nothing),
+    );
+    case("O_DIRECTORY on a file", outcome(open(&d.join("new"), libc::O_RDONLY, libc::O_DIRECTORY), nothing));
+    case(
+        "O_DIRECTORY on a history directory",
+        outcome(open(&d.join("blobs"), libc::O_RDONLY, libc::O_DIRECTORY), nothing),
+    );
+    case("O_WRONLY on a history directory", outcome(open(&d.join("blobs"), libc::O_WRONLY, 0), nothing));
+    case("O_RDONLY on a missing name", outcome(open(&d.join("missing"), libc::O_RDONLY, 0), nothing));
+    case("O_CREAT in a missing directory", outcome(open(&d.join("missing/f"), libc::O_WRONLY, libc::O_CREAT), nothing));
+    case("O_CREAT on a history directory", outcome(open(&d.join("blobs"), libc::O_WRONLY, libc::O_CREAT), nothing));
+    out
+}
+
+#[test]
+fn open_flags_on_every_kind_of_target_match_kernel_overlay() {
+    let ours = beside_kernel(open_flag_cases, None);
+    assert!(ours.len() >= 20, "{ours:?}");
 }
 
 /// An open file whose name is gone (POSIX: it lives until closed), and a
@@ -690,12 +791,25 @@ fn second_user_cases(v: &Path) -> Outcomes {
     let top = v.parent().expect("the mountpoint's directory");
     fs::set_permissions(top, fs::Permissions::from_mode(0o755)).unwrap();
     let history = fs::read_dir(d.join("blobs/sha256")).unwrap().next().unwrap().unwrap().path();
+    let history_file = fs::read_dir(d.join("blobs/sha256")).unwrap().nth(1).unwrap().unwrap().path();
+    let history_file = fs::read_dir(history_file).unwrap().next().unwrap().unwrap().path().join("data");
     for (name, mode) in [("private", 0o600), ("public", 0o644)] {
         fs::write(d.join(name), b"data").unwrap();
         fs::set_permissions(d.join(name), fs::Permissions::from_mode(mode)).unwrap();
     }
     fs::create_dir(d.join("open")).unwrap();
     fs::set_permissions(d.join("open"), fs::Permissions::from_mode(0o777)).unwrap();
+    // Group class: the group's bits apply to a member even where others' allow more.
+    for (name, mode) in [("group-read", 0o640), ("group-denied", 0o604), ("shared", 0o666)] {
+        fs::write(d.join(name), b"data").unwrap();
+        std::os::unix::fs::chown(d.join(name), None, Some(4242)).unwrap();
+        fs::set_permissions(d.join(name), fs::Permissions::from_mode(mode)).unwrap();
+    }
+    // Sticky: only a file's owner (or the directory's) may remove it.
+    fs::create_dir(d.join("sticky")).unwrap();
+    fs::set_permissions(d.join("sticky"), fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::write(d.join("sticky/roots"), b"r").unwrap();
+    fs::set_permissions(d.join("sticky/roots"), fs::Permissions::from_mode(0o666)).unwrap();
     fs::set_permissions(&history, fs::Permissions::from_mode(0o700)).unwrap();
     let script = r#"
 import os, sys
@@ -713,10 +827,21 @@ t("create in a 0777 dir", lambda: open("open/mine", "w").close())
 t("stat the new file's owner", lambda: os.stat("open/mine").st_uid)
 t("list a 0700 history dir", lambda: len(os.listdir(sys.argv[1])))
 t("unlink its own file", lambda: os.unlink("open/mine"))
+t("read a 0640 file of its group", lambda: open("group-read").read())
+t("read a 0604 file of its group", lambda: open("group-denied").read())
+t("utime(NULL) of a 0666 file not its own", lambda: os.utime("shared"))
+t("utime(times) of a 0666 file not its own", lambda: os.utime("shared", (1, 1)))
+t("chmod a file not its own", lambda: os.chmod("shared", 0o600))
+t("unlink root's file in a sticky dir", lambda: os.unlink("sticky/roots"))
+t("rename root's file in a sticky dir", lambda: os.rename("sticky/roots", "sticky/moved"))
+t("create in the sticky dir", lambda: open("sticky/mine", "w").close())
+t("unlink its own file there", lambda: os.unlink("sticky/mine"))
+t("write a history file", lambda: open(sys.argv[2], "a").write("x"))
 "#;
     let out = std::process::Command::new("setpriv")
         .args(["--reuid", "4242", "--regid", "4242", "--clear-groups", "/usr/bin/python3", "-c", script])
         .arg(&history)
+        .arg(&history_file)
         .current_dir(&d)
         .output()
         .expect("running setpriv");
@@ -736,5 +861,5 @@ t("unlink its own file", lambda: os.unlink("open/mine"))
 #[test]
 fn a_second_user_gets_what_the_kernel_gives_it() {
     let ours = beside_kernel(second_user_cases, None);
-    assert_eq!(ours.len(), 8, "{ours:?}");
+    assert_eq!(ours.len(), 18, "{ours:?}");
 }
