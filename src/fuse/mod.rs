@@ -361,7 +361,7 @@ impl RegFs {
             return Ok(e);
         }
         self.view.chown_upper(path, req.uid(), req.gid())?;
-        self.view.refresh(path, &e)
+        self.view.stat_stack(path, &e.layers)
     }
 
     /// The merged listing of directory `ino`, with `.` and `..`.
@@ -674,7 +674,7 @@ impl Filesystem for RegFs {
         };
         match self.view.link(&from, &src, dir.as_dir(), newname) {
             Ok(Changed { value: e, copyups }) => {
-                if let Ok(src) = self.view.refresh(&from, &src) {
+                if let Ok(src) = self.view.stat_stack(&from, &src.layers) {
                     self.inodes.update(ino.0, &src);
                 }
                 let new_ino = self.inodes.intern(newparent.0, newname, &e);

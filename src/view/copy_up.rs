@@ -47,7 +47,7 @@ impl View {
         }
         if entry.is_dir() {
             self.ensure_upper_dir(rel, c)?;
-            return self.refresh(rel, &entry);
+            return self.stat_stack(rel, &entry.layers);
         }
         let parent = Self::parent_of(rel)?;
         self.ensure_upper_dir(parent, c)?;
@@ -70,7 +70,7 @@ impl View {
         }
         self.restore_times(parent, &parent_meta)?;
         c.count(false);
-        self.refresh(rel, &entry)
+        self.stat_stack(rel, &entry.layers)
     }
 
     /// Gives the upper directory `dir` back the times of `before`: copying

@@ -39,7 +39,7 @@ impl View {
         if change.atime.is_some() || change.mtime.is_some() {
             self.upper.set_times(rel, change.atime.unwrap_or(SetTime::Omit), change.mtime.unwrap_or(SetTime::Omit))?;
         }
-        Ok(Changed::new(self.refresh(rel, &e)?, c))
+        Ok(Changed::new(self.stat_stack(rel, &e.layers)?, c))
     }
 
     /// Gives a name that exists in upper to `uid`:`gid` (a front end

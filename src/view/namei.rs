@@ -82,25 +82,10 @@ impl View {
         self.lookup(dir, name)?.ok_or_else(|| errno(libc::ENOENT))
     }
 
-    /// Fresh metadata for an entry: upper may have changed since `e` was
-    /// resolved (writes, copy-up); lower entries never change while mounted.
-    pub fn refresh(&self, rel: &Path, e: &Entry) -> io::Result<Entry> {
-        if let Some(meta) = self.stat_in(UPPER, rel)?
-            && !self.is_whiteout(UPPER, rel, &meta)?
-        {
-            let mut layers = vec![UPPER];
-            layers.extend(e.layers.iter().copied().filter(|&l| l != UPPER));
-            if !meta.is_dir() {
-                layers.truncate(1);
-            }
-            return Ok(Entry { layers, meta });
-        }
-        Ok(e.clone())
-    }
-
     /// The entry at `rel` found earlier in `layers`, with fresh metadata:
-    /// upper first (a copy-up may have happened since), else the topmost
-    /// of `layers`. ENOENT when neither holds it any more.
+    /// upper first (writes and copy-ups change upper; lower entries never
+    /// change while mounted), else the topmost of `layers`. ENOENT when
+    /// neither holds it any more.
     pub fn stat_stack(&self, rel: &Path, layers: &[LayerIdx]) -> io::Result<Entry> {
         if let Some(meta) = self.stat_in(UPPER, rel)?
             && !self.is_whiteout(UPPER, rel, &meta)?
