@@ -2,7 +2,8 @@
 //!
 //! The architecture (README "Layout", and the project's design reference,
 //! `shared/DESIGN.md` beside this repository): one [`view`] core shared by
-//! the FUSE front end, the kernel front end, GC and export; [`store`] checks
+//! the FUSE front end, the kernel front end, GC and export, reading every
+//! layer through [`view::Layer`]; [`store`] checks
 //! layers and locks upper; [`layout`] knows registry paths; [`sys`] holds
 //! the only `unsafe`. Commands depend one way: `cli` → commands →
 //! `store`/`view`/`bundle` → `layout`/`sys`.

@@ -5,6 +5,11 @@
 //! registry root (`""` is the root). Layer 0 is upper; 1.. are the lowers,
 //! topmost first. Lowers are only ever read.
 //!
+//! A layer is a [`Layer`]: something the view asks to stat, list, open and
+//! read xattrs of names relative to its root (`layer`: a directory through
+//! `*at` calls on a handle of its root; upper, a [`DirLayer`], is also
+//! written). Nothing here joins a path onto a layer's root.
+//!
 //! One file per concern, as the kernel's `fs/overlayfs/`: `namei` (lookup),
 //! `readdir` (merged listings), `marks` (whiteouts, opaque directories),
 //! `copy_up`, `dir` (namespace operations on a name in a directory), `inode`
