@@ -299,20 +299,37 @@ pub fn live_repo_dirs(repo: &str) -> [PathBuf; 4] {
 /// a missing `repositories/` is an empty store.
 pub fn repositories_in(root: &Path, wanted: impl Fn(Section) -> bool) -> std::io::Result<BTreeSet<String>> {
     let base = root.join(repositories_root());
+    repositories_listed(
+        |rel| match std::fs::read_dir(base.join(rel)) {
+            Ok(rd) => rd
+                .map(|de| {
+                    let de = de?;
+                    Ok((de.file_name().to_string_lossy().into_owned(), de.file_type()?.is_dir()))
+                })
+                .collect::<std::io::Result<Vec<_>>>()
+                .map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        },
+        wanted,
+    )
+}
+
+/// [`repositories_in`] over any tree: `list(rel)` gives the names below
+/// `repositories/` at `rel` with whether each is a directory (`None`: no
+/// directory there).
+pub fn repositories_listed(
+    mut list: impl FnMut(&Path) -> std::io::Result<Option<Vec<(String, bool)>>>,
+    wanted: impl Fn(Section) -> bool,
+) -> std::io::Result<BTreeSet<String>> {
     let mut out = BTreeSet::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
-        let rd = match std::fs::read_dir(base.join(&rel)) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        for de in rd {
-            let de = de?;
-            if !de.file_type()?.is_dir() {
+        let Some(names) = list(&rel)? else { continue };
+        for (name, is_dir) in names {
+            if !is_dir {
                 continue;
             }
-            let name = de.file_name().to_string_lossy().into_owned();
             match Section::from_name(&name) {
                 // A section directly under repositories/ belongs to no repository.
                 Some(section) if wanted(section) && !rel.as_os_str().is_empty() => {

@@ -41,8 +41,17 @@ pub fn plan(lowers: &[PathBuf], keep: Option<&Path>, policy: Option<&Path>) -> R
     let mut p = ViewPlan { lowers: layers.lowers.clone(), ..ViewPlan::default() };
 
     let mut repos = BTreeSet::new();
-    for lower in &layers.lowers {
-        repos.extend(layout::repositories_in(lower, |_| true).context("listing the history's repositories")?);
+    let root = layout::repositories_root();
+    for lower in view.lowers() {
+        let list = |rel: &Path| {
+            let names = lower.read_dir(&root.join(rel))?;
+            Ok(names.map(|n| {
+                n.into_iter().map(|(name, kind)| (name.to_string_lossy().into_owned(), kind.is_dir())).collect()
+            }))
+        };
+        let found = layout::repositories_listed(list, |_| true)
+            .with_context(|| format!("listing the repositories of {}", lower.source().display()))?;
+        repos.extend(found);
     }
     for repo in &repos {
         if layers.policy.keeps_repo(repo) {

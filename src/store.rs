@@ -9,11 +9,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+use crate::bundle::{self, layer::TarLayer};
 use crate::durability;
 use crate::kernel;
 use crate::layout;
 use crate::sys;
-use crate::view::{Policy, View, XattrNs, policy};
+use crate::view::{DirLayer, Layer, Policy, View, XattrNs, policy};
 
 /// Whether one of two absolute, canonical paths lies inside the other (or
 /// they are the same): two such places would write into each other.
@@ -71,10 +72,30 @@ pub fn check_layers(
 }
 
 impl Layers {
+    /// The view over these layers: each lower a directory, or a bundle tar
+    /// read in place.
     pub fn view(&self) -> Result<View> {
-        View::new(self.upper.clone(), self.lowers.clone(), self.policy.clone(), XattrNs::for_current_user())
-            .context("opening the layers")
+        let mut lowers: Vec<Box<dyn Layer>> = Vec::new();
+        for l in &self.lowers {
+            if is_bundle_file(l) {
+                lowers.push(Box::new(TarLayer::open(l)?));
+            } else {
+                lowers.push(Box::new(DirLayer::open(l).with_context(|| format!("opening {}", l.display()))?));
+            }
+        }
+        let upper = DirLayer::open(&self.upper).with_context(|| format!("opening {}", self.upper.display()))?;
+        Ok(View::of_layers(upper, lowers, self.policy.clone(), XattrNs::for_current_user()))
     }
+
+    /// Whether a lower is a bundle tar (the kernel cannot stack one).
+    pub fn has_bundle(&self) -> bool {
+        self.lowers.iter().any(|l| is_bundle_file(l))
+    }
+}
+
+/// Whether a (checked) lower is a bundle tar rather than a directory.
+pub fn is_bundle_file(lower: &Path) -> bool {
+    fs::metadata(lower).is_ok_and(|m| m.is_file())
 }
 
 /// The canonical form of a path whose tail may not exist yet: the deepest
@@ -97,14 +118,32 @@ pub fn resolve_maybe_missing(p: &Path) -> io::Result<PathBuf> {
     Ok(out)
 }
 
-/// Checks each lower is a registry rootdirectory; returns them canonical.
-/// Errors name each by `flag` (`--lower`, `--history`), as the user gave it.
+/// Checks each lower is a registry rootdirectory or a bundle tar; returns
+/// them canonical. A directory that holds bundle tars and no registry
+/// stands for those tars, newest (by mtime) first. Errors name each by
+/// `flag` (`--lower`, `--history`), as the user gave it.
 pub fn check_lowers(lowers: &[PathBuf], flag: &str) -> Result<Vec<PathBuf>> {
     let mut abs_lowers = Vec::new();
     for l in lowers {
         let c = fs::canonicalize(l).with_context(|| format!("{flag} {}: cannot open", l.display()))?;
+        if c.is_file() {
+            bundle::read_description(&c).map_err(|e| {
+                anyhow::anyhow!(
+                    "{flag} {}: {e}; a lower is a registry rootdirectory or a bundle tar written by `regfs release` or `regfs export`",
+                    l.display()
+                )
+            })?;
+            abs_lowers.push(c);
+            continue;
+        }
         if !c.is_dir() {
-            bail!("{flag} {}: not a directory", l.display());
+            bail!("{flag} {}: not a directory or a bundle tar", l.display());
+        }
+        if !c.join(layout::V2).is_dir()
+            && let Some(tars) = bundles_in(&c).with_context(|| format!("{flag} {}: cannot list", l.display()))?
+        {
+            abs_lowers.extend(check_lowers(&tars, flag)?);
+            continue;
         }
         if !c.join(layout::V2).is_dir() {
             bail!(
@@ -129,6 +168,21 @@ pub fn check_lowers(lowers: &[PathBuf], flag: &str) -> Result<Vec<PathBuf>> {
         abs_lowers.push(c);
     }
     Ok(abs_lowers)
+}
+
+/// The `*.tar` files of a directory, newest first (mtime, then name);
+/// `None` when it holds none.
+fn bundles_in(dir: &Path) -> io::Result<Option<Vec<PathBuf>>> {
+    let mut tars = Vec::new();
+    for de in fs::read_dir(dir)? {
+        let de = de?;
+        let p = de.path();
+        if p.extension().is_some_and(|e| e == "tar") && de.file_type()?.is_file() {
+            tars.push((de.metadata()?.modified()?, p));
+        }
+    }
+    tars.sort_by(|a, b| b.cmp(a));
+    Ok((!tars.is_empty()).then(|| tars.into_iter().map(|(_, p)| p).collect()))
 }
 
 /// Holds an exclusive lock on the upper directory for the life of a mount,

@@ -22,42 +22,21 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use support::fixtures;
 
 use fixtures::{StoreWriter, V2, empty_root, untar};
 use serde_json::Value;
-use support::mount::{regfs, test_mode, text};
+use support::mount::{json, ok, refused, test_mode, text};
 use support::oci::{self, ImageRef, digest_hex};
 use support::pause::{Paused, kill, run_to_pause};
 use support::registry::Registry;
 use support::release::{self, Pulled, SkopeoCache};
+use support::tarfile::{Edit, adding, find, rec, records, write_tar};
 use support::tree::{Snapshot, assert_unchanged, snapshot};
 
 const IMAGES: usize = 12;
 /// Release 2 changes images 0, 5 and 10; release 3 images 1, 6 and 11.
 const CHANGED_EVERY: usize = 5;
-
-fn ok<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
-    let out = regfs(args);
-    assert!(out.status.success(), "regfs {} failed:\n{}", show(args), text(&out));
-    out
-}
-
-/// Runs regfs, which must fail; returns its stderr.
-fn refused<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
-    let out = regfs(args);
-    assert!(!out.status.success(), "regfs {} must fail:\n{}", show(args), text(&out));
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn show<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
-    args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
-}
-
-fn json(o: &Output) -> Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", text(o)))
-}
 
 fn all_blobs(images: &[ImageRef]) -> BTreeSet<String> {
     images.iter().flat_map(ImageRef::blob_digests).collect()
@@ -355,95 +334,6 @@ impl Small {
         untar(&self.full1, &site);
         site
     }
-}
-
-/// One tar record: its effective name, its header block, its data.
-#[derive(Clone)]
-struct Rec {
-    name: Vec<u8>,
-    header: [u8; 512],
-    data: Vec<u8>,
-}
-
-/// Reads a tar's records (GNU long names folded into the entry they name).
-fn records(tar: &Path) -> Vec<Rec> {
-    let bytes = fs::read(tar).expect("reading the tar");
-    let mut out = Vec::new();
-    let mut at = 0;
-    let mut long: Option<Vec<u8>> = None;
-    while at + 512 <= bytes.len() && bytes[at..at + 512].iter().any(|&b| b != 0) {
-        let mut header = [0u8; 512];
-        header.copy_from_slice(&bytes[at..at + 512]);
-        let h = tar::Header::from_byte_slice(&header);
-        let size = h.entry_size().expect("size") as usize;
-        let data = bytes[at + 512..at + 512 + size].to_vec();
-        at += 512 + size.next_multiple_of(512);
-        if h.entry_type() == tar::EntryType::GNULongName {
-            long = Some(data.into_iter().take_while(|&b| b != 0).collect());
-            continue;
-        }
-        let name = long.take().unwrap_or_else(|| h.path_bytes().into_owned());
-        out.push(Rec { name, header, data });
-    }
-    out
-}
-
-/// A raw header: any name (GNU long name where it needs one), type, size.
-fn raw_header(name: &[u8], ty: tar::EntryType, size: u64) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(ty);
-    h.set_size(size);
-    h.set_mode(0o644);
-    if name.len() > 99 {
-        out.extend(raw_header(b"././@LongLink", tar::EntryType::GNULongName, name.len() as u64 + 1));
-        let mut data = name.to_vec();
-        data.push(0);
-        data.resize(data.len().next_multiple_of(512), 0);
-        out.extend(data);
-    }
-    let n = name.len().min(99);
-    h.as_old_mut().name[..n].copy_from_slice(&name[..n]);
-    h.set_cksum();
-    out.extend_from_slice(h.as_bytes());
-    out
-}
-
-/// Writes records back (headers rebuilt, `size` from the data), with the
-/// end-of-archive marker unless `end` is false.
-fn write_tar(path: &Path, recs: &[Rec], end: bool) {
-    let mut out = Vec::new();
-    for r in recs {
-        let h = tar::Header::from_byte_slice(&r.header);
-        out.extend(raw_header(&r.name, h.entry_type(), r.data.len() as u64));
-        out.extend(&r.data);
-        out.resize(out.len().next_multiple_of(512), 0);
-    }
-    if end {
-        out.extend([0u8; 1024]);
-    }
-    fs::write(path, out).expect("writing the tar");
-}
-
-fn rec(name: &str, ty: tar::EntryType, data: &[u8]) -> Rec {
-    let mut header = [0u8; 512];
-    header.copy_from_slice(&raw_header(b"x", ty, 0)[..512]);
-    Rec { name: name.as_bytes().to_vec(), header, data: data.to_vec() }
-}
-
-fn find(recs: &[Rec], pred: impl Fn(&str) -> bool) -> usize {
-    recs.iter().position(|r| pred(&String::from_utf8_lossy(&r.name))).expect("a matching record")
-}
-
-/// An edit of a tar's records; false: write it without the end marker.
-type Edit = Box<dyn Fn(&mut Vec<Rec>) -> bool>;
-
-/// The edit that adds the record `r`.
-fn adding(r: Rec) -> Edit {
-    Box::new(move |recs| {
-        recs.push(r.clone());
-        true
-    })
 }
 
 #[test]

@@ -12,9 +12,11 @@
 //! base gives the same bytes.
 //!
 //! - [`describe`]: the description of a view (what export writes);
-//! - [`tarball`]: the one reader of bundle tars, strict about what it accepts.
+//! - [`tarball`]: the one reader of bundle tars, strict about what it accepts;
+//! - [`layer`]: a bundle tar as a read-only layer of the view, read in place.
 
 pub mod describe;
+pub mod layer;
 pub mod tarball;
 
 use std::collections::BTreeSet;

@@ -41,6 +41,10 @@ pub struct TarEntry {
     pub size: u64,
     /// Where the data starts in the file.
     pub data_offset: u64,
+    /// Owner and modification time, as the header gives them.
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: i64,
 }
 
 /// Why a tar is refused: where (an entry's path, or a header's offset) and what.
@@ -286,10 +290,23 @@ impl<R: Read + Seek> TarReader<R> {
             parent = p;
         }
         self.seen.insert(path.clone(), kind);
-        let mode = header.mode().map_err(|e| TarError::new(path.clone(), format!("bad mode: {e}")))? & 0o7777;
+        let bad = |what: &str, e: io::Error| TarError::new(path.clone(), format!("bad {what}: {e}"));
+        let mode = header.mode().map_err(|e| bad("mode", e))? & 0o7777;
+        // An empty numeric field (as some writers leave owner fields) is 0.
+        let old = header.as_old();
+        let or_zero = |r: io::Result<u64>, raw: &[u8]| match r {
+            Err(_) if raw.iter().all(|&b| b == 0 || b == b' ') => Ok(0),
+            r => r,
+        };
+        let uid = or_zero(header.uid(), &old.uid).map_err(|e| bad("uid", e))?;
+        let gid = or_zero(header.gid(), &old.gid).map_err(|e| bad("gid", e))?;
+        let mtime = or_zero(header.mtime(), &old.mtime).map_err(|e| bad("mtime", e))?;
+        let (Ok(uid), Ok(gid), Ok(mtime)) = (u32::try_from(uid), u32::try_from(gid), i64::try_from(mtime)) else {
+            return Err(TarError::new(path, "an owner or time out of range"));
+        };
         self.left = size;
         self.pad = padding(size);
-        Ok(TarEntry { path, kind, mode, size, data_offset: self.pos })
+        Ok(TarEntry { path, kind, mode, size, data_offset: self.pos, uid, gid, mtime })
     }
 }
 

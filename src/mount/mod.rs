@@ -178,7 +178,7 @@ pub fn mount_background(req: &MountRequest, verbose: u8) -> Result<()> {
     }
     let mp = check_mountpoint(&req.mountpoint)?;
     check_no_overlap(&layers, &mp)?;
-    if choose_mode(req) == Mode::Kernel {
+    if choose_mode(req, &layers)? == Mode::Kernel {
         match mount_kernel(req, &layers, &mp) {
             Ok(()) => return Ok(()),
             Err(e) if req.mode == Mode::Auto && is_permission_error(&e) => {
@@ -259,7 +259,7 @@ pub fn mount_foreground(req: &MountRequest, ready_file: Option<&Path>) -> Result
     // appears (a kernel mount is visible at once) must unmount it, not end
     // regfs and leave the mount behind.
     let mut signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGHUP])?;
-    if choose_mode(req) == Mode::Kernel {
+    if choose_mode(req, &layers)? == Mode::Kernel {
         match mount_kernel(req, &layers, &mp) {
             Ok(()) => {
                 if let Some(r) = ready_file {
@@ -371,12 +371,23 @@ fn check_no_overlap(layers: &Layers, mp: &Path) -> Result<()> {
 /// root of a user namespace); a refusal then falls back to FUSE.
 /// `auto`: the kernel where root may mount it, except that `--fsync
 /// finalize` asks for what only the FUSE front end does.
-fn choose_mode(req: &MountRequest) -> Mode {
-    match req.mode {
-        Mode::Auto if sys::geteuid() == 0 && req.fsync == FsyncPolicy::Full => Mode::Kernel,
-        Mode::Auto => Mode::Fuse,
-        m => m,
-    }
+/// The front end a mount uses: the kernel where it may (root, `--fsync
+/// full`) and every lower is a directory; FUSE otherwise.
+fn choose_mode(req: &MountRequest, layers: &Layers) -> Result<Mode> {
+    let bundle = layers.lowers.iter().find(|l| store::is_bundle_file(l));
+    Ok(match (req.mode, bundle) {
+        (Mode::Kernel, Some(tar)) => bail!(
+            "--mode kernel: --lower {} is a bundle tar, and kernel overlayfs stacks only directories;              use --mode fuse (or auto), or extract it",
+            tar.display()
+        ),
+        (Mode::Auto, Some(tar)) => {
+            tracing::info!(lower = %tar.display(), "mode: fuse (a lower is a bundle tar)");
+            Mode::Fuse
+        }
+        (Mode::Auto, None) if sys::geteuid() == 0 && req.fsync == FsyncPolicy::Full => Mode::Kernel,
+        (Mode::Auto, None) => Mode::Fuse,
+        (m, _) => m,
+    })
 }
 
 fn is_permission_error(e: &anyhow::Error) -> bool {

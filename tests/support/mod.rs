@@ -11,4 +11,5 @@ pub mod overlay_model;
 pub mod pause;
 pub mod registry;
 pub mod release;
+pub mod tarfile;
 pub mod tree;

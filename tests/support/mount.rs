@@ -19,6 +19,30 @@ where
     Command::new(regfs_bin()).args(args).output().expect("running the regfs binary")
 }
 
+/// Runs regfs, which must succeed.
+pub fn ok<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
+    let out = regfs(args);
+    assert!(out.status.success(), "regfs {} failed:\n{}", show(args), text(&out));
+    out
+}
+
+/// Runs regfs, which must fail; returns its stderr.
+pub fn refused<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
+    let out = regfs(args);
+    assert!(!out.status.success(), "regfs {} must fail:\n{}", show(args), text(&out));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A command line, for messages.
+pub fn show<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
+    args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
+}
+
+/// A command's stdout as JSON.
+pub fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", text(o)))
+}
+
 /// The front end the mount-based suites run against: `REGFS_TEST_MODE`
 /// (`fuse` or `kernel`), `fuse` by default. scripts/test.sh runs the view
 /// suite in both.
