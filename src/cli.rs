@@ -81,6 +81,12 @@ Example (at the site):\n  regfs inventory /var/lib/docker-registry -o site.inven
     /// before links before tags, crash-safe.
     #[command(after_help = APPLY_HELP)]
     Apply(ApplyArgs),
+    /// Serve bundles in place with the stock registry, read-only
+    ///
+    /// Mounts the bundle tars (nothing is extracted) and runs the registry on
+    /// the view until Ctrl-C.
+    #[command(after_help = SERVE_HELP)]
+    Serve(ServeArgs),
     /// Write a deterministic sample release as OCI layouts plus its images
     /// list, for demos and benchmarks (see README, scripts/demo.sh).
     #[command(hide = true)]
@@ -97,6 +103,26 @@ last bundle's release: other repositories and tags go, then regfs's GC removes t
 Stop the registry serving the site before --replace (its blob cache goes stale when blobs vanish).\n\n\
 Examples:\n  regfs apply release-41.tar --to /var/lib/docker-registry            # a new site\n  \
 regfs apply release-42-delta.tar --to /var/lib/docker-registry --replace --dry-run";
+
+const SERVE_HELP: &str = "Give a full bundle, then any deltas over it, oldest first (as for apply): the \
+stack must hold every blob its releases need, or it is refused listing the missing ones. Every tag of every \
+bundle is served, the newest bundle's winning where they share one (as a site that applied them all). Pushes \
+and deletes are refused; the bundles are never written.\n\n\
+Example:\n  regfs serve release-41.tar release-42-delta.tar --addr 0.0.0.0:5000\n  \
+skopeo copy --src-tls-verify=false docker://HOST:5000/app:42 ...";
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Bundles to serve, oldest first (a full one, then deltas over it).
+    #[arg(required = true, value_name = "BUNDLE")]
+    bundles: Vec<PathBuf>,
+    /// Address the registry listens on.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:5000")]
+    addr: std::net::SocketAddr,
+    /// The registry binary (default: `registry` or `docker-registry` on PATH).
+    #[arg(long, value_name = "FILE")]
+    registry_bin: Option<PathBuf>,
+}
 
 #[derive(Args, Debug)]
 struct InventoryArgs {
@@ -462,6 +488,11 @@ pub fn main() -> i32 {
             a.json,
         ),
         Command::Absorb(a) => crate::absorb::command(&a.history, &a.upper, a.json, a.force),
+        Command::Serve(a) => crate::serve::command(&crate::serve::ServeRequest {
+            bundles: a.bundles,
+            addr: a.addr,
+            registry_bin: a.registry_bin,
+        }),
         Command::Sample(a) => crate::sample::command(
             &a.dir,
             &crate::sample::SampleSpec {

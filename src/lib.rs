@@ -23,6 +23,7 @@ pub mod mount;
 pub mod plan;
 pub mod release;
 pub mod sample;
+pub mod serve;
 pub mod store;
 pub mod sys;
 pub mod testhook;

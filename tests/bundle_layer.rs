@@ -22,6 +22,11 @@ const CHANGED_EVERY: usize = 3;
 
 /// `regfs release` of `images` from `layouts` over the histories, to `out`.
 fn release(histories: &[&Path], images: &[ImageRef], layouts: &Path, out: &Path, mode: &str) {
+    release_with(histories, images, layouts, out, mode, &[]);
+}
+
+/// [`release`] with more arguments.
+fn release_with(histories: &[&Path], images: &[ImageRef], layouts: &Path, out: &Path, mode: &str, extra: &[&str]) {
     fs::create_dir_all(out.parent().expect("parent")).expect("mkdir");
     let list = out.with_extension("list");
     let lines: Vec<String> = images.iter().map(|i| format!("{}:{}", i.repo, i.tag)).collect();
@@ -32,6 +37,7 @@ fn release(histories: &[&Path], images: &[ImageRef], layouts: &Path, out: &Path,
     }
     args.extend(["--images".into(), list.display().to_string(), "--from".into(), format!("oci:{}", layouts.display())]);
     args.extend(["-o".into(), out.display().to_string(), "--mode".into(), mode.into()]);
+    args.extend(extra.iter().map(|s| s.to_string()));
     ok(&args);
 }
 
@@ -236,4 +242,86 @@ fn hostile_tars_are_refused_at_mount_naming_the_entry() {
     let mut names: Vec<PathBuf> = fs::read_dir(work.path()).unwrap().map(|e| e.unwrap().path()).collect();
     names.sort();
     assert!(names.iter().all(|n| !n.ends_with("passwd")), "nothing outside the work dir");
+}
+
+/// A `regfs serve` child, stopped with SIGINT (as Ctrl-C) and reaped.
+struct Served {
+    child: std::process::Child,
+    stdout: PathBuf,
+}
+
+impl Served {
+    fn start(bundles: &[&Path], addr: std::net::SocketAddr, stdout: PathBuf) -> Served {
+        let out = fs::File::create(&stdout).unwrap();
+        let child = std::process::Command::new(support::mount::regfs_bin())
+            .arg("serve")
+            .args(bundles)
+            .arg("--addr")
+            .arg(addr.to_string())
+            .stdout(out)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("starting regfs serve");
+        Served { child, stdout }
+    }
+
+    /// Ctrl-C; the exit status, stdout and stderr.
+    fn interrupt(mut self) -> (std::process::ExitStatus, String, String) {
+        let _ = regfs::sys::kill(self.child.id(), libc::SIGINT);
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            std::io::Read::read_to_string(&mut e, &mut err).unwrap();
+        }
+        let status = self.child.wait().expect("waiting for regfs serve");
+        (status, fs::read_to_string(&self.stdout).unwrap_or_default(), err)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = regfs::sys::kill(self.child.id(), libc::SIGINT);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[test]
+fn serve_runs_the_registry_on_a_full_bundle_and_a_delta_over_it() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let p = |n: &str| work.path().join(n);
+    let layouts = |r: u32| p(&format!("layouts-r{r}"));
+    let sets: Vec<Vec<ImageRef>> =
+        (1..=2).map(|r| oci::write_release(&layouts(r), &oci::release_set(r, IMAGES, CHANGED_EVERY))).collect();
+    let r1 = p("out/release-1.tar");
+    release(&[&empty_root(&p("empty"))], &sets[0], &layouts(1), &r1, &test_mode());
+    // Release 2 over the tar of release 1, as a delta against it.
+    let d2 = p("out/release-2.tar");
+    release_with(&[&r1], &sets[1], &layouts(2), &d2, "auto", &["--base", r1.to_str().unwrap()]);
+
+    // A delta alone lacks what its base holds: refused, every blob listed.
+    let err = refused(&["serve", d2.to_str().unwrap(), "--addr", "127.0.0.1:1"]);
+    let desc = regfs::bundle::read_description(&d2).unwrap();
+    let unshipped: Vec<_> = desc.blobs.iter().filter(|b| !b.shipped).collect();
+    assert!(!unshipped.is_empty());
+    assert!(err.contains(&format!("{} blobs are in none of the bundles", unshipped.len())), "{err}");
+    assert!(unshipped.iter().all(|b| err.contains(&b.digest.to_string())), "{err}");
+
+    let addr = Registry::free_addr();
+    let served = Served::start(&[&r1, &d2], addr, p("serve.out"));
+    let registry = Registry::served_at(addr).expect("regfs serve answers GET /v2/");
+    let cache = SkopeoCache::new();
+    for (i, set) in sets.iter().enumerate() {
+        let got = release::pull_release(&registry, set, &p(&format!("pulls-{i}")), &cache);
+        let want: Vec<Pulled> = set.iter().map(Pulled::expected).collect();
+        assert_eq!(got, want, "release {} as served", i + 1);
+    }
+    let upload = registry.request("POST", &format!("/v2/{}/blobs/uploads/", sets[1][0].repo), &[]);
+    assert!(upload.status >= 400, "a push is refused: {}", upload.status);
+    let (status, out, err) = served.interrupt();
+    assert!(status.success(), "regfs serve after Ctrl-C: {status}\n{err}");
+    assert!(out.contains("serving 2 bundles") && out.contains(&sets[1][0].repo), "{out}");
+    assert!(err.contains("the bundles were not changed"), "{err}");
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains("regfs-serve."), "the served view is unmounted:\n{mounts}");
 }

@@ -197,6 +197,25 @@ pub fn blob_list_digest<'a>(blobs: impl IntoIterator<Item = (&'a Digest, u64)>) 
     Digest::from_sha256(&h.finalize())
 }
 
+/// What a stack of bundles (oldest first, as `apply` takes them) lacks: a
+/// delta's unshipped blobs must be among the blobs the bundles before it
+/// need (which they carry or, in turn, stand on). One line per missing
+/// blob, naming its bundle; empty when the stack is whole.
+pub fn chain_missing(bundles: &[(std::path::PathBuf, Description)]) -> Vec<String> {
+    let mut held: std::collections::BTreeMap<Digest, u64> = std::collections::BTreeMap::new();
+    let mut missing = Vec::new();
+    for (path, d) in bundles {
+        for b in d.blobs.iter().filter(|b| !b.shipped) {
+            match held.get(&b.digest) {
+                Some(&size) if size == b.size => {}
+                _ => missing.push(format!("{}: {} ({} bytes)", path.display(), b.digest, b.size)),
+            }
+        }
+        held.extend(d.blobs.iter().map(|b| (b.digest, b.size)));
+    }
+    missing
+}
+
 /// Reads the description of the bundle at `path`: its first entry.
 pub fn read_description(path: &std::path::Path) -> Result<Description, String> {
     let mut r = tarball::TarReader::open(path).map_err(|e| format!("cannot read: {e}"))?;

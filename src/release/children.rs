@@ -33,14 +33,25 @@ pub fn find_registry(explicit: Option<&Path>) -> Result<PathBuf> {
 }
 
 /// The registry's config: storage on the mount, no blob descriptor cache
-/// (it would go stale under GC), no upload purging, deletes enabled.
-fn registry_config(root: &Path, addr: SocketAddr) -> String {
+/// (it would go stale under GC), no upload purging, deletes enabled; or,
+/// `read_only`, a registry that refuses every write.
+fn registry_config(root: &Path, addr: SocketAddr, read_only: bool) -> String {
     let root = serde_json::to_string(&root.to_string_lossy()).unwrap_or_else(|_| "\"/\"".into());
+    let maintenance = if read_only { "    readonly:\n      enabled: true\n" } else { "" };
     format!(
         "version: 0.1\nlog:\n  level: info\n  formatter: text\nstorage:\n  filesystem:\n    rootdirectory: {root}\n  \
-         delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: {addr}\n  \
-         secret: regfs-release\n"
+         delete:\n    enabled: {}\n  maintenance:\n    uploadpurging:\n      enabled: false\n{maintenance}http:\n  \
+         addr: {addr}\n  secret: regfs-release\n",
+        !read_only
     )
+}
+
+/// Where and how a registry child serves.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RegistryOptions {
+    /// The address to bind; `None`: a free loopback port.
+    pub addr: Option<SocketAddr>,
+    pub read_only: bool,
 }
 
 /// A stock registry serving the mounted view on a free loopback port.
@@ -52,14 +63,26 @@ pub struct RegistryChild {
 
 impl RegistryChild {
     pub async fn start(binary: &Path, root: &Path, workdir: &Path) -> Result<RegistryChild> {
+        RegistryChild::start_with(binary, root, workdir, RegistryOptions::default()).await
+    }
+
+    pub async fn start_with(
+        binary: &Path,
+        root: &Path,
+        workdir: &Path,
+        opts: RegistryOptions,
+    ) -> Result<RegistryChild> {
         let config = workdir.join("registry.yml");
         let log = workdir.join("registry.log");
         for attempt in 1..=3 {
-            let addr = {
-                let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free loopback port")?;
-                l.local_addr()?
+            let addr = match opts.addr {
+                Some(a) => a,
+                None => {
+                    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free loopback port")?;
+                    l.local_addr()?
+                }
             };
-            std::fs::write(&config, registry_config(root, addr))
+            std::fs::write(&config, registry_config(root, addr, opts.read_only))
                 .with_context(|| format!("writing {}", config.display()))?;
             let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
             let mut cmd = Command::new(binary);
@@ -76,6 +99,10 @@ impl RegistryChild {
             let mut reg = RegistryChild { child, addr, log: log.clone() };
             match reg.wait_ready(Duration::from_secs(20)).await {
                 Ok(()) => return Ok(reg),
+                Err(e) if opts.addr.is_some() && reg.log_text().contains("address already in use") => {
+                    let _ = reg.stop().await;
+                    return Err(e.context(format!("{addr} is in use by another program: pick another --addr")));
+                }
                 Err(e) if attempt < 3 && reg.log_text().contains("address already in use") => {
                     tracing::debug!(error = %e, "registry port taken, retrying");
                     let _ = reg.stop().await;
@@ -117,6 +144,11 @@ impl RegistryChild {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Waits until the registry exits by itself.
+    pub async fn exited(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.child.wait().await
     }
 
     /// SIGTERM, then SIGKILL after a grace period.

@@ -6,7 +6,7 @@
 //! command; on Ctrl-C or any failure the upper is left for inspection and no
 //! tar is written. The history is only ever read.
 
-mod children;
+pub mod children;
 
 use std::collections::BTreeSet;
 use std::fs;

@@ -98,6 +98,27 @@ impl Registry {
         unreachable!("the last start attempt either returns or panics")
     }
 
+    /// A registry another process serves at `addr`, waited for until
+    /// `GET /v2/` answers 200 (15 s at most); nothing here starts or stops
+    /// it. `None` when it does not answer.
+    pub fn served_at(addr: SocketAddr) -> Option<Registry> {
+        let workdir = tempfile::Builder::new().prefix("regfs-registry-").tempdir().expect("a work dir");
+        let registry = Registry { child: None, addr, root: PathBuf::from("(another process)"), workdir };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if http_request(addr, "GET", "/v2/", &[]).is_ok_and(|r| r.status == 200) {
+                return Some(registry);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// A free loopback address (for a registry another process starts).
+    pub fn free_addr() -> SocketAddr {
+        free_loopback_addr()
+    }
+
     /// `127.0.0.1:<port>`.
     pub fn addr(&self) -> SocketAddr {
         self.addr
