@@ -87,6 +87,12 @@ Example (at the site):\n  regfs inventory /var/lib/docker-registry -o site.inven
     /// the view until Ctrl-C.
     #[command(after_help = SERVE_HELP)]
     Serve(ServeArgs),
+    /// Push a release from its bundles into any registry
+    ///
+    /// Every image of the last bundle, all platforms, digests kept; only the
+    /// blobs the target lacks are uploaded.
+    #[command(after_help = PUSH_HELP)]
+    Push(PushArgs),
     /// Write a deterministic sample release as OCI layouts plus its images
     /// list, for demos and benchmarks (see README, scripts/demo.sh).
     #[command(hide = true)]
@@ -110,6 +116,37 @@ bundle is served, the newest bundle's winning where they share one (as a site th
 and deletes are refused; the bundles are never written.\n\n\
 Example:\n  regfs serve release-41.tar release-42-delta.tar --addr 0.0.0.0:5000\n  \
 skopeo copy --src-tls-verify=false docker://HOST:5000/app:42 ...";
+
+const PUSH_HELP: &str = "Give a full bundle, or deltas over bundles named before them, oldest first; the \
+images of the last one are pushed, the others only lend their blobs. A delta pushed alone must find what it \
+leaves out at the target: the target is asked first, and every missing manifest or blob is listed before \
+anything is pushed. TLS and credentials as skopeo: --dest-tls-verify=false for a registry without TLS (or \
+with a certificate this host does not trust), --dest-creds USER:PASSWORD or an auth file (--dest-authfile, \
+else $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json, ~/.docker/config.json).\n\n\
+Examples:\n  regfs push release-41.tar docker://registry.example.com/product\n  \
+regfs push release-42-delta.tar docker://registry.example.com/product   # the target holds release 41";
+
+#[derive(Args, Debug)]
+struct PushArgs {
+    /// Bundles, oldest first, then the target: docker://HOST[:PORT][/PREFIX].
+    #[arg(required = true, num_args = 2.., value_name = "BUNDLE... TARGET")]
+    args: Vec<String>,
+    /// Verify the target's TLS certificate (false also allows plain HTTP).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    dest_tls_verify: bool,
+    /// Credentials for the target.
+    #[arg(long, value_name = "USER:PASSWORD")]
+    dest_creds: Option<String>,
+    /// An auth file with the target's credentials (containers-auth.json format).
+    #[arg(long, value_name = "FILE")]
+    dest_authfile: Option<PathBuf>,
+    /// The registry binary that serves the bundles to skopeo.
+    #[arg(long, value_name = "FILE")]
+    registry_bin: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
 
 #[derive(Args, Debug)]
 struct ServeArgs {
@@ -488,6 +525,20 @@ pub fn main() -> i32 {
             a.json,
         ),
         Command::Absorb(a) => crate::absorb::command(&a.history, &a.upper, a.json, a.force),
+        Command::Push(mut a) => {
+            let target = a.args.pop().unwrap_or_default();
+            crate::push::command(&crate::push::PushRequest {
+                bundles: a.args.into_iter().map(PathBuf::from).collect(),
+                target,
+                access: crate::push::Access {
+                    tls_verify: a.dest_tls_verify,
+                    creds: a.dest_creds,
+                    authfile: a.dest_authfile,
+                },
+                registry_bin: a.registry_bin,
+                json: a.json,
+            })
+        }
         Command::Serve(a) => crate::serve::command(&crate::serve::ServeRequest {
             bundles: a.bundles,
             addr: a.addr,

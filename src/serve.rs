@@ -23,9 +23,8 @@ pub struct ServeRequest {
     pub registry_bin: Option<PathBuf>,
 }
 
-/// The bundles' descriptions, oldest first; refuses a stack that lacks
-/// blobs (a delta without the bundle it was cut against), listing them all.
-pub fn check_stack(bundles: &[PathBuf]) -> Result<Vec<(PathBuf, Description)>> {
+/// The bundles (canonical) with their descriptions, oldest first.
+pub fn stack_descriptions(bundles: &[PathBuf]) -> Result<Vec<(PathBuf, Description)>> {
     if bundles.is_empty() {
         bail!("no bundle given: name a full bundle, then any deltas over it (oldest first)");
     }
@@ -35,6 +34,13 @@ pub fn check_stack(bundles: &[PathBuf]) -> Result<Vec<(PathBuf, Description)>> {
         let d = bundle::read_description(&abs).map_err(|e| anyhow::anyhow!("{}: {e}", b.display()))?;
         descs.push((abs, d));
     }
+    Ok(descs)
+}
+
+/// [`stack_descriptions`]; refuses a stack that lacks blobs (a delta
+/// without the bundle it was cut against), listing them all.
+pub fn check_stack(bundles: &[PathBuf]) -> Result<Vec<(PathBuf, Description)>> {
+    let descs = stack_descriptions(bundles)?;
     let missing = bundle::chain_missing(&descs);
     if !missing.is_empty() {
         bail!(

@@ -286,18 +286,74 @@ impl Drop for Served {
     }
 }
 
-#[test]
-fn serve_runs_the_registry_on_a_full_bundle_and_a_delta_over_it() {
-    let work = tempfile::tempdir().expect("tempdir");
-    let p = |n: &str| work.path().join(n);
+/// Release 1 as a full bundle, and release 2, made over the tar of
+/// release 1, as a delta against it: (images of each, r1.tar, d2.tar).
+fn full_and_delta(work: &Path) -> (Vec<Vec<ImageRef>>, PathBuf, PathBuf) {
+    let p = |n: &str| work.join(n);
     let layouts = |r: u32| p(&format!("layouts-r{r}"));
     let sets: Vec<Vec<ImageRef>> =
         (1..=2).map(|r| oci::write_release(&layouts(r), &oci::release_set(r, IMAGES, CHANGED_EVERY))).collect();
     let r1 = p("out/release-1.tar");
     release(&[&empty_root(&p("empty"))], &sets[0], &layouts(1), &r1, &test_mode());
-    // Release 2 over the tar of release 1, as a delta against it.
     let d2 = p("out/release-2.tar");
     release_with(&[&r1], &sets[1], &layouts(2), &d2, "auto", &["--base", r1.to_str().unwrap()]);
+    (sets, r1, d2)
+}
+
+/// The layer and config blobs of a release's images (what skopeo copies as blobs).
+fn copied_blobs(images: &[ImageRef]) -> std::collections::BTreeSet<String> {
+    images.iter().flat_map(|i| i.layer_digests().into_iter().chain(i.config_digests())).collect()
+}
+
+#[test]
+fn push_lands_a_full_bundle_then_only_what_a_delta_adds_and_refuses_what_the_target_cannot_complete() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let p = |n: &str| work.path().join(n);
+    let (sets, r1, d2) = full_and_delta(work.path());
+    let target = Registry::start(&empty_root(&p("target")));
+    let dest = format!("docker://{}", target.host());
+    let cache = SkopeoCache::new();
+    let push = |bundles: &[&Path], dest: &str| {
+        let mut args: Vec<String> = vec!["push".into()];
+        args.extend(bundles.iter().map(|b| b.display().to_string()));
+        args.extend([dest.to_string(), "--dest-tls-verify=false".into(), "--json".into()]);
+        args
+    };
+
+    let full = json(&ok(&push(&[&r1], &dest)));
+    assert_eq!(full["images"].as_array().map(Vec::len), Some(IMAGES), "{full}");
+    assert_eq!(full["blobs_uploaded"].as_u64(), Some(copied_blobs(&sets[0]).len() as u64), "{full}");
+    assert_eq!(full["blobs_skipped"].as_u64(), Some(0), "{full}");
+    let got = release::pull_release(&target, &sets[0], &p("pulls-1"), &cache);
+    assert_eq!(got, sets[0].iter().map(Pulled::expected).collect::<Vec<_>>(), "release 1 at the target");
+
+    // The delta alone: the target holds its base; only what it adds is uploaded.
+    let delta = json(&ok(&push(&[&d2], &dest)));
+    let new: Vec<String> = copied_blobs(&sets[1]).difference(&copied_blobs(&sets[0])).cloned().collect();
+    assert!(!new.is_empty());
+    assert_eq!(delta["blobs_uploaded"].as_u64(), Some(new.len() as u64), "{delta}");
+    let got = release::pull_release(&target, &sets[1], &p("pulls-2"), &cache);
+    assert_eq!(got, sets[1].iter().map(Pulled::expected).collect::<Vec<_>>(), "release 2 at the target");
+    release::assert_clean_log(&target);
+
+    // A delta to an empty target: refused before anything is pushed, all missing named.
+    let empty = Registry::start(&empty_root(&p("empty-target")));
+    let err = refused(&push(&[&d2], &format!("docker://{}/product", empty.host())));
+    assert!(err.contains("refused, nothing was pushed"), "{err}");
+    let desc = regfs::bundle::read_description(&d2).unwrap();
+    let unshipped: Vec<String> = desc.blobs.iter().filter(|b| !b.shipped).map(|b| b.digest.to_string()).collect();
+    assert!(unshipped.iter().any(|d| err.contains(d)), "{err}");
+    let catalog = empty.request("GET", "/v2/_catalog", &[]);
+    assert_eq!(String::from_utf8_lossy(&catalog.body).trim(), r#"{"repositories":[]}"#, "nothing pushed");
+    let repos = empty_root(&p("empty-target")).join("docker/registry/v2/repositories");
+    assert!(!repos.exists() || fs::read_dir(&repos).unwrap().count() == 0, "nothing pushed");
+}
+
+#[test]
+fn serve_runs_the_registry_on_a_full_bundle_and_a_delta_over_it() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let p = |n: &str| work.path().join(n);
+    let (sets, r1, d2) = full_and_delta(work.path());
 
     // A delta alone lacks what its base holds: refused, every blob listed.
     let err = refused(&["serve", d2.to_str().unwrap(), "--addr", "127.0.0.1:1"]);

@@ -236,6 +236,7 @@ impl Doc {
         Refs {
             media_type: self.media_type.clone(),
             blobs,
+            config: self.config.as_ref().map(|d| d.digest),
             manifests: self.manifests.iter().flatten().map(r).collect(),
             subject: self.subject.as_ref().map(r),
         }

@@ -35,6 +35,8 @@ pub struct Refs {
     pub media_type: Option<String>,
     /// Plain blobs: config, layers, schema1 `fsLayers`, artifact `blobs`.
     pub blobs: Vec<Ref>,
+    /// The config blob (also in `blobs`): the one blob a client reads to copy an image.
+    pub config: Option<Digest>,
     /// Child manifests of a list or index: their data must be present.
     pub manifests: Vec<Ref>,
     /// The manifest a referrer is attached to (may be absent from the store).
@@ -103,9 +105,8 @@ pub fn references(bytes: &[u8]) -> Result<Refs, ManifestError> {
     }
     let raw: Raw = serde_json::from_value(value).map_err(|e| ManifestError::Json(e.to_string()))?;
     let mut blobs = Vec::new();
-    if let Some(c) = &raw.config {
-        blobs.push(descriptor(|| "config.digest".into(), c)?);
-    }
+    let config = raw.config.as_ref().map(|c| descriptor(|| "config.digest".into(), c)).transpose()?;
+    blobs.extend(config);
     blobs.extend(list("layers", &raw.layers)?);
     blobs.extend(list("blobs", &raw.blobs)?);
     for (i, l) in raw.fs_layers.iter().flatten().enumerate() {
@@ -115,6 +116,7 @@ pub fn references(bytes: &[u8]) -> Result<Refs, ManifestError> {
     Ok(Refs {
         media_type: raw.media_type.map(|m| m.as_str().map(str::to_string).unwrap_or_else(|| m.to_string())),
         blobs,
+        config: config.map(|c| c.digest),
         manifests: list("manifests", &raw.manifests)?,
         subject,
     })

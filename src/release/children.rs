@@ -198,11 +198,14 @@ pub struct Skopeo {
     src_tls_verify: bool,
 }
 
+/// skopeo from PATH.
+pub fn find_skopeo() -> Result<PathBuf> {
+    on_path("skopeo").ok_or_else(|| anyhow!("skopeo not found on PATH: install it (Debian: apt-get install skopeo)"))
+}
+
 impl Skopeo {
     pub fn find(src_tls_verify: bool) -> Result<Skopeo> {
-        let binary = on_path("skopeo")
-            .ok_or_else(|| anyhow!("skopeo not found on PATH: install it (Debian: apt-get install skopeo)"))?;
-        Ok(Skopeo { binary, src_tls_verify })
+        Ok(Skopeo { binary: find_skopeo()?, src_tls_verify })
     }
 
     /// One `skopeo copy`, retried up to `retries` more times.
