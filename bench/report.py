@@ -25,6 +25,10 @@ FIGURES = OrderedDict([
     ("gc_warm", ("GC dry run, warm cache", "docker-registry")),
     ("export", ("release tar of the view (warm)", "tar")),
     ("mount", ("mount (regfs kernel mode includes materialising the policy)", "kernel-overlay")),
+    ("bundle_mount", ("mount of a view over the store as a bundle tar (cold cache)", "regfs-fuse-dir")),
+    ("bundle_du", ("warm `du -s` of the view over the bundle tar", "regfs-fuse-dir")),
+    ("bundle_find", ("warm `find -ls` of the view over the bundle tar", "regfs-fuse-dir")),
+    ("bundle_rss", ("daemon peak RSS over the bundle tar", "regfs-fuse-dir")),
 ])
 INFO = ("entries", "tar_entries", "tar_bytes", "gc_cold_reads")
 

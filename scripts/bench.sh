@@ -19,6 +19,9 @@
 #   push       release 2 (skopeo, 4 at a time) through a stock registry
 #   gc         regfs gc --dry-run vs docker-registry garbage-collect --dry-run
 #   export     regfs export vs GNU tar of the kernel-overlay view
+#   bundle     the store exported as a bundle tar and extracted again: mount,
+#              warm `du -s` and `find -ls`, peak RSS of a FUSE view over the tar
+#              (read in place) against the view over the extracted directory
 #   scaling    traversal and gc again on a store 1/10 the size, gc on an empty
 #              store (start-up, not a cost per entry)
 # --only takes a comma list of these (data is generated either way).
@@ -36,8 +39,8 @@ set -euo pipefail
 export LC_ALL=C
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
-SMALL=0 OUT="" DIR="" KEEP=0 RUNS=3 REGFS_SRC="" REV="" ONLY="traversal,read,push,gc,export,scaling"
-usage() { sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+SMALL=0 OUT="" DIR="" KEEP=0 RUNS=3 REGFS_SRC="" REV="" ONLY="traversal,read,push,gc,export,bundle,scaling"
+usage() { sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --small) SMALL=1 ;;
@@ -484,6 +487,37 @@ export_fig() {  # SIZE
     done
 }
 
+# The store as a bundle: one FUSE view over the tar, one over the same tar
+# extracted, each mounted, warmed up and timed back to back.
+bundle_fig() {  # SIZE
+    local size=$1 tarf=$RUN/$1/bundle.tar dir=$RUN/$1/bundle-dir kind lower mp pid t0 run
+    log "bundle ($size): exporting the store as a bundle, extracting it"
+    "$REGFS" export --upper "$H" -o "$tarf" 2> "$RUN/bundle-export.err" \
+        || { cat "$RUN/bundle-export.err" >&2; die "regfs export failed"; }
+    mkdir -p "$dir"
+    tar -xf "$tarf" -C "$dir"
+    for kind in dir tar; do
+        if [ "$kind" = tar ]; then lower=$tarf; else lower=$dir; fi
+        mp=$RUN/$size/bundle-$kind/mnt
+        sync; drop_caches
+        t0=$EPOCHREALTIME
+        mount_view fuse "bundle-$kind" "$lower" "$RUN/$size/bundle-$kind/upper" "$mp"
+        record bundle_mount "$size" "regfs-fuse-$kind" s "$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.4f", b - a }')"
+        pid=$VIEW_PID
+        log "bundle ($size): over the $kind: warm-up, $RUNS runs"
+        du -s "$mp" > /dev/null
+        find "$mp" -ls > /dev/null
+        record entries "$size" "regfs-fuse-bundle-$kind" n "$(find "$mp" -mindepth 1 | wc -l)"
+        for run in $(seq "$RUNS"); do
+            timed bundle_du "$size" "regfs-fuse-$kind" du -s "$mp"
+            timed bundle_find "$size" "regfs-fuse-$kind" find "$mp" -ls
+        done
+        record bundle_rss "$size" "regfs-fuse-$kind" MB "$(rss_mb "$pid")"
+        umount_view fuse "$mp" "$pid"
+    done
+    rm -rf "$dir" "$tarf"
+}
+
 # Read requests the disk holding $1 has completed (/proc/diskstats), or
 # nothing where that disk is not listed there.
 disk_reads() {
@@ -595,6 +629,7 @@ if want traversal || want read || want export; then
 fi
 want gc && fig_load gc && gc_fig full "$H"
 want push && fig_load push && push_fig full
+want bundle && fig_load bundle && bundle_fig full
 if want scaling; then
     fig_load scaling
     mount_views tenth "$H10"
