@@ -222,8 +222,9 @@ struct SampleArgs {
 #[command(after_help = "Example:\n  regfs release --history /srv/history --images images.list \\\n    \
 --from oci:/build/layouts -o release-42.tar --jobs 8")]
 struct ReleaseArgs {
-    /// A history registry rootdirectory (repeatable, first is topmost).
-    #[arg(long = "history", value_name = "DIR", required = true)]
+    /// A history: a registry rootdirectory, a bundle tar, or a directory of
+    /// bundle tars (repeatable, first is topmost).
+    #[arg(long = "history", value_name = "DIR|TAR", required = true)]
     histories: Vec<PathBuf>,
     /// The release: one `repo:tag` per line, `#` comments. Only these
     /// repositories of the history stay visible.
@@ -276,8 +277,9 @@ struct ReleaseArgs {
 
 #[derive(Args, Debug)]
 struct PlanArgs {
-    /// A history registry rootdirectory (repeatable, first is topmost).
-    #[arg(long = "lower", value_name = "DIR", required = true)]
+    /// A history: a registry rootdirectory, a bundle tar, or a directory of
+    /// bundle tars (repeatable, first is topmost).
+    #[arg(long = "lower", value_name = "DIR|TAR", required = true)]
     lowers: Vec<PathBuf>,
     /// Keep list, as for `regfs mount --keep`.
     #[arg(long, value_name = "FILE")]
@@ -309,10 +311,12 @@ struct AbsorbArgs {
 /// The layers of a view: what mount, gc and export take.
 #[derive(Args, Debug)]
 struct LayerArgs {
-    /// A history registry rootdirectory (holds docker/registry/v2). Repeat for
-    /// several; the first is the topmost. Opened read-only, never written.
-    /// `mount` needs one; gc and export of a single store take it as --upper alone.
-    #[arg(long = "lower", value_name = "DIR")]
+    /// A history registry rootdirectory (holds docker/registry/v2), a bundle
+    /// tar read in place (FUSE mode), or a directory of bundle tars (newest
+    /// first). Repeat for several; the first is the topmost. Opened
+    /// read-only, never written. `mount` needs one; gc and export of a single
+    /// store take it as --upper alone.
+    #[arg(long = "lower", value_name = "DIR|TAR")]
     lowers: Vec<PathBuf>,
     /// The writable layer for this release (mount creates it if missing; gc
     /// and export need one no mount is using). Kept in the kernel overlayfs
