@@ -490,8 +490,9 @@ export_fig() {  # SIZE
 # The store as a bundle: one FUSE view over the tar, one over the same tar
 # extracted, each mounted, warmed up and timed back to back.
 bundle_fig() {  # SIZE
-    local size=$1 tarf=$RUN/$1/bundle.tar dir=$RUN/$1/bundle-dir kind lower mp pid t0 run
+    local size=$1 tarf=$RUN/$1/bundle.tar dir=$RUN/$1/bundle-extracted kind lower mp pid t0 run
     log "bundle ($size): exporting the store as a bundle, extracting it"
+    mkdir -p "$RUN/$size"
     "$REGFS" export --upper "$H" -o "$tarf" 2> "$RUN/bundle-export.err" \
         || { cat "$RUN/bundle-export.err" >&2; die "regfs export failed"; }
     mkdir -p "$dir"
