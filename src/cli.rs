@@ -273,6 +273,14 @@ struct ReleaseArgs {
     /// Replace an existing -o FILE.tar (refused otherwise).
     #[arg(long)]
     force: bool,
+    /// Continue a release that did not finish: its kept upper is mounted
+    /// again and only what is missing is copied.
+    #[arg(long, conflicts_with = "clean")]
+    resume: bool,
+    /// Start over where a release did not finish: unmount its view if still
+    /// mounted, then remove its work dir (never through a mount).
+    #[arg(long)]
+    clean: bool,
 }
 
 #[derive(Args, Debug)]
@@ -518,6 +526,8 @@ pub fn main() -> i32 {
             bases: a.bases,
             name: a.name,
             force: a.force,
+            resume: a.resume,
+            clean: a.clean,
         })
         .map(|_| ()),
         Command::Plan(a) => crate::plan::command(&a.lowers, a.keep.as_deref(), a.policy.as_deref(), a.json),

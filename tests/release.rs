@@ -255,6 +255,24 @@ fn release_from_a_source_registry() {
     let list = images_list(&fx.path("images.list"), &list_of(&fx.release));
     let out = fx.path("release-2.tar");
     let from = format!("docker://{}", source.host());
+    // A plain-HTTP source without --src-tls-verify false: every image named
+    // at once with the hint, before anything is mounted.
+    let o = regfs_release(&[&fx.history_root], &list, &from, &out, &[]);
+    let err = text(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains(&format!("{} of the {} images cannot be read", fx.release.len(), fx.release.len())), "{err}");
+    assert!(err.contains("the source speaks plain HTTP: pass --src-tls-verify false"), "{err}");
+    assert!(!work_dir(&out).exists(), "nothing was mounted: {err}");
+    // Missing at the source: each named.
+    let mut lines = list_of(&fx.release);
+    lines.push(format!("{}:no-such-tag", fx.release[0].repo));
+    let missing_list = images_list(&fx.path("missing.list"), &lines);
+    let o = regfs_release(&[&fx.history_root], &missing_list, &from, &out, &["--src-tls-verify", "false"]);
+    let err = text(&o);
+    assert!(
+        !o.status.success() && err.contains(&format!("{}:no-such-tag: no such tag at the source", fx.release[0].repo)),
+        "{err}"
+    );
     let started = std::time::Instant::now();
     let o = regfs_release(&[&fx.history_root], &list, &from, &out, &["--src-tls-verify", "false"]);
     let seconds = started.elapsed().as_secs_f64();
@@ -269,24 +287,48 @@ fn release_from_a_source_registry() {
 fn release_fails_as_a_whole() {
     let fx = Fixture::new();
     let before = tree::snapshot(&fx.history_root);
-    let mut lines = list_of(&fx.release);
-    let missing = format!("{}:no-such-tag", fx.release[3].repo);
-    lines.insert(2, missing.clone());
-    let list = images_list(&fx.path("images.list"), &lines);
+    let from = format!("oci:{}", fx.layouts.display());
     let out = fx.path("release-2.tar");
-    let o = regfs_release(&[&fx.history_root], &list, &format!("oci:{}", fx.layouts.display()), &out, &[]);
+    let work = work_dir(&out);
 
-    assert!(!o.status.success(), "a release with a missing image succeeded:\n{}", text(&o));
+    // Images the source lacks: all found before anything is mounted.
+    let mut lines = list_of(&fx.release);
+    let no_tag = format!("{}:no-such-tag", fx.release[3].repo);
+    let no_repo = "no/such-repo:r2".to_string();
+    lines.insert(2, no_tag.clone());
+    lines.push(no_repo.clone());
+    let list = images_list(&fx.path("images.list"), &lines);
+    let o = regfs_release(&[&fx.history_root], &list, &from, &out, &[]);
+    assert!(!o.status.success(), "a release with missing images succeeded:\n{}", text(&o));
     let stderr = String::from_utf8_lossy(&o.stderr);
-    // skopeo's own words, and which image.
-    assert!(stderr.contains("no descriptor found for reference \\\"no-such-tag\\\""), "{}", text(&o));
-    assert!(stderr.contains(&format!("copying {missing} failed")), "{}", text(&o));
+    assert!(stderr.contains("2 of the 14 images cannot be read from the source; nothing was mounted"), "{}", text(&o));
+    assert!(stderr.contains(&format!("{no_tag}: ")) && stderr.contains("names no tag \"no-such-tag\""), "{}", text(&o));
+    assert!(stderr.contains(&format!("{no_repo}: no OCI layout")), "{}", text(&o));
+    let doc: Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("no JSON on failure ({e}):\n{}", text(&o)));
+    assert_eq!((doc["ok"].as_bool(), doc["phase"].as_str()), (Some(false), Some("preflight")), "{doc}");
+    assert!(!work.exists(), "a preflight failure creates no work dir");
+
+    // A copy that fails part way (a layer gone from its layout): no tar, the upper kept.
+    let old = all_blobs(&fx.history);
+    let (broken, layer) = fx
+        .release
+        .iter()
+        .find_map(|i| i.layer_digests().into_iter().find(|l| !old.contains(l)).map(|l| (i, l)))
+        .expect("release 2 adds a layer");
+    let layer_file = broken.layout_dir.join("blobs/sha256").join(digest_hex(&layer));
+    fs::remove_file(&layer_file).unwrap_or_else(|e| panic!("removing {}: {e}", layer_file.display()));
+    let list = images_list(&fx.path("images.list"), &list_of(&fx.release));
+    let o = regfs_release(&[&fx.history_root], &list, &from, &out, &[]);
+    assert!(!o.status.success(), "a release with a broken image succeeded:\n{}", text(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let broken_name = format!("{}:{}", broken.repo, broken.tag);
+    assert!(stderr.contains(&format!("copying {broken_name} failed")), "{}", text(&o));
     assert!(stderr.contains("no tar written"), "{}", text(&o));
-    // --json: a failure is a document too, naming the phase.
     let doc: Value =
         serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("no JSON on failure ({e}):\n{}", text(&o)));
     assert_eq!((doc["ok"].as_bool(), doc["phase"].as_str()), (Some(false), Some("push")), "{doc}");
-    assert!(doc["error"].as_str().is_some_and(|e| e.contains(&format!("copying {missing} failed"))), "{doc}");
+    assert!(doc["error"].as_str().is_some_and(|e| e.contains(&format!("copying {broken_name} failed"))), "{doc}");
     assert!(!out.exists(), "a tar was written at {}", out.display());
     let leftovers: Vec<_> = fs::read_dir(fx.work.path())
         .expect("readdir")
@@ -295,7 +337,6 @@ fn release_fails_as_a_whole() {
         .filter(|n| n.contains("release-2.tar") && n != "release-2.tar.work")
         .collect();
     assert!(leftovers.is_empty(), "tar leftovers: {leftovers:?}");
-    let work = work_dir(&out);
     // Kept for inspection (what it holds depends on how far the copies got).
     assert!(work.join("upper").is_dir(), "no upper in {}", work.display());
     assert!(stderr.contains(&work.join("upper").display().to_string()), "the error names the upper:\n{stderr}");
@@ -305,44 +346,6 @@ fn release_fails_as_a_whole() {
     let o = regfs_absorb(&fx.history_root, &work.join("upper"));
     assert!(!o.status.success() && text(&o).contains("a release that did not finish"), "{}", text(&o));
     assert_unchanged(&before, &fx.history_root);
-}
-
-/// A source registry that accepts connections and never answers, so the
-/// copies hang until the release is stopped. Stops listening when dropped.
-struct SilentSource {
-    addr: std::net::SocketAddr,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl SilentSource {
-    fn start() -> SilentSource {
-        use std::sync::atomic::Ordering;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
-        listener.set_nonblocking(true).expect("non-blocking listener");
-        let addr = listener.local_addr().expect("local addr");
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut held = Vec::new();
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((conn, _)) => held.push(conn),
-                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
-                }
-            }
-        });
-        SilentSource { addr, stop, thread: Some(thread) }
-    }
-}
-
-impl Drop for SilentSource {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// Pids and command lines of the processes whose command line contains `needle`.
@@ -363,80 +366,196 @@ fn processes_naming(needle: &str) -> Vec<String> {
     found
 }
 
+/// A copy of the layouts `src` in which blob `digest` of `image` is a FIFO
+/// nobody writes: a copy that reads it blocks until it is killed.
+fn hanging_layouts(src: &Path, image: &ImageRef, digest: &str, dst: &Path) -> PathBuf {
+    copy_tree(src, dst);
+    let rel = image.layout_dir.strip_prefix(src).expect("the image's layout is in src");
+    let blob = dst.join(rel).join("blobs/sha256").join(digest_hex(digest));
+    fs::remove_file(&blob).unwrap_or_else(|e| panic!("removing {}: {e}", blob.display()));
+    regfs::sys::mknod(&blob, libc::S_IFIFO | 0o644, 0).expect("mkfifo");
+    dst.to_path_buf()
+}
+
+/// A `regfs release` from `layouts` (see [`hanging_layouts`]) whose push
+/// hangs, waited for until it is pushing.
+struct HangingRelease {
+    child: std::process::Child,
+    reader: Option<std::thread::JoinHandle<String>>,
+    skopeo_marker: String,
+}
+
+impl HangingRelease {
+    fn start(history: &Path, list: &Path, layouts: &Path, out: &Path) -> HangingRelease {
+        use std::io::BufRead;
+        use std::time::{Duration, Instant};
+        let mut child = Command::new(regfs_bin())
+            .arg("release")
+            .arg("--history")
+            .arg(history)
+            .arg("--images")
+            .arg(list)
+            .arg("--from")
+            .arg(format!("oci:{}", layouts.display()))
+            .args(["--mode", &test_mode()])
+            .arg("-o")
+            .arg(out)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("starting regfs release");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line.clone());
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        // Pushing once a copy hangs on the FIFO.
+        let skopeo_marker = format!("oci:{}/", layouts.display());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut pushing = false;
+        while !pushing || processes_naming(&skopeo_marker).is_empty() {
+            assert!(Instant::now() < deadline, "the release never reached its copies");
+            assert!(child.try_wait().expect("polling regfs").is_none(), "regfs ended before the push");
+            while let Ok(line) = rx.try_recv() {
+                pushing |= line.contains("regfs release: push");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        HangingRelease { child, reader: Some(reader), skopeo_marker }
+    }
+
+    /// Sends `sig`; the exit status (within 30 s) and everything on stderr.
+    fn stop(mut self, sig: i32) -> (std::process::ExitStatus, String) {
+        use std::time::{Duration, Instant};
+        regfs::sys::kill(self.child.id(), sig).expect("signalling regfs");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("polling regfs") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("regfs release did not stop within 30 s of signal {sig}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stderr = self.reader.take().map(|r| r.join().expect("stderr reader")).unwrap_or_default();
+        (status, stderr)
+    }
+}
+
+impl Drop for HangingRelease {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 #[test]
 fn release_stops_cleanly_on_sigterm() {
-    use std::io::BufRead;
-    use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().expect("tempdir");
     let history = dir.path().join("history");
     fs::create_dir_all(history.join(V2)).expect("mkdir history");
     let before = tree::snapshot(&history);
-    let list = images_list(&dir.path().join("images.list"), &["app:r1".into(), "team/web:r1".into()]);
-    let source = SilentSource::start();
+    let images = oci::write_release(&dir.path().join("layouts"), &oci::release_set(1, 2, CHANGED_EVERY));
+    let list = images_list(&dir.path().join("images.list"), &list_of(&images));
+    let layer = images[1].layer_digests().into_iter().next().expect("a layer");
+    let layouts = hanging_layouts(&dir.path().join("layouts"), &images[1], &layer, &dir.path().join("hanging"));
     let out = dir.path().join("release.tar");
-    let mut child = Command::new(regfs_bin())
-        .arg("release")
-        .arg("--history")
-        .arg(&history)
-        .arg("--images")
-        .arg(&list)
-        .arg("--from")
-        .arg(format!("docker://{}", source.addr))
-        .args(["--src-tls-verify", "false", "--mode", &test_mode()])
-        .arg("-o")
-        .arg(&out)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("starting regfs release");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line.clone());
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    // Stop it once the copies hang on the silent source.
-    let skopeo_marker = format!("docker://{}/", source.addr);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut pushing = false;
-    while !pushing || processes_naming(&skopeo_marker).is_empty() {
-        assert!(Instant::now() < deadline, "the release never reached its copies");
-        assert!(child.try_wait().expect("polling regfs").is_none(), "regfs ended before the push");
-        while let Ok(line) = rx.try_recv() {
-            pushing |= line.contains("regfs release: push");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let pid = child.id();
-    regfs::sys::kill(pid, libc::SIGTERM).expect("kill -TERM regfs");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("polling regfs") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("regfs release did not stop within 30 s of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let stderr = reader.join().expect("stderr reader");
+    let running = HangingRelease::start(&history, &list, &layouts, &out);
+    let marker = running.skopeo_marker.clone();
+    let (status, stderr) = running.stop(libc::SIGTERM);
     assert!(!status.success(), "an interrupted release succeeded:\n{stderr}");
     assert!(stderr.contains("interrupted (SIGTERM)") && stderr.contains("no tar written"), "{stderr}");
     assert!(!out.exists(), "a tar was written");
     assert_nothing_left(&work_dir(&out));
-    assert!(
-        processes_naming(&skopeo_marker).is_empty(),
-        "skopeo copies survived: {:#?}",
-        processes_naming(&skopeo_marker)
-    );
+    assert!(processes_naming(&marker).is_empty(), "skopeo copies survived: {:#?}", processes_naming(&marker));
     assert_unchanged(&before, &history);
+}
+
+/// Whether `path` is a mountpoint now.
+fn mounted(path: &Path) -> bool {
+    let info = fs::read_to_string("/proc/self/mountinfo").expect("reading mountinfo");
+    let want = path.display().to_string();
+    info.lines().any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+#[test]
+fn a_running_or_killed_release_is_named_and_resume_or_clean_finish_the_work() {
+    let fx = Fixture::new();
+    let list = images_list(&fx.path("images.list"), &list_of(&fx.release));
+    let from = format!("oci:{}", fx.layouts.display());
+    // What an undisturbed release gives: the tar every recovery must give too.
+    let reference = fx.path("reference/release-2.tar");
+    fs::create_dir_all(reference.parent().unwrap()).unwrap();
+    summary(&regfs_release(&[&fx.history_root], &list, &from, &reference, &[]));
+
+    // A layer release 2 adds (the history lacks it), as a FIFO: the push hangs there.
+    let old = all_blobs(&fx.history);
+    let (image, layer) = fx
+        .release
+        .iter()
+        .find_map(|i| i.layer_digests().into_iter().find(|l| !old.contains(l)).map(|l| (i, l)))
+        .expect("release 2 adds a layer");
+    let layouts = hanging_layouts(&fx.layouts, image, &layer, &fx.path("hanging"));
+    let out = fx.path("release-2.tar");
+    let work = work_dir(&out);
+    let running = HangingRelease::start(&fx.history_root, &list, &layouts, &out);
+    // Let the other copies land something in upper first.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while fs::read_dir(work.join("upper")).map(|mut d| d.next().is_none()).unwrap_or(true) {
+        assert!(std::time::Instant::now() < deadline, "nothing reached upper");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // A second release on the same work dir while the first runs: refused, naming it.
+    let o = regfs_release(&[&fx.history_root], &list, &from, &out, &[]);
+    let err = text(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("a release is running with work dir") && err.contains(&running.child.id().to_string()),
+        "{err}"
+    );
+    // Killed: its view stays mounted; the next run says how to recover and touches nothing.
+    let (status, _) = running.stop(libc::SIGKILL);
+    assert!(!status.success());
+    assert!(mounted(&work.join("mnt")), "a killed release leaves its view mounted");
+    let before = tree::snapshot(&work.join("upper"));
+    let o = regfs_release(&[&fx.history_root], &list, &from, &out, &[]);
+    let err = text(&o);
+    assert!(!o.status.success() && err.contains(&format!("regfs umount {}", work.join("mnt").display())), "{err}");
+    assert!(err.contains("--resume") && err.contains("--clean"), "{err}");
+    assert!(mounted(&work.join("mnt")), "refusing unmounts nothing");
+    assert_unchanged(&before, &work.join("upper"));
+    // Unmounted by hand, the kept upper without --resume: refused, saying so.
+    let o = support::mount::regfs(["umount", work.join("mnt").to_str().unwrap()]);
+    assert!(o.status.success() && !mounted(&work.join("mnt")), "{}", text(&o));
+    let o = regfs_release(&[&fx.history_root], &list, &from, &out, &[]);
+    assert!(!o.status.success() && text(&o).contains("pass --resume to continue it"), "{}", text(&o));
+    // --resume finishes it: the very tar of the undisturbed release.
+    summary(&regfs_release(&[&fx.history_root], &list, &from, &out, &["--resume"]));
+    assert_eq!(sha256_file(&out), sha256_file(&reference), "a resumed release is the undisturbed one");
+    assert_nothing_left(&work);
+
+    // Killed again, --clean unmounts, removes and starts over.
+    let out = fx.path("again/release-2.tar");
+    fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let work = work_dir(&out);
+    let (status, _) = HangingRelease::start(&fx.history_root, &list, &layouts, &out).stop(libc::SIGKILL);
+    assert!(!status.success() && mounted(&work.join("mnt")));
+    let before = tree::snapshot(&fx.history_root);
+    summary(&regfs_release(&[&fx.history_root], &list, &from, &out, &["--clean"]));
+    assert_eq!(sha256_file(&out), sha256_file(&reference), "a clean re-run is the undisturbed release");
+    assert_nothing_left(&work);
+    assert_unchanged(&before, &fx.history_root);
 }
 
 /// The repository directories a keep list hides: for each stale repository,

@@ -202,6 +202,15 @@ pub fn overlay_using_upper(upper: &Path) -> Option<PathBuf> {
     })
 }
 
+/// Every mountpoint at or below `dir`, from /proc/self/mountinfo.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
+    info.lines()
+        .filter_map(|line| line.split(' ').nth(4).map(|mp| PathBuf::from(unescape_mountinfo(mp))))
+        .filter(|mp| mp.starts_with(dir))
+        .collect()
+}
+
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
 fn unescape_mountinfo(s: &str) -> String {
     let b = s.as_bytes();

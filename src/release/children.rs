@@ -175,10 +175,11 @@ async fn http_status(addr: SocketAddr, path: &str) -> Result<u16> {
 
 /// skopeo messages that no retry can change: the source has no such image.
 const PERMANENT: &[&str] = &[
-    "no descriptor found for reference", // oci: layout without that ref name
-    "manifest unknown",                  // docker: no such tag
-    "name unknown",                      // docker: no such repository
-    "no such file or directory",         // oci: no layout directory
+    "no descriptor found for reference",         // oci: layout without that ref name
+    "manifest unknown",                          // docker: no such tag
+    "name unknown",                              // docker: no such repository
+    "no such file or directory",                 // oci: no layout directory
+    "server gave HTTP response to HTTPS client", // docker: plain HTTP without --src-tls-verify false
 ];
 
 fn is_permanent(message: &str) -> bool {
@@ -206,6 +207,27 @@ pub fn find_skopeo() -> Result<PathBuf> {
 impl Skopeo {
     pub fn find(src_tls_verify: bool) -> Result<Skopeo> {
         Ok(Skopeo { binary: find_skopeo()?, src_tls_verify })
+    }
+
+    /// `skopeo inspect --raw` of an image: whether the source gives it.
+    pub async fn inspect(&self, reference: &str) -> Result<()> {
+        let mut cmd = Command::new(&self.binary);
+        sys::die_with_parent(&mut cmd);
+        cmd.args(["--insecure-policy", "inspect", "--raw"]);
+        if reference.starts_with("docker://") {
+            cmd.arg(format!("--tls-verify={}", self.src_tls_verify));
+        }
+        let out = cmd
+            .arg(reference)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .with_context(|| format!("running {}", self.binary.display()))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        bail!("{}", String::from_utf8_lossy(&out.stderr).trim())
     }
 
     /// One `skopeo copy`, retried up to `retries` more times.

@@ -7,6 +7,7 @@
 //! tar is written. The history is only ever read.
 
 pub mod children;
+mod preflight;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -45,6 +46,10 @@ pub struct ReleaseRequest {
     pub name: Option<String>,
     /// Replace an existing tar at `output`.
     pub force: bool,
+    /// Continue a release that did not finish (its kept upper).
+    pub resume: bool,
+    /// Start over: unmount and remove what a release that did not finish left.
+    pub clean: bool,
 }
 
 /// One `repo:tag` line of an images list.
@@ -252,14 +257,109 @@ struct Work {
     mnt: PathBuf,
     keep: PathBuf,
     dir: PathBuf,
+    /// Held for the whole run: a second release on the same work dir is refused.
+    _lock: WorkLock,
+}
+
+/// The work dir's lock file, flock'ed, with the pid of the release holding it.
+struct WorkLock {
+    _file: fs::File,
+}
+
+/// The lock file in a work dir.
+const LOCK: &str = "release.lock";
+
+impl WorkLock {
+    fn take(dir: &Path) -> Result<WorkLock> {
+        let path = dir.join(LOCK);
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        if !crate::sys::try_lock_exclusive(&file)? {
+            let pid = fs::read_to_string(&path).unwrap_or_default();
+            bail!(
+                "a release is running with work dir {} (pid {}): wait for it to end, or stop it (kill {}); \
+                 two releases never share a work dir",
+                dir.display(),
+                pid.trim(),
+                pid.trim()
+            );
+        }
+        use std::io::Write;
+        file.set_len(0)?;
+        write!(file, "{}", std::process::id())?;
+        Ok(WorkLock { _file: file })
+    }
+}
+
+/// Makes the work dir of a release that did not finish fit for this run:
+/// with `clean`, unmounts its view and removes it; with `resume`, keeps its
+/// upper; otherwise refuses, saying which of the two to pass.
+fn reclaim_work(req: &ReleaseRequest, dir: &Path, upper: &Path, mnt: &Path) -> Result<()> {
+    let mounted = crate::kernel::mounts_under(dir);
+    if !mounted.is_empty() {
+        if !req.clean {
+            bail!(
+                "work dir {} still has the view of a release that did not finish mounted on {}: run \
+                 `regfs umount {}`, then pass --resume to continue that release or --clean to start over \
+                 (or pass --clean now: it unmounts first)",
+                dir.display(),
+                mounted[0].display(),
+                mounted[0].display()
+            );
+        }
+        for mp in &mounted {
+            mount::umount(mp, None).with_context(|| format!("--clean: unmounting {}", mp.display()))?;
+        }
+        let still = crate::kernel::mounts_under(dir);
+        if !still.is_empty() {
+            bail!("--clean: {} is still mounted; nothing was removed", still[0].display());
+        }
+    }
+    let held = upper.exists() && fs::read_dir(upper).map(|mut d| d.next().is_some()).unwrap_or(true);
+    if req.clean {
+        // Nothing below the work dir is mounted (checked above): removing
+        // it cannot reach through into a view of the history.
+        for p in [upper, mnt, &dir.join(KEEP_LIST), &dir.join(DONE)] {
+            let gone = if p.is_dir() { fs::remove_dir_all(p) } else { fs::remove_file(p) };
+            match gone {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("--clean: removing {}", p.display())),
+            }
+        }
+        return Ok(());
+    }
+    if held && !req.resume {
+        bail!(
+            "work dir {} holds the upper of an earlier release that did not finish: pass --resume to \
+             continue it (only what is missing is copied) or --clean to remove it and start over",
+            dir.display()
+        );
+    }
+    if req.resume {
+        // This run writes the marker again once its tar is complete.
+        let _ = fs::remove_file(dir.join(DONE));
+    }
+    Ok(())
 }
 
 /// Checks the work dir and the tar target against the history, then
-/// creates the work dir with an empty upper, a mountpoint and the keep list.
+/// (`check_source` passing) creates the work dir with an empty upper, a
+/// mountpoint and the keep list.
 /// Nothing is created before the checks pass, so a work dir or tar placed
 /// inside the history never writes there. Returns the work dir and the
 /// absolute tar path.
-fn prepare_work(req: &ReleaseRequest, histories: &[PathBuf], images: &[ImageName]) -> Result<(Work, PathBuf)> {
+fn prepare_work(
+    req: &ReleaseRequest,
+    histories: &[PathBuf],
+    images: &[ImageName],
+    check_source: impl FnOnce() -> Result<()>,
+) -> Result<(Work, PathBuf)> {
     let output =
         store::resolve_maybe_missing(&req.output).with_context(|| format!("-o {}: bad path", req.output.display()))?;
     if output.is_file() && !req.force {
@@ -292,14 +392,12 @@ fn prepare_work(req: &ReleaseRequest, histories: &[PathBuf], images: &[ImageName
     if output.starts_with(&dir) {
         bail!("-o {}: inside the work dir {}; write the tar somewhere else", req.output.display(), dir.display());
     }
-    if upper.exists() && fs::read_dir(&upper).map(|mut d| d.next().is_some()).unwrap_or(true) {
-        bail!(
-            "work dir {} already holds an upper from an earlier run; remove it (or pass another --workdir) \
-             so this release starts clean",
-            dir.display()
-        );
-    }
     let mnt = dir.join("mnt");
+    // The arguments are good: now the source, before anything is created.
+    check_source()?;
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let lock = WorkLock::take(&dir)?;
+    reclaim_work(req, &dir, &upper, &mnt)?;
     for d in [&dir, &upper, &mnt] {
         fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
@@ -307,7 +405,7 @@ fn prepare_work(req: &ReleaseRequest, histories: &[PathBuf], images: &[ImageName
     let repos: BTreeSet<&str> = images.iter().map(|i| i.repo.as_str()).collect();
     let text: String = repos.iter().map(|r| format!("{r}\n")).collect();
     fs::write(&keep, text).with_context(|| format!("writing {}", keep.display()))?;
-    Ok((Work { upper, mnt, keep, dir }, output))
+    Ok((Work { upper, mnt, keep, dir, _lock: lock }, output))
 }
 
 /// The mounted view; unmounted when dropped unless [`Mounted::unmount`]
@@ -386,12 +484,14 @@ fn run_with(req: &ReleaseRequest, progress: &mut Progress) -> Result<Summary> {
     let skopeo = Skopeo::find(req.src_tls_verify)?;
     let histories = store::check_lowers(&req.histories, "--history")?;
     let spec = crate::export::bundle_spec(&req.output, req.name.as_deref(), &req.bases)?;
-    let (work, output) = prepare_work(req, &histories, &images)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let (work, output) = prepare_work(req, &histories, &images, || {
+        runtime.block_on(preflight::check_source(&skopeo, &source, &images, req.jobs))
+    })?;
     let interrupts = Interrupts::install(&runtime)?;
     let summary = release_in(
         req,
