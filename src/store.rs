@@ -129,7 +129,7 @@ pub fn check_lowers(lowers: &[PathBuf], flag: &str) -> Result<Vec<PathBuf>> {
         if c.is_file() {
             bundle::read_description(&c).map_err(|e| {
                 anyhow::anyhow!(
-                    "{flag} {}: {e}; a lower is a registry rootdirectory or a bundle tar written by `regfs release` or `regfs export`",
+                    "{flag} {}: not a directory, and not a bundle tar ({e}); a lower is a registry rootdirectory or a bundle tar written by `regfs release` or `regfs export`",
                     l.display()
                 )
             })?;

@@ -192,6 +192,18 @@ fn check_release(fx: &Fixture, o: &Output, out: &Path, cache: &SkopeoCache) {
     assert_eq!(s["blobs"], want_blobs, "blob origins in the summary:\n{}", text(o));
     assert_eq!((s["images"].as_u64(), s["copied"].as_u64(), s["copy_attempts"].as_u64()), (Some(n), Some(n), Some(n)));
     assert_eq!(s["mode"], test_mode());
+    // Every image as the tar holds it, repo:tag -> the source's digest.
+    let mut want_tags: Vec<(String, String)> =
+        fx.release.iter().map(|i| (format!("{}:{}", i.repo, i.tag), i.digest.clone())).collect();
+    want_tags.sort();
+    let mut got_tags: Vec<(String, String)> = s["tags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| (t["image"].as_str().unwrap_or("").to_string(), t["digest"].as_str().unwrap_or("").to_string()))
+        .collect();
+    got_tags.sort();
+    assert_eq!(got_tags, want_tags, "the summary's tags");
     let out_abs = fs::canonicalize(out).unwrap_or_else(|e| panic!("no tar at {}: {e}\n{}", out.display(), text(o)));
     assert_eq!(s["tar"], out_abs.display().to_string());
     assert_eq!(s["tar_bytes"].as_u64(), Some(fs::metadata(out).expect("tar metadata").len()));

@@ -646,7 +646,8 @@ pub fn run(view: &View, opts: &GcOptions, dry_run: bool) -> Result<(Plan, Report
     }
     let report = Report::new(&plan, dry_run, planned, started.elapsed() - planned);
     tracing::info!(
-        deleted = plan.deletions.len(),
+        entries = plan.deletions.len(),
+        blobs = report.kind(Kind::Blob).deleted.count,
         bytes = report.deleted_bytes(),
         dry_run,
         ms = started.elapsed().as_millis() as u64,

@@ -29,6 +29,9 @@ impl Tally {
 pub struct KindReport {
     pub kept: Tally,
     pub deleted: Tally,
+    /// Of `deleted`, the entries only history held: hidden by a whiteout,
+    /// nothing freed (the history is never written).
+    pub hidden_history: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -50,7 +53,11 @@ impl Report {
             kinds.entry(*k).or_default().kept = *t;
         }
         for d in &plan.deletions {
-            kinds.entry(d.kind).or_default().deleted.add(1, d.bytes);
+            let k = kinds.entry(d.kind).or_default();
+            k.deleted.add(1, d.bytes);
+            if d.files == 0 {
+                k.hidden_history += 1;
+            }
         }
         if let Some(r) = kinds.get_mut(&Kind::Repository) {
             // A stale repository loses up to two sections: count it once.
@@ -87,11 +94,14 @@ impl Report {
     /// A one-line summary (used by the on-unmount hook).
     pub fn summary(&self) -> String {
         let b = self.kind(Kind::Blob);
+        let from_upper = b.deleted.count - b.hidden_history;
         format!(
-            "gc {} {} blobs ({}), kept {} ({}), removed {} stale repositories",
+            "gc {} {from_upper} blobs from upper ({}) and {} {} history blobs (a whiteout each; history untouched), \
+             kept {} ({}), removed {} stale repositories",
             if self.dry_run { "would delete" } else { "deleted" },
-            b.deleted.count,
             human_bytes(b.deleted.bytes),
+            if self.dry_run { "would hide" } else { "hid" },
+            b.hidden_history,
             b.kept.count,
             human_bytes(b.kept.bytes),
             self.kind(Kind::Repository).deleted.count

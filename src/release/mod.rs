@@ -167,8 +167,17 @@ pub struct Summary {
     pub release: String,
     pub base: Option<crate::bundle::BaseRef>,
     pub bundle: crate::bundle::Totals,
+    /// Every image of the release as the tar holds it: `repo:tag` and digest.
+    pub tags: Vec<TagDigest>,
     pub upper: PathBuf,
     pub phases: Phases,
+}
+
+/// One image of a release: `repo:tag` → manifest digest.
+#[derive(Debug, Serialize)]
+pub struct TagDigest {
+    pub image: String,
+    pub digest: crate::layout::Digest,
 }
 
 /// Progress for a person on a terminal, plain log lines otherwise.
@@ -576,6 +585,13 @@ fn release_in(
         let _ = fs::remove_file(output);
         return Err(e);
     }
+    let described = crate::bundle::read_description(output)
+        .map_err(|e| anyhow::anyhow!("{}: reading back its description: {e}", output.display()))?;
+    let tags = described
+        .images
+        .iter()
+        .map(|i| TagDigest { image: format!("{}:{}", i.repo, i.tag), digest: i.digest })
+        .collect();
     let done = serde_json::json!({ "tar": output, "sha256": tar_sha256 });
     crate::util::write_atomic(&work.dir.join(DONE), done.to_string().as_bytes())
         .with_context(|| format!("marking {} finished", work.dir.display()))?;
@@ -594,6 +610,7 @@ fn release_in(
         release: tar.release.clone(),
         base: tar.base.clone(),
         bundle: tar.totals,
+        tags,
         upper: work.upper.clone(),
         phases,
     })
