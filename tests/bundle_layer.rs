@@ -378,6 +378,12 @@ fn serve_runs_the_registry_on_a_full_bundle_and_a_delta_over_it() {
     assert!(status.success(), "regfs serve after Ctrl-C: {status}\n{err}");
     assert!(out.contains("serving 2 bundles") && out.contains(&sets[1][0].repo), "{out}");
     assert!(err.contains("the bundles were not changed"), "{err}");
+    // Its own mount (other tests may be serving at the same time).
+    let mnt = err
+        .lines()
+        .find_map(|l| l.strip_prefix("regfs: mounted ")?.split(' ').next())
+        .unwrap_or_else(|| panic!("no mountpoint named on stderr:\n{err}"));
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mounts.contains("regfs-serve."), "the served view is unmounted:\n{mounts}");
+    assert!(!mounts.lines().any(|l| l.split(' ').nth(4) == Some(mnt)), "{mnt} is still mounted");
+    assert!(!Path::new(mnt).exists(), "the scratch directory {mnt} is removed");
 }
