@@ -27,6 +27,10 @@ else
     echo "setup: /dev/fuse is missing: FUSE mounts will fail (run the container with --device /dev/fuse)" >&2
 fi
 
+# The ordinary user the tests run regfs as (the unprivileged pass, and the
+# second-user cases beside the kernel): fusermount3 wants a user with a name.
+id regfs-ci >/dev/null 2>&1 || $SUDO useradd --create-home --shell /bin/sh regfs-ci
+
 if ! command -v cargo >/dev/null; then
     echo "setup: cargo not found: install a Rust toolchain (rustup) first" >&2
     exit 1

@@ -863,3 +863,85 @@ fn a_second_user_gets_what_the_kernel_gives_it() {
     let ours = beside_kernel(second_user_cases, None);
     assert_eq!(ours.len(), 18, "{ours:?}");
 }
+
+/// Detaches what is still mounted on the path when dropped (a failed test
+/// leaves no mount behind).
+struct DetachOnDrop(PathBuf);
+
+impl Drop for DetachOnDrop {
+    fn drop(&mut self) {
+        if support::mount::is_mountpoint(&self.0) {
+            support::mount::detach(&self.0);
+        }
+    }
+}
+
+/// The uid of `regfs-ci`, the ordinary user scripts/setup.sh creates
+/// (fusermount3 wants a user with a name).
+fn ordinary_uid() -> u32 {
+    let out = std::process::Command::new("id").args(["-u", "regfs-ci"]).output().expect("running id");
+    let uid = String::from_utf8_lossy(&out.stdout).trim().parse().ok();
+    uid.unwrap_or_else(|| panic!("no user regfs-ci: run scripts/setup.sh (it creates it)"))
+}
+
+/// `regfs ARGS` as `regfs-ci` (its own group, no others); its output.
+fn regfs_as_second_user(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    as_second_user(support::mount::regfs_bin().as_os_str(), args)
+}
+
+/// `PROGRAM ARGS` as `regfs-ci`; its output.
+fn as_second_user(program: &std::ffi::OsStr, args: &[&std::ffi::OsStr]) -> std::process::Output {
+    std::process::Command::new("setpriv")
+        .args(["--reuid", "regfs-ci", "--regid", "regfs-ci", "--clear-groups"])
+        .arg(program)
+        .args(args)
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .expect("running setpriv")
+}
+
+/// An ordinary user mounting root's history is told why writes will fail
+/// (the view shows the history's owners: EACCES); a bundle tar is shown as
+/// `tar -x` by that user would extract it: the user's own, so no warning.
+#[test]
+fn an_ordinary_user_is_warned_about_a_root_owned_history_and_owns_a_bundle_it_mounts() {
+    use std::os::unix::fs::PermissionsExt;
+    let uid = ordinary_uid();
+    let l = Layers::new();
+    let top = l.tmp.path();
+    fs::set_permissions(top, fs::Permissions::from_mode(0o755)).unwrap();
+    let bundle = l.path("history.tar");
+    let out = support::mount::regfs(["export", "--upper", l.lower.to_str().unwrap(), "-o", bundle.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", support::mount::text(&out));
+    fs::set_permissions(&bundle, fs::Permissions::from_mode(0o644)).unwrap();
+    for (what, lower, warned) in [("a root-owned history", &l.lower, true), ("a bundle tar", &bundle, false)] {
+        let (upper, mnt) = (l.path(&format!("u-{warned}")), l.path(&format!("m-{warned}")));
+        for d in [&upper, &mnt] {
+            fs::create_dir(d).unwrap();
+            std::os::unix::fs::chown(d, Some(uid), Some(uid)).unwrap();
+        }
+        let args = [
+            "mount".as_ref(),
+            "--lower".as_ref(),
+            lower.as_os_str(),
+            "--upper".as_ref(),
+            upper.as_os_str(),
+            "--mode".as_ref(),
+            "fuse".as_ref(),
+            mnt.as_os_str(),
+        ];
+        let out = regfs_as_second_user(&args);
+        let text = support::mount::text(&out);
+        let guard = DetachOnDrop(mnt.clone());
+        assert!(out.status.success(), "{what}: {text}");
+        assert_eq!(text.contains("belongs to uid 0") && text.contains("EACCES"), warned, "{what}: {text}");
+        // (Only its user may enter a FUSE mount without --allow-other.)
+        let blobs = mnt.join("docker/registry/v2/blobs");
+        let out = as_second_user("stat".as_ref(), &["-c".as_ref(), "%u".as_ref(), blobs.as_os_str()]);
+        let want = if warned { 0 } else { uid };
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), want.to_string(), "{what}: the owner the view shows");
+        let out = regfs_as_second_user(&["umount".as_ref(), mnt.as_os_str()]);
+        assert!(out.status.success(), "{what}: {}", support::mount::text(&out));
+        drop(guard);
+    }
+}

@@ -1,8 +1,10 @@
 //! A bundle tar as a read-only layer of the view, served in place: the tar
 //! is read once through the strict reader ([`super::tarball`]), which
 //! refuses anything but plain files and directories, and each file's data is
-//! read at its offset in the tar. Directories the tar implies but does not
-//! list are shown as `tar -x` would create them (0755, owned by root).
+//! read at its offset in the tar. Entries are shown as `tar -x` by this
+//! user would create them: root keeps the tar's owners, anyone else owns
+//! what they extract; directories the tar implies but does not list are
+//! 0755.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -102,6 +104,7 @@ impl TarLayer {
         // Inode numbers are the index's own; a directory's link count is
         // what a filesystem gives it (2 plus one per subdirectory).
         let dev = meta.dev;
+        let owner = (sys::geteuid() != 0).then(|| (sys::geteuid(), sys::getegid()));
         let subdirs: Vec<u64> = layer
             .nodes
             .iter()
@@ -110,6 +113,9 @@ impl TarLayer {
         for (i, n) in layer.nodes.iter_mut().enumerate() {
             n.stat.ino = i as u64 + 1;
             n.stat.dev = dev;
+            if let Some((uid, gid)) = owner {
+                (n.stat.uid, n.stat.gid) = (uid, gid);
+            }
             if n.stat.is_dir() {
                 n.stat.nlink = 2 + subdirs[i];
             }

@@ -178,6 +178,7 @@ pub fn mount_background(req: &MountRequest, verbose: u8) -> Result<()> {
     }
     let mp = check_mountpoint(&req.mountpoint)?;
     check_no_overlap(&layers, &mp)?;
+    warn_foreign_history(&layers);
     if choose_mode(req, &layers)? == Mode::Kernel {
         match mount_kernel(req, &layers, &mp) {
             Ok(()) => return Ok(()),
@@ -371,6 +372,32 @@ fn check_no_overlap(layers: &Layers, mp: &Path) -> Result<()> {
 /// root of a user namespace); a refusal then falls back to FUSE.
 /// `auto`: the kernel where root may mount it, except that `--fsync
 /// finalize` asks for what only the FUSE front end does.
+/// Warns when a history directory belongs to another user that this one
+/// may not write into: the view shows the history's owners and modes, so a
+/// registry running as this user would get EACCES on every write there.
+fn warn_foreign_history(layers: &Layers) {
+    use std::os::unix::fs::MetadataExt;
+    let me = sys::geteuid();
+    if me == 0 {
+        return;
+    }
+    for lower in layers.lowers.iter().filter(|l| !store::is_bundle_file(l)) {
+        let v2 = lower.join(crate::layout::V2);
+        let Ok(m) = fs::metadata(&v2) else { continue };
+        let others_write = m.mode() & 0o002 != 0;
+        let group_write = m.mode() & 0o020 != 0 && m.gid() == sys::getegid();
+        if m.uid() != me && !others_write && !group_write {
+            eprintln!(
+                "regfs: warning: --lower {} belongs to uid {}, and the view shows its owners and modes: a registry \
+                 running as uid {me} gets EACCES writing into its directories. Mount as that user (or root), or \
+                 give this user write access to the history",
+                lower.display(),
+                m.uid()
+            );
+        }
+    }
+}
+
 /// The front end a mount uses: the kernel where it may (root, `--fsync
 /// full`) and every lower is a directory; FUSE otherwise.
 fn choose_mode(req: &MountRequest, layers: &Layers) -> Result<Mode> {
