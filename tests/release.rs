@@ -360,6 +360,45 @@ fn release_fails_as_a_whole() {
     assert_unchanged(&before, &fx.history_root);
 }
 
+/// A tmpfs of `kib` KiB mounted by the test (root); unmounted on drop.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(at: &Path, kib: u64) -> SmallFs {
+        fs::create_dir_all(at).expect("mkdir");
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "regfs-test"])
+            .arg(at)
+            .status()
+            .expect("running mount");
+        assert!(ok.success(), "mount -t tmpfs (the test needs root)");
+        SmallFs(at.to_path_buf())
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = regfs::sys::umount(&self.0, true);
+    }
+}
+
+#[test]
+fn a_push_that_cannot_fit_is_refused_before_anything_is_mounted() {
+    let fx = Fixture::new();
+    let list = images_list(&fx.path("images.list"), &list_of(&fx.release));
+    let from = format!("oci:{}", fx.layouts.display());
+    let small = SmallFs::mount(&fx.path("small"), 64);
+    let out = small.0.join("release-2.tar");
+    let o = regfs_release(&[&fx.history_root], &list, &from, &out, &[]);
+    let err = text(&o);
+    assert!(!o.status.success(), "{err}");
+    let new = all_blobs(&fx.release).difference(&all_blobs(&fx.history)).count();
+    assert!(err.contains(&format!("({new} blobs the history lacks")), "{err}");
+    assert!(err.contains("free: free space there, or put the work dir on a larger filesystem"), "{err}");
+    assert!(err.contains(&work_dir(&out).display().to_string()), "the work dir is named: {err}");
+    assert!(!work_dir(&out).exists(), "nothing was created: {err}");
+}
+
 /// Pids and command lines of the processes whose command line contains `needle`.
 fn processes_naming(needle: &str) -> Vec<String> {
     let me = std::process::id().to_string();

@@ -146,6 +146,12 @@ impl RegistryChild {
         }
     }
 
+    /// Why the registry could not write the view, from its log: no space,
+    /// or permission denied on a path; `None` when it logged neither.
+    pub fn write_failure(&self, upper: &Path) -> Option<String> {
+        write_failure_in(&self.log_text(), upper)
+    }
+
     /// Waits until the registry exits by itself.
     pub async fn exited(&mut self) -> std::io::Result<std::process::ExitStatus> {
         self.child.wait().await
@@ -160,6 +166,27 @@ impl RegistryChild {
             }
         }
         self.child.kill().await.context("killing the registry")
+    }
+}
+
+/// [`RegistryChild::write_failure`] of a log's text.
+fn write_failure_in(log: &str, upper: &Path) -> Option<String> {
+    let line = log.lines().find(|l| {
+        l.contains("level=error") && (l.contains("no space left on device") || l.contains("permission denied"))
+    })?;
+    // The registry quotes the failed call: `err.detail="filesystem: mkdir /x/y: permission denied"`.
+    let detail = line.split("err.detail=\"").nth(1).and_then(|d| d.split('"').next()).unwrap_or(line);
+    if detail.contains("no space left on device") {
+        Some(format!(
+            "the registry could not write: no space left on device ({detail}): the filesystem of {} is full; free \
+             space there or put the work dir on a larger one (--workdir), then run the release again with --resume",
+            upper.display()
+        ))
+    } else {
+        Some(format!(
+            "the registry could not write: permission denied ({detail}): the view shows the history's owners and \
+             modes, so run the release as the user who owns the history (or root)"
+        ))
     }
 }
 
@@ -274,5 +301,25 @@ impl Skopeo {
         }
         let stderr = String::from_utf8_lossy(&out.stderr);
         bail!("skopeo copy {src} {dst}: {}: {}", out.status, stderr.trim())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_registry_log_tells_why_a_write_failed() {
+        let full = r#"time="2026-12-03T14:00:00Z" level=error msg="response completed with error" err.code=unknown err.detail="filesystem: write /mnt/docker/registry/v2/repositories/app/_uploads/u/data: no space left on device" err.message="unknown error""#;
+        let why = write_failure_in(full, Path::new("/w/upper")).unwrap();
+        assert!(
+            why.contains("no space left on device") && why.contains("/w/upper") && why.contains("--resume"),
+            "{why}"
+        );
+        let denied = r#"level=error msg="response completed with error" err.detail="filesystem: mkdir /mnt/docker/registry/v2/blobs/sha256/ab: permission denied""#;
+        let why = write_failure_in(denied, Path::new("/w/upper")).unwrap();
+        assert!(why.contains("permission denied (filesystem: mkdir /mnt/docker/registry/v2/blobs/sha256/ab"), "{why}");
+        assert!(why.contains("owns the history"), "{why}");
+        assert_eq!(write_failure_in("level=info msg=ok\nlevel=error msg=\"blob unknown\"", Path::new("/u")), None);
     }
 }

@@ -404,6 +404,21 @@ fn prepare_work(
     let mnt = dir.join("mnt");
     // The arguments are good: now the source, before anything is created.
     check_source()?;
+    if let Source::Oci(layouts) = parse_source(&req.from)? {
+        let scratch = tempfile::tempdir().context("creating a scratch upper")?;
+        let history = store::Layers {
+            lowers: histories.to_vec(),
+            upper: scratch.path().to_path_buf(),
+            policy: Default::default(),
+        }
+        .view()
+        .context("opening the history")?;
+        let in_history = |d: &crate::layout::Digest| {
+            history.resolve(&crate::layout::blob_data(d)).ok().flatten().is_some_and(|e| e.meta.is_file())
+        };
+        let existing = dir.ancestors().find(|a| a.is_dir()).unwrap_or(Path::new("/"));
+        preflight::check_space(&layouts, images, in_history, &dir, existing)?;
+    }
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let lock = WorkLock::take(&dir)?;
     reclaim_work(req, &dir, &upper, &mnt)?;
@@ -696,7 +711,12 @@ async fn push_all(
     let t = Instant::now();
     let stopped = registry.stop().await;
     phases.add("registry stop", t);
-    let attempts = outcome?;
+    // A write that failed in the registry shows only as a 5xx to skopeo:
+    // the registry's log says why.
+    let attempts = outcome.map_err(|e| match registry.write_failure(&work.upper) {
+        Some(cause) => e.context(cause),
+        None => e,
+    })?;
     stopped?;
     Ok(attempts)
 }

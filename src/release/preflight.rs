@@ -2,11 +2,15 @@
 //! source, and every one that is missing or unreachable reported at once
 //! (with the TLS hint where a plain-HTTP source is the cause). An OCI
 //! layout is read directly; a registry is asked with `skopeo inspect`, a
-//! few at a time.
+//! few at a time. For an OCI source the blobs are sized too, so the push
+//! can be checked against the free space where upper lives.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Result, bail};
+
+use crate::layout::Digest;
 
 use super::children::Skopeo;
 use super::{ImageName, Source};
@@ -28,6 +32,65 @@ fn explain(message: &str) -> String {
         }
     }
     message.trim().to_string()
+}
+
+/// The blobs (manifests included) of image `img` in the OCI layout
+/// `dir/repo`, with their sizes; `None` where the layout cannot say (an
+/// unreadable or odd layout: the copy will tell).
+pub fn oci_blobs(dir: &Path, img: &ImageName) -> Option<BTreeMap<Digest, u64>> {
+    let layout = dir.join(&img.repo);
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).ok()?).ok()?;
+    let top = doc["manifests"]
+        .as_array()?
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str() == Some(img.tag.as_str()))?;
+    let blob = |d: &Digest| layout.join("blobs/sha256").join(d.hex());
+    let mut out = BTreeMap::new();
+    let mut stack = vec![Digest::parse(top["digest"].as_str()?).ok()?];
+    while let Some(d) = stack.pop() {
+        let bytes = std::fs::read(blob(&d)).ok()?;
+        out.insert(d, bytes.len() as u64);
+        let refs = crate::gc::manifest::references(&bytes).ok()?;
+        stack.extend(refs.manifests.iter().map(|m| m.digest));
+        for b in &refs.blobs {
+            out.insert(b.digest, std::fs::metadata(blob(&b.digest)).ok()?.len());
+        }
+    }
+    Some(out)
+}
+
+/// Refuses a push that cannot fit: the blobs of an OCI source the history
+/// lacks, against the free space of the filesystem upper lives on.
+pub fn check_space(
+    dir: &Path,
+    images: &[ImageName],
+    in_history: impl Fn(&Digest) -> bool,
+    work: &Path,
+    upper_fs: &Path,
+) -> Result<()> {
+    let mut blobs = BTreeMap::new();
+    for img in images {
+        let Some(b) = oci_blobs(dir, img) else { return Ok(()) };
+        blobs.extend(b);
+    }
+    let (count, need): (u64, u64) =
+        blobs.iter().filter(|(d, _)| !in_history(d)).fold((0, 0), |(n, b), (_, s)| (n + 1, b + s));
+    let fs = crate::sys::statvfs(upper_fs)?;
+    let free = fs.bavail.saturating_mul(fs.frsize as u64);
+    // Link files, directories and the registry's upload records come on top.
+    let want = need + need / 20 + (1 << 20);
+    if want > free {
+        use crate::util::human_bytes;
+        bail!(
+            "the push needs about {} ({count} blobs the history lacks, {} of data) and the filesystem of {} has {} \
+             free: free space there, or put the work dir on a larger filesystem (--workdir); nothing was mounted",
+            human_bytes(want),
+            human_bytes(need),
+            work.display(),
+            human_bytes(free)
+        );
+    }
+    Ok(())
 }
 
 /// Why image `img` is not in the OCI layout `dir/repo`, if it is not.
