@@ -88,7 +88,12 @@ pub struct Target {
 
 impl Target {
     pub fn new(target: &TargetRef, access: &Access) -> Result<Target> {
-        let tls = ureq::tls::TlsConfig::builder().disable_verification(!access.tls_verify).build();
+        // The system's certificate store, as skopeo uses: a site's registry
+        // often has a certificate from its own CA.
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::PlatformVerifier)
+            .disable_verification(!access.tls_verify)
+            .build();
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .tls_config(tls)
