@@ -115,10 +115,7 @@ fn a_release_over_a_history_of_tars_is_the_release_over_the_extracted_history() 
     let work = tempfile::tempdir().expect("tempdir");
     let p = |n: &str| work.path().join(n);
     let layouts = |r: u32| p(&format!("layouts-r{r}"));
-    let sets: Vec<Vec<ImageRef>> =
-        (1..=2).map(|r| oci::write_release(&layouts(r), &oci::release_set(r, IMAGES, CHANGED_EVERY))).collect();
-    let r1 = p("tars/release-1.tar");
-    release(&[&empty_root(&p("empty"))], &sets[0], &layouts(1), &r1, &test_mode());
+    let (sets, r1) = two_releases(work.path(), &p("tars/release-1.tar"));
     let extracted = p("history");
     untar(&r1, &extracted);
 
@@ -286,15 +283,22 @@ impl Drop for Served {
     }
 }
 
+/// The layouts of releases 1 and 2 (`WORK/layouts-rN`), and release 1 as a
+/// full bundle at `r1`: (images of each, r1).
+fn two_releases(work: &Path, r1: &Path) -> (Vec<Vec<ImageRef>>, PathBuf) {
+    let layouts = |r: u32| work.join(format!("layouts-r{r}"));
+    let sets: Vec<Vec<ImageRef>> =
+        (1..=2).map(|r| oci::write_release(&layouts(r), &oci::release_set(r, IMAGES, CHANGED_EVERY))).collect();
+    release(&[&empty_root(&work.join("empty"))], &sets[0], &layouts(1), r1, &test_mode());
+    (sets, r1.to_path_buf())
+}
+
 /// Release 1 as a full bundle, and release 2, made over the tar of
 /// release 1, as a delta against it: (images of each, r1.tar, d2.tar).
 fn full_and_delta(work: &Path) -> (Vec<Vec<ImageRef>>, PathBuf, PathBuf) {
     let p = |n: &str| work.join(n);
     let layouts = |r: u32| p(&format!("layouts-r{r}"));
-    let sets: Vec<Vec<ImageRef>> =
-        (1..=2).map(|r| oci::write_release(&layouts(r), &oci::release_set(r, IMAGES, CHANGED_EVERY))).collect();
-    let r1 = p("out/release-1.tar");
-    release(&[&empty_root(&p("empty"))], &sets[0], &layouts(1), &r1, &test_mode());
+    let (sets, r1) = two_releases(work, &p("out/release-1.tar"));
     let d2 = p("out/release-2.tar");
     release_with(&[&r1], &sets[1], &layouts(2), &d2, "auto", &["--base", r1.to_str().unwrap()]);
     (sets, r1, d2)

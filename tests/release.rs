@@ -58,6 +58,15 @@ impl Fixture {
         self.work.path().join(name)
     }
 
+    /// A layer release 2 adds (the history lacks it), and its image.
+    fn new_layer(&self) -> (&ImageRef, String) {
+        let old = all_blobs(&self.history);
+        self.release
+            .iter()
+            .find_map(|i| i.layer_digests().into_iter().find(|l| !old.contains(l)).map(|l| (i, l)))
+            .expect("release 2 adds a layer")
+    }
+
     fn release_repos(&self) -> Vec<String> {
         self.release.iter().map(|i| i.repo.clone()).collect::<BTreeSet<_>>().into_iter().collect()
     }
@@ -322,12 +331,7 @@ fn release_fails_as_a_whole() {
     assert!(!work.exists(), "a preflight failure creates no work dir");
 
     // A copy that fails part way (a layer gone from its layout): no tar, the upper kept.
-    let old = all_blobs(&fx.history);
-    let (broken, layer) = fx
-        .release
-        .iter()
-        .find_map(|i| i.layer_digests().into_iter().find(|l| !old.contains(l)).map(|l| (i, l)))
-        .expect("release 2 adds a layer");
+    let (broken, layer) = fx.new_layer();
     let layer_file = broken.layout_dir.join("blobs/sha256").join(digest_hex(&layer));
     fs::remove_file(&layer_file).unwrap_or_else(|e| panic!("removing {}: {e}", layer_file.display()));
     let list = images_list(&fx.path("images.list"), &list_of(&fx.release));
@@ -551,12 +555,7 @@ fn a_running_or_killed_release_is_named_and_resume_or_clean_finish_the_work() {
     summary(&regfs_release(&[&fx.history_root], &list, &from, &reference, &[]));
 
     // A layer release 2 adds (the history lacks it), as a FIFO: the push hangs there.
-    let old = all_blobs(&fx.history);
-    let (image, layer) = fx
-        .release
-        .iter()
-        .find_map(|i| i.layer_digests().into_iter().find(|l| !old.contains(l)).map(|l| (i, l)))
-        .expect("release 2 adds a layer");
+    let (image, layer) = fx.new_layer();
     let layouts = hanging_layouts(&fx.layouts, image, &layer, &fx.path("hanging"));
     let out = fx.path("release-2.tar");
     let work = work_dir(&out);

@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::bundle::Description;
 use crate::gc::manifest;
 use crate::layout::{self, Digest};
-use crate::release::children::{RegistryChild, RegistryOptions, find_registry, find_skopeo};
+use crate::release::children::{RegistryChild, RegistryOptions, find_registry, find_skopeo, run_skopeo};
 use crate::serve::{MountedStack, stack_descriptions};
 use crate::store::Layers;
 use crate::view::{Policy, View};
@@ -253,24 +253,17 @@ fn image_blobs(view: &View, borrowed: &Borrowed, digest: &Digest) -> Result<BTre
 
 /// One `skopeo copy` of an image, all platforms, digests kept.
 async fn copy(skopeo: &Path, src: &str, dst: &str, access: &Access) -> Result<()> {
-    let mut cmd = tokio::process::Command::new(skopeo);
-    crate::sys::die_with_parent(&mut cmd);
-    cmd.args(["--insecure-policy", "copy", "--all", "--preserve-digests", "--src-tls-verify=false"]);
-    cmd.arg(format!("--dest-tls-verify={}", access.tls_verify));
+    let mut args: Vec<String> =
+        ["--insecure-policy", "copy", "--all", "--preserve-digests", "--src-tls-verify=false"].map(String::from).into();
+    args.push(format!("--dest-tls-verify={}", access.tls_verify));
     if let Some(c) = &access.creds {
-        cmd.arg("--dest-creds").arg(c);
+        args.extend(["--dest-creds".into(), c.clone()]);
     }
     if let Some(f) = &access.authfile {
-        cmd.arg("--dest-authfile").arg(f);
+        args.extend(["--dest-authfile".into(), f.display().to_string()]);
     }
-    let out = cmd
-        .arg(src)
-        .arg(dst)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .with_context(|| format!("running {}", skopeo.display()))?;
+    args.extend([src.to_string(), dst.to_string()]);
+    let out = run_skopeo(skopeo, &args).await?;
     if !out.status.success() {
         bail!("skopeo copy {src} {dst}: {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
     }

@@ -226,6 +226,18 @@ pub struct Skopeo {
     src_tls_verify: bool,
 }
 
+/// Runs skopeo with `args` (no stdin; killed with regfs); its output.
+pub async fn run_skopeo(binary: &Path, args: &[String]) -> Result<std::process::Output> {
+    let mut cmd = Command::new(binary);
+    sys::die_with_parent(&mut cmd);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .with_context(|| format!("running {}", binary.display()))
+}
+
 /// skopeo from PATH.
 pub fn find_skopeo() -> Result<PathBuf> {
     on_path("skopeo").ok_or_else(|| anyhow!("skopeo not found on PATH: install it (Debian: apt-get install skopeo)"))
@@ -238,19 +250,12 @@ impl Skopeo {
 
     /// `skopeo inspect --raw` of an image: whether the source gives it.
     pub async fn inspect(&self, reference: &str) -> Result<()> {
-        let mut cmd = Command::new(&self.binary);
-        sys::die_with_parent(&mut cmd);
-        cmd.args(["--insecure-policy", "inspect", "--raw"]);
+        let mut args = vec!["--insecure-policy".to_string(), "inspect".into(), "--raw".into()];
         if reference.starts_with("docker://") {
-            cmd.arg(format!("--tls-verify={}", self.src_tls_verify));
+            args.push(format!("--tls-verify={}", self.src_tls_verify));
         }
-        let out = cmd
-            .arg(reference)
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output()
-            .await
-            .with_context(|| format!("running {}", self.binary.display()))?;
+        args.push(reference.into());
+        let out = run_skopeo(&self.binary, &args).await?;
         if out.status.success() {
             return Ok(());
         }
@@ -280,22 +285,15 @@ impl Skopeo {
     }
 
     async fn copy(&self, src: &str, dst: &str) -> Result<()> {
-        let mut cmd = Command::new(&self.binary);
-        sys::die_with_parent(&mut cmd);
         // --preserve-digests: the release must hold the very bytes that were
         // built (skopeo would otherwise recompress uncompressed layers).
-        cmd.args(["--insecure-policy", "copy", "--all", "--preserve-digests", "--dest-tls-verify=false"]);
+        let mut args: Vec<String> =
+            ["--insecure-policy", "copy", "--all", "--preserve-digests", "--dest-tls-verify=false"].map(String::from).into();
         if src.starts_with("docker://") {
-            cmd.arg(format!("--src-tls-verify={}", self.src_tls_verify));
+            args.push(format!("--src-tls-verify={}", self.src_tls_verify));
         }
-        let out = cmd
-            .arg(src)
-            .arg(dst)
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output()
-            .await
-            .with_context(|| format!("running {}", self.binary.display()))?;
+        args.extend([src.to_string(), dst.to_string()]);
+        let out = run_skopeo(&self.binary, &args).await?;
         if out.status.success() {
             return Ok(());
         }
