@@ -278,6 +278,21 @@ pub fn in_user_namespace() -> bool {
     }
 }
 
+/// The uid outside every user namespace that this process's effective uid
+/// stands for (root of `unshare -Urm` is the user who ran it).
+pub fn outer_uid() -> u32 {
+    let uid = geteuid();
+    let Ok(map) = std::fs::read_to_string("/proc/self/uid_map") else { return uid };
+    map.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace().map(|v| v.parse::<u64>().ok());
+            Some((f.next()??, f.next()??, f.next()??))
+        })
+        .find(|&(inside, _, count)| (inside..inside + count).contains(&u64::from(uid)))
+        .map(|(inside, outside, _)| (outside + u64::from(uid) - inside) as u32)
+        .unwrap_or(uid)
+}
+
 /// Makes a child process get SIGKILL when the thread that spawned it exits,
 /// so a release's registry and skopeo children never outlive regfs even if
 /// regfs itself is killed.

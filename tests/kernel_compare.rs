@@ -945,3 +945,41 @@ fn an_ordinary_user_is_warned_about_a_root_owned_history_and_owns_a_bundle_it_mo
         drop(guard);
     }
 }
+
+/// `unshare -Urm` as an ordinary user (the README's capability-free path):
+/// root of the namespace is that user, so its runtime dir is that user's
+/// (`/tmp/regfs-UID`), not the machine root's `/tmp/regfs-0`; a kernel
+/// mount and its unmount work there.
+#[test]
+fn an_ordinary_user_in_a_user_namespace_mounts_with_its_own_runtime_dir() {
+    use std::os::unix::fs::PermissionsExt;
+    let uid = ordinary_uid();
+    let l = Layers::new();
+    fs::set_permissions(l.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    // The machine root's runtime dir exists (and is not the user's).
+    let _ = fs::create_dir(std::env::temp_dir().join("regfs-0"));
+    // The user's own directory: the overlay work dir goes beside upper.
+    let own = l.path("ns");
+    let (upper, mnt) = (own.join("upper"), own.join("mnt"));
+    fs::create_dir_all(&upper).unwrap();
+    fs::create_dir(&mnt).unwrap();
+    for p in [&l.lower, &own] {
+        let out = std::process::Command::new("chown").args(["-R", &format!("{uid}:{uid}")]).arg(p).output().unwrap();
+        assert!(out.status.success(), "chown: {}", support::mount::text(&out));
+    }
+    let regfs = support::mount::regfs_bin();
+    let script = format!(
+        "set -e; {r} mount --lower {lower} --upper {upper} --mode kernel {mnt}; ls {mnt}/docker/registry/v2; \
+         {r} umount {mnt}",
+        r = regfs.display(),
+        lower = l.lower.display(),
+        upper = upper.display(),
+        mnt = mnt.display()
+    );
+    let unshare = std::ffi::OsString::from("unshare");
+    let out = as_second_user(&unshare, &["-Urm".as_ref(), "sh".as_ref(), "-c".as_ref(), script.as_ref()]);
+    let text = support::mount::text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("blobs") && text.contains("repositories"), "the view inside the namespace: {text}");
+    assert!(!text.contains("belongs to another user"), "{text}");
+}

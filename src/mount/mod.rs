@@ -35,6 +35,7 @@ mod state;
 mod umount;
 
 use finish::{Finish, release_on_unmount};
+pub use state::runtime_dir;
 use state::*;
 pub use umount::umount;
 

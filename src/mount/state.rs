@@ -18,10 +18,12 @@ pub(super) struct StateFiles {
     pub(super) log: PathBuf,
 }
 
-pub(super) fn runtime_dir() -> Result<PathBuf> {
+pub fn runtime_dir() -> Result<PathBuf> {
     let dir = match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(d) if !d.is_empty() => PathBuf::from(d).join("regfs"),
-        _ => std::env::temp_dir().join(format!("regfs-{}", sys::geteuid())),
+        // Named by the user outside any user namespace: root of `unshare
+        // -Urm` is that user, not the machine's root.
+        _ => std::env::temp_dir().join(format!("regfs-{}", sys::outer_uid())),
     };
     fs::create_dir_all(&dir).with_context(|| format!("creating runtime dir {}", dir.display()))?;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};

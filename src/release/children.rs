@@ -288,7 +288,9 @@ impl Skopeo {
         // --preserve-digests: the release must hold the very bytes that were
         // built (skopeo would otherwise recompress uncompressed layers).
         let mut args: Vec<String> =
-            ["--insecure-policy", "copy", "--all", "--preserve-digests", "--dest-tls-verify=false"].map(String::from).into();
+            ["--insecure-policy", "copy", "--all", "--preserve-digests", "--dest-tls-verify=false"]
+                .map(String::from)
+                .into();
         if src.starts_with("docker://") {
             args.push(format!("--src-tls-verify={}", self.src_tls_verify));
         }

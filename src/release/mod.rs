@@ -506,6 +506,8 @@ fn run_with(req: &ReleaseRequest, progress: &mut Progress) -> Result<Summary> {
     // where asked (a bad -o found after the push would waste the push).
     let registry_bin = children::find_registry(req.registry_bin.as_deref())?;
     let skopeo = Skopeo::find(req.src_tls_verify)?;
+    // Where the mount records itself: a problem there surfaces now, not after mounting.
+    mount::runtime_dir()?;
     let histories = store::check_lowers(&req.histories, "--history")?;
     let spec = crate::export::bundle_spec(&req.output, req.name.as_deref(), &req.bases)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
