@@ -983,3 +983,40 @@ fn an_ordinary_user_in_a_user_namespace_mounts_with_its_own_runtime_dir() {
     assert!(text.contains("blobs") && text.contains("repositories"), "the view inside the namespace: {text}");
     assert!(!text.contains("belongs to another user"), "{text}");
 }
+
+/// The same path for a whole release from a registry: skopeo, root of the
+/// namespace, would read root's lookaside signature store (permission
+/// denied); regfs gives it a store of the user's own.
+#[test]
+fn an_ordinary_user_releases_from_a_registry_inside_a_user_namespace() {
+    use std::os::unix::fs::PermissionsExt;
+    use support::{oci, registry::Registry, release};
+    let uid = ordinary_uid();
+    let l = Layers::new();
+    fs::set_permissions(l.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let images = oci::write_release(&l.path("layouts"), &oci::release_set(1, 3, 5));
+    fs::create_dir(l.path("source")).unwrap();
+    let source = Registry::start(&l.path("source"));
+    release::push_release(&source, &images, &release::SkopeoCache::new());
+    let own = l.path("ns");
+    fs::create_dir_all(own.join("history/docker/registry/v2")).unwrap();
+    let list: Vec<String> = images.iter().map(|i| format!("{}:{}", i.repo, i.tag)).collect();
+    fs::write(own.join("images.list"), list.join("\n") + "\n").unwrap();
+    let out = std::process::Command::new("chown").args(["-R", &format!("{uid}:{uid}")]).arg(&own).output().unwrap();
+    assert!(out.status.success(), "chown: {}", support::mount::text(&out));
+    let script = format!(
+        "set -e; export HOME={o}; {r} release --history {o}/history --images {o}/images.list --from docker://{s} --src-tls-verify false \
+         -o {o}/release.tar --json",
+        r = support::mount::regfs_bin().display(),
+        o = own.display(),
+        s = source.host()
+    );
+    let unshare = std::ffi::OsString::from("unshare");
+    let out = as_second_user(&unshare, &["-Urm".as_ref(), "sh".as_ref(), "-c".as_ref(), script.as_ref()]);
+    let text = support::mount::text(&out);
+    assert!(out.status.success(), "{text}");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(summary["copied"].as_u64(), Some(images.len() as u64), "{summary}");
+    assert!(own.join("release.tar").is_file(), "{text}");
+    source.stop();
+}

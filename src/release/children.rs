@@ -224,6 +224,11 @@ pub enum CopyOutcome {
 pub struct Skopeo {
     binary: PathBuf,
     src_tls_verify: bool,
+    /// `--registries.d` inside a user namespace, where skopeo believes it is
+    /// root and would read root's lookaside signature store
+    /// (`/var/lib/containers/sigstore`: permission denied): one naming a
+    /// store of the user's own.
+    registries_d: Option<PathBuf>,
 }
 
 /// Runs skopeo with `args` (no stdin; killed with regfs); its output.
@@ -245,12 +250,36 @@ pub fn find_skopeo() -> Result<PathBuf> {
 
 impl Skopeo {
     pub fn find(src_tls_verify: bool) -> Result<Skopeo> {
-        Ok(Skopeo { binary: find_skopeo()?, src_tls_verify })
+        let registries_d = if sys::in_user_namespace() && sys::geteuid() == 0 {
+            // Lookaside signatures then live in a store of this user's own.
+            let run = crate::mount::runtime_dir()?;
+            let (d, store) = (run.join("registries.d"), run.join("sigstore"));
+            for dir in [&d, &store] {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
+            let config = format!("default-docker:\n  sigstore: file://{}\n", store.display());
+            std::fs::write(d.join("default.yaml"), config).with_context(|| format!("writing {}", d.display()))?;
+            tracing::info!(dir = %d.display(), "in a user namespace: skopeo's lookaside signatures in the user's own store");
+            Some(d)
+        } else {
+            None
+        };
+        Ok(Skopeo { binary: find_skopeo()?, src_tls_verify, registries_d })
+    }
+
+    /// The global options every run takes.
+    fn global_args(&self) -> Vec<String> {
+        let mut a = vec!["--insecure-policy".to_string()];
+        if let Some(d) = &self.registries_d {
+            a.extend(["--registries.d".into(), d.display().to_string()]);
+        }
+        a
     }
 
     /// `skopeo inspect --raw` of an image: whether the source gives it.
     pub async fn inspect(&self, reference: &str) -> Result<()> {
-        let mut args = vec!["--insecure-policy".to_string(), "inspect".into(), "--raw".into()];
+        let mut args = self.global_args();
+        args.extend(["inspect".into(), "--raw".into()]);
         if reference.starts_with("docker://") {
             args.push(format!("--tls-verify={}", self.src_tls_verify));
         }
@@ -287,10 +316,8 @@ impl Skopeo {
     async fn copy(&self, src: &str, dst: &str) -> Result<()> {
         // --preserve-digests: the release must hold the very bytes that were
         // built (skopeo would otherwise recompress uncompressed layers).
-        let mut args: Vec<String> =
-            ["--insecure-policy", "copy", "--all", "--preserve-digests", "--dest-tls-verify=false"]
-                .map(String::from)
-                .into();
+        let mut args = self.global_args();
+        args.extend(["copy", "--all", "--preserve-digests", "--dest-tls-verify=false"].map(String::from));
         if src.starts_with("docker://") {
             args.push(format!("--src-tls-verify={}", self.src_tls_verify));
         }
