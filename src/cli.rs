@@ -454,16 +454,23 @@ struct UmountArgs {
     mountpoint: PathBuf,
 }
 
+/// The log: on a terminal only warnings unless `-v` (the progress bar says
+/// what is going on), written above the bar; elsewhere the plain log.
 fn init_tracing(verbose: u8) {
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let default = match verbose {
+        0 if tty => "regfs=warn",
         0 => "regfs=info",
         1 => "regfs=debug",
         _ => "regfs=trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(tty)
+        .with_writer(crate::progress::Stderr)
+        .try_init();
 }
 
 /// Runs the command line; returns the process exit code.

@@ -21,6 +21,7 @@ pub mod kernel;
 pub mod layout;
 pub mod mount;
 pub mod plan;
+pub mod progress;
 pub mod push;
 pub mod release;
 pub mod sample;

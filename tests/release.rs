@@ -850,3 +850,34 @@ fn images_list_errors_are_clear() {
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("overlap"), "{}", text(&o));
     assert_unchanged(&before, &history);
 }
+
+/// A release on a terminal (a pseudo-terminal through `script`): each phase
+/// is named as it runs, the push shows images done and in flight and the
+/// bytes written, and the log stays quiet without `-v`.
+#[test]
+fn a_release_on_a_terminal_names_each_phase_and_what_is_in_flight() {
+    let fx = Fixture::new();
+    let list = images_list(&fx.path("images.list"), &list_of(&fx.release));
+    let out = fx.path("release-2.tar");
+    let cmd = format!(
+        "{} release --history {} --images {} --from oci:{} -o {} --mode {}",
+        regfs_bin().display(),
+        fx.history_root.display(),
+        list.display(),
+        fx.layouts.display(),
+        out.display(),
+        test_mode()
+    );
+    let o = Command::new("script").args(["-qfec", &cmd, "/dev/null"]).output().expect("running script (util-linux)");
+    let screen = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{}", text(&o));
+    for phase in ["mount", "registry", "push", "gc", "export"] {
+        assert!(screen.contains(phase), "the phase {phase} is named on the terminal:\n{screen}");
+    }
+    assert!(screen.contains("images") && screen.contains("in flight") && screen.contains("written"), "{screen}");
+    assert!(!screen.contains(" INFO "), "no log lines without -v on a terminal:\n{screen}");
+    assert!(screen.contains("images copied"), "the summary:\n{screen}");
+    assert!(out.is_file());
+    fs::write(fx.path("terminal.txt"), &screen).ok();
+    eprintln!("--- a release on a terminal ---\n{}", screen.replace('\r', "\n"));
+}

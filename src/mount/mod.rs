@@ -209,7 +209,7 @@ pub fn mount_background(req: &MountRequest, verbose: u8) -> Result<()> {
     let start = Instant::now();
     loop {
         if files.ready.exists() {
-            eprintln!("regfs: mounted {} (daemon pid {}, log {})", mp.display(), child.id(), files.log.display());
+            crate::note!("regfs: mounted {} (daemon pid {}, log {})", mp.display(), child.id(), files.log.display());
             return Ok(());
         }
         if let Some(status) = child.try_wait()? {
@@ -388,7 +388,7 @@ fn warn_foreign_history(layers: &Layers) {
         let others_write = m.mode() & 0o002 != 0;
         let group_write = m.mode() & 0o020 != 0 && m.gid() == sys::getegid();
         if m.uid() != me && !others_write && !group_write {
-            eprintln!(
+            crate::note!(
                 "regfs: warning: --lower {} belongs to uid {}, and the view shows its owners and modes: a registry \
                  running as uid {me} gets EACCES writing into its directories. Mount as that user (or root), or \
                  give this user write access to the history",
@@ -465,7 +465,7 @@ fn mount_kernel(req: &MountRequest, layers: &Layers, mp: &Path) -> Result<()> {
         finish: Finish::of(req),
     };
     write_atomic(&files.state, &serde_json::to_vec_pretty(&state)?)?;
-    eprintln!("regfs: mounted {} (kernel overlayfs, upper {})", mp.display(), layers.upper.display());
+    crate::note!("regfs: mounted {} (kernel overlayfs, upper {})", mp.display(), layers.upper.display());
     Ok(())
 }
 

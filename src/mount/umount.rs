@@ -25,7 +25,7 @@ pub fn umount(mountpoint: &Path, timeout: Option<Duration>) -> Result<()> {
         sys::umount(&mp, false).map_err(|e| unmount_error(&mp, e))?;
         let _ = fs::remove_file(&files.state);
         let Some(finish) = &st.finish else {
-            eprintln!("regfs: unmounted kernel overlay {} (upper {})", mp.display(), st.upper.display());
+            crate::note!("regfs: unmounted kernel overlay {} (upper {})", mp.display(), st.upper.display());
             return Ok(());
         };
         // No daemon in kernel mode: the release work runs here, the same way.
@@ -34,7 +34,7 @@ pub fn umount(mountpoint: &Path, timeout: Option<Duration>) -> Result<()> {
         let view = layers.view()?;
         let done = release_on_unmount(&view, &layers, finish)
             .with_context(|| format!("{}: unmounted, but the release work failed", mp.display()))?;
-        eprintln!("regfs: {}: unmounted cleanly; {done}", mp.display());
+        crate::note!("regfs: {}: unmounted cleanly; {done}", mp.display());
         return Ok(());
     }
     if let Some(pid) = dead_daemon(&mp, state.as_ref()) {
@@ -42,7 +42,7 @@ pub fn umount(mountpoint: &Path, timeout: Option<Duration>) -> Result<()> {
     }
     unmount_path(&mp)?;
     let Some(state) = state else {
-        eprintln!("regfs: unmounted {} (no regfs daemon was recorded for it)", mp.display());
+        crate::note!("regfs: unmounted {} (no regfs daemon was recorded for it)", mp.display());
         return Ok(());
     };
     let start = Instant::now();
@@ -56,7 +56,7 @@ pub fn umount(mountpoint: &Path, timeout: Option<Duration>) -> Result<()> {
     let _ = fs::remove_file(&files.status);
     match status {
         Some(s) if s.code == 0 => {
-            eprintln!("regfs: {}: {}", mp.display(), s.message);
+            crate::note!("regfs: {}: {}", mp.display(), s.message);
             // A clean run's log has nothing left to tell: keep the runtime
             // dir from filling up (a failed run's log stays, named above).
             let _ = fs::remove_file(&state.log);

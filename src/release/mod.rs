@@ -180,55 +180,114 @@ pub struct TagDigest {
     pub digest: crate::layout::Digest,
 }
 
-/// Progress for a person on a terminal, plain log lines otherwise.
+/// Progress for a person on a terminal, plain log lines otherwise. On a
+/// terminal each phase is a named spinner (or, for the push, a bar of
+/// images with those in flight and the bytes upper holds so far); the log
+/// is printed above it.
 struct Progress {
     bar: Option<indicatif::ProgressBar>,
     /// The phase under way (what a failure names).
     current: String,
+    /// Images being copied now (terminal only).
+    in_flight: Arc<std::sync::Mutex<BTreeSet<String>>>,
 }
+
+/// Spinner: `{prefix}` is the phase.
+const SPINNER: &str = "{spinner} {prefix:>8} {msg} {elapsed}";
+/// The push: images done of all, then what is in flight.
+const PUSH_BAR: &str = "{prefix:>8} [{bar:30}] {pos}/{len} images {elapsed} {msg}";
 
 impl Progress {
     fn new() -> Progress {
-        Progress { bar: None, current: "preflight".into() }
+        Progress { bar: None, current: "preflight".into(), in_flight: Default::default() }
     }
 
     fn phase(&mut self, name: &str, total: Option<u64>) {
         self.current = name.to_string();
-        if let Some(b) = self.bar.take() {
-            b.finish_and_clear();
-        }
+        self.done();
         if std::io::stderr().is_terminal() {
+            let style = |t: &str| indicatif::ProgressStyle::with_template(t);
             let bar = match total {
                 Some(n) => indicatif::ProgressBar::new(n).with_style(
-                    indicatif::ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} {msg}")
-                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                        .progress_chars("=> "),
+                    style(PUSH_BAR).unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()).progress_chars("=> "),
                 ),
-                None => indicatif::ProgressBar::new_spinner(),
+                None => indicatif::ProgressBar::new_spinner()
+                    .with_style(style(SPINNER).unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner())),
             };
             bar.set_prefix(name.to_string());
             bar.enable_steady_tick(Duration::from_millis(120));
+            crate::progress::set_active(Some(bar.clone()));
             self.bar = Some(bar);
         } else {
             eprintln!("regfs release: {name}...");
         }
     }
 
+    /// One image done.
     fn step(&self, msg: &str) {
         match &self.bar {
             Some(b) => {
                 b.inc(1);
-                b.set_message(msg.to_string());
+                crate::note!("regfs release:   {msg}");
             }
             None => eprintln!("regfs release:   {msg}"),
         }
     }
 
+    /// A handle the copy tasks report their images through.
+    fn flight(&self) -> Flight {
+        Flight { bar: self.bar.clone(), images: self.in_flight.clone(), upper_bytes: Default::default() }
+    }
+
     fn done(&mut self) {
+        crate::progress::set_active(None);
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
         }
     }
+}
+
+/// The images in flight during the push, and what upper holds, on the bar.
+#[derive(Clone)]
+struct Flight {
+    bar: Option<indicatif::ProgressBar>,
+    images: Arc<std::sync::Mutex<BTreeSet<String>>>,
+    upper_bytes: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Flight {
+    fn start(&self, img: &str) {
+        self.images.lock().unwrap_or_else(|p| p.into_inner()).insert(img.to_string());
+        self.show();
+    }
+    fn end(&self, img: &str) {
+        self.images.lock().unwrap_or_else(|p| p.into_inner()).remove(img);
+        self.show();
+    }
+    fn set_upper_bytes(&self, n: u64) {
+        self.upper_bytes.store(n, std::sync::atomic::Ordering::Relaxed);
+        self.show();
+    }
+    fn show(&self) {
+        let Some(bar) = &self.bar else { return };
+        let names: Vec<String> = self.images.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
+        let shown: Vec<&str> = names.iter().take(3).map(String::as_str).collect();
+        let more = if names.len() > 3 { format!(" +{}", names.len() - 3) } else { String::new() };
+        let bytes = crate::util::human_bytes(self.upper_bytes.load(std::sync::atomic::Ordering::Relaxed));
+        bar.set_message(format!("{bytes} written; in flight: {}{more}", shown.join(", ")));
+    }
+}
+
+/// Bytes of the files under `dir` (what the push has written to upper).
+fn tree_bytes(dir: &Path) -> u64 {
+    let Ok(rd) = fs::read_dir(dir) else { return 0 };
+    rd.flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => tree_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
 }
 
 /// The keep list a release's work dir holds (what makes it one).
@@ -451,7 +510,7 @@ impl Drop for Mounted<'_> {
         if self.active
             && let Err(e) = mount::umount(self.mnt, None)
         {
-            eprintln!("regfs release: failed to unmount {}: {e:#}", self.mnt.display());
+            crate::note!("regfs release: failed to unmount {}: {e:#}", self.mnt.display());
         }
     }
 }
@@ -574,7 +633,7 @@ fn release_in(
         Ok(a) => a,
         Err(e) => {
             if let Err(u) = unmounted {
-                eprintln!("regfs release: also failed to unmount {}: {u:#}", work.mnt.display());
+                crate::note!("regfs release: also failed to unmount {}: {u:#}", work.mnt.display());
             }
             return Err(e);
         }
@@ -656,7 +715,7 @@ impl Interrupts {
                 _ = term.recv() => "SIGTERM",
                 _ = hup.recv() => "SIGHUP",
             };
-            eprintln!("regfs release: {name}: stopping (no tar will be written)");
+            crate::note!("regfs release: {name}: stopping (no tar will be written)");
             let _ = tx.send(Some(name));
         });
         Ok(Interrupts { caught })
@@ -706,7 +765,7 @@ async fn push_all(
     let t = Instant::now();
     progress.phase("push", Some(images.len() as u64));
     let outcome = tokio::select! {
-        r = copy_images(req, skopeo, source, images, registry.addr(), progress) => r,
+        r = copy_images(req, skopeo, source, images, registry.addr(), &work.upper, progress) => r,
         sig = interrupts.wait() => Err(anyhow!("interrupted ({sig}): copies stopped")),
     };
     phases.add("push", t);
@@ -732,21 +791,52 @@ async fn copy_images(
     source: &Source,
     images: &[ImageName],
     dest: std::net::SocketAddr,
+    upper: &Path,
     progress: &Progress,
 ) -> Result<u32> {
     let limit = Arc::new(tokio::sync::Semaphore::new(req.jobs));
     let mut set = tokio::task::JoinSet::new();
+    let flight = progress.flight();
     for img in images {
-        let (limit, skopeo, img) = (limit.clone(), skopeo.clone(), img.clone());
+        let (limit, skopeo, img, flight) = (limit.clone(), skopeo.clone(), img.clone(), flight.clone());
         let src = source.reference(&img);
         let dst = format!("docker://{dest}/{}:{}", img.repo, img.tag);
         let retries = req.retries;
         set.spawn(async move {
             let _permit = limit.acquire_owned().await;
+            let name = img.to_string();
+            flight.start(&name);
             let outcome = skopeo.copy_with_retries(&src, &dst, retries).await;
+            flight.end(&name);
             (img, outcome)
         });
     }
+    // What upper holds so far, twice a second (on a terminal only).
+    let watcher = flight.bar.is_some().then(|| {
+        let (flight, upper) = (flight.clone(), upper.to_path_buf());
+        tokio::spawn(async move {
+            loop {
+                let dir = upper.clone();
+                if let Ok(n) = tokio::task::spawn_blocking(move || tree_bytes(&dir)).await {
+                    flight.set_upper_bytes(n);
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    });
+    let result = collect_copies(&mut set, images.len(), progress).await;
+    if let Some(w) = watcher {
+        w.abort();
+    }
+    result
+}
+
+/// Waits for the copies; the first that fails for good stops the rest.
+async fn collect_copies(
+    set: &mut tokio::task::JoinSet<(ImageName, CopyOutcome)>,
+    total: usize,
+    progress: &Progress,
+) -> Result<u32> {
     let mut attempts = 0;
     let mut copied = 0;
     while let Some(joined) = set.join_next().await {
@@ -765,8 +855,7 @@ async fn copy_images(
                 set.abort_all();
                 let tries = if a == 1 { "1 attempt".to_string() } else { format!("{a} attempts") };
                 bail!(
-                    "copying {img} failed ({tries}; {copied} of {} images were copied, the rest stopped):\n  {message}",
-                    images.len()
+                    "copying {img} failed ({tries}; {copied} of {total} images were copied, the rest stopped):\n  {message}"
                 );
             }
         }
