@@ -896,6 +896,8 @@ fn as_second_user(program: &std::ffi::OsStr, args: &[&std::ffi::OsStr]) -> std::
         .arg(program)
         .args(args)
         .env_remove("XDG_RUNTIME_DIR")
+        // Its own home, not the test's (skopeo reads its config there).
+        .env("HOME", if Path::new("/home/regfs-ci").is_dir() { "/home/regfs-ci" } else { "/tmp" })
         .output()
         .expect("running setpriv")
 }
@@ -1019,4 +1021,48 @@ fn an_ordinary_user_releases_from_a_registry_inside_a_user_namespace() {
     assert_eq!(summary["copied"].as_u64(), Some(images.len() as u64), "{summary}");
     assert!(own.join("release.tar").is_file(), "{text}");
     source.stop();
+}
+
+/// An ordinary user's release over root's history: warned at mount, and
+/// the push's failure (500s to skopeo) explained from the registry's log:
+/// permission denied on the path, and what to do.
+#[test]
+fn an_ordinary_users_release_over_root_history_says_why_the_push_failed() {
+    use std::os::unix::fs::PermissionsExt;
+    use support::oci;
+    let uid = ordinary_uid();
+    let l = Layers::new();
+    fs::set_permissions(l.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let own = l.path("own");
+    let images = oci::write_release(&own.join("layouts"), &oci::release_set(1, 2, 5));
+    let list: Vec<String> = images.iter().map(|i| format!("{}:{}", i.repo, i.tag)).collect();
+    fs::write(own.join("images.list"), list.join("\n") + "\n").unwrap();
+    let out = std::process::Command::new("chown").args(["-R", &format!("{uid}:{uid}")]).arg(&own).output().unwrap();
+    assert!(out.status.success(), "chown: {}", support::mount::text(&out));
+    let release = |o: &Path| -> Vec<std::ffi::OsString> {
+        [
+            "release".into(),
+            "--history".into(),
+            l.lower.clone().into_os_string(),
+            "--images".into(),
+            o.join("images.list").into_os_string(),
+            "--from".into(),
+            format!("oci:{}", o.join("layouts").display()).into(),
+            "--mode".into(),
+            "fuse".into(),
+            "--retries".into(),
+            "0".into(),
+            "-o".into(),
+            o.join("release.tar").into_os_string(),
+        ]
+        .into()
+    };
+    let args = release(&own);
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let out = regfs_as_second_user(&args);
+    let text = support::mount::text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("belongs to uid 0"), "warned at mount: {text}");
+    assert!(text.contains("the registry could not write: permission denied ("), "{text}");
+    assert!(text.contains("run the release as the user who owns the history"), "{text}");
 }

@@ -228,11 +228,15 @@ impl Doc {
     /// What `references` must give back: blobs in config, layers, blobs,
     /// fsLayers order; child manifests; the subject.
     fn expected(&self) -> Refs {
-        let r = |d: &Desc| Ref { digest: d.digest, foreign: d.urls.as_ref().is_some_and(|u| !u.is_empty()) };
+        let r = |d: &Desc| Ref {
+            digest: d.digest,
+            foreign: d.urls.as_ref().is_some_and(|u| !u.is_empty()),
+            size: Some(d.size),
+        };
         let mut blobs: Vec<Ref> = self.config.iter().map(r).collect();
         blobs.extend(self.layers.iter().flatten().map(r));
         blobs.extend(self.blobs.iter().flatten().map(r));
-        blobs.extend(self.fs_layers.iter().flatten().map(|d| Ref { digest: *d, foreign: false }));
+        blobs.extend(self.fs_layers.iter().flatten().map(|d| Ref { digest: *d, foreign: false, size: None }));
         Refs {
             media_type: self.media_type.clone(),
             blobs,

@@ -401,6 +401,17 @@ fn a_push_that_cannot_fit_is_refused_before_anything_is_mounted() {
     assert!(err.contains("free: free space there, or put the work dir on a larger filesystem"), "{err}");
     assert!(err.contains(&work_dir(&out).display().to_string()), "the work dir is named: {err}");
     assert!(!work_dir(&out).exists(), "nothing was created: {err}");
+    // The same from a registry: sized from the manifests' descriptors.
+    let source_root = fx.path("source-registry");
+    fs::create_dir(&source_root).expect("mkdir");
+    let source = Registry::start(&source_root);
+    release::push_release(&source, &fx.release, &SkopeoCache::new());
+    let from = format!("docker://{}", source.host());
+    let o = regfs_release(&[&fx.history_root], &list, &from, &out, &["--src-tls-verify", "false"]);
+    let err = text(&o);
+    assert!(!o.status.success() && err.contains(&format!("({new} blobs the history lacks")), "{err}");
+    assert!(!work_dir(&out).exists(), "nothing was created: {err}");
+    source.stop();
 }
 
 /// Pids and command lines of the processes whose command line contains `needle`.
@@ -868,7 +879,12 @@ fn a_release_on_a_terminal_names_each_phase_and_what_is_in_flight() {
         out.display(),
         test_mode()
     );
-    let o = Command::new("script").args(["-qfec", &cmd, "/dev/null"]).output().expect("running script (util-linux)");
+    // A terminal as a person has one (the unprivileged pass runs with an empty environment).
+    let o = Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .env("TERM", "xterm")
+        .output()
+        .expect("running script (util-linux)");
     let screen = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(o.status.success(), "{}", text(&o));
     for phase in ["mount", "registry", "push", "gc", "export"] {

@@ -26,6 +26,8 @@ pub struct Ref {
     pub digest: Digest,
     /// A foreign layer (with `urls`): its data may live elsewhere.
     pub foreign: bool,
+    /// The descriptor's `size`, where it gives a whole number.
+    pub size: Option<u64>,
 }
 
 /// Everything one manifest references.
@@ -76,6 +78,9 @@ struct Descriptor {
     digest: String,
     #[serde(default)]
     urls: Option<Vec<String>>,
+    /// Any JSON: a size that is no whole number sizes nothing, refuses nothing.
+    #[serde(default)]
+    size: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -90,7 +95,7 @@ fn digest(field: impl FnOnce() -> String, s: &str) -> Result<Digest, ManifestErr
 
 fn descriptor(field: impl FnOnce() -> String, d: &Descriptor) -> Result<Ref, ManifestError> {
     let foreign = d.urls.as_ref().is_some_and(|u| !u.is_empty());
-    Ok(Ref { digest: digest(field, &d.digest)?, foreign })
+    Ok(Ref { digest: digest(field, &d.digest)?, foreign, size: d.size.as_ref().and_then(|s| s.as_u64()) })
 }
 
 fn list(name: &str, ds: &Option<Vec<Descriptor>>) -> Result<Vec<Ref>, ManifestError> {
@@ -110,7 +115,11 @@ pub fn references(bytes: &[u8]) -> Result<Refs, ManifestError> {
     blobs.extend(list("layers", &raw.layers)?);
     blobs.extend(list("blobs", &raw.blobs)?);
     for (i, l) in raw.fs_layers.iter().flatten().enumerate() {
-        blobs.push(Ref { digest: digest(|| format!("fsLayers[{i}].blobSum"), &l.blob_sum)?, foreign: false });
+        blobs.push(Ref {
+            digest: digest(|| format!("fsLayers[{i}].blobSum"), &l.blob_sum)?,
+            foreign: false,
+            size: None,
+        });
     }
     let subject = raw.subject.as_ref().map(|s| descriptor(|| "subject.digest".into(), s)).transpose()?;
     Ok(Refs {

@@ -276,8 +276,8 @@ impl Skopeo {
         a
     }
 
-    /// `skopeo inspect --raw` of an image: whether the source gives it.
-    pub async fn inspect(&self, reference: &str) -> Result<()> {
+    /// `skopeo inspect --raw` of an image: its manifest as the source gives it.
+    pub async fn inspect(&self, reference: &str) -> Result<Vec<u8>> {
         let mut args = self.global_args();
         args.extend(["inspect".into(), "--raw".into()]);
         if reference.starts_with("docker://") {
@@ -286,7 +286,7 @@ impl Skopeo {
         args.push(reference.into());
         let out = run_skopeo(&self.binary, &args).await?;
         if out.status.success() {
-            return Ok(());
+            return Ok(out.stdout);
         }
         bail!("{}", String::from_utf8_lossy(&out.stderr).trim())
     }

@@ -426,7 +426,7 @@ fn prepare_work(
     req: &ReleaseRequest,
     histories: &[PathBuf],
     images: &[ImageName],
-    check_source: impl FnOnce() -> Result<()>,
+    check_source: impl FnOnce() -> Result<Option<std::collections::BTreeMap<crate::layout::Digest, u64>>>,
 ) -> Result<(Work, PathBuf)> {
     let output =
         store::resolve_maybe_missing(&req.output).with_context(|| format!("-o {}: bad path", req.output.display()))?;
@@ -462,8 +462,8 @@ fn prepare_work(
     }
     let mnt = dir.join("mnt");
     // The arguments are good: now the source, before anything is created.
-    check_source()?;
-    if let Source::Oci(layouts) = parse_source(&req.from)? {
+    let sizes = check_source()?;
+    if let Some(sizes) = sizes {
         let scratch = tempfile::tempdir().context("creating a scratch upper")?;
         let history = store::Layers {
             lowers: histories.to_vec(),
@@ -476,7 +476,7 @@ fn prepare_work(
             history.resolve(&crate::layout::blob_data(d)).ok().flatten().is_some_and(|e| e.meta.is_file())
         };
         let existing = dir.ancestors().find(|a| a.is_dir()).unwrap_or(Path::new("/"));
-        preflight::check_space(&layouts, images, in_history, &dir, existing)?;
+        preflight::check_space(&sizes, in_history, &dir, existing)?;
     }
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let lock = WorkLock::take(&dir)?;

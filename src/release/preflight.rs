@@ -59,20 +59,38 @@ pub fn oci_blobs(dir: &Path, img: &ImageName) -> Option<BTreeMap<Digest, u64>> {
     Some(out)
 }
 
-/// Refuses a push that cannot fit: the blobs of an OCI source the history
-/// lacks, against the free space of the filesystem upper lives on.
+/// The blobs (manifests included) of an image a registry gives, sized by
+/// their descriptors; `None` where one gives no size.
+async fn docker_blobs(
+    skopeo: &Skopeo,
+    source: &Source,
+    img: &ImageName,
+    top: Vec<u8>,
+) -> Option<BTreeMap<Digest, u64>> {
+    let Source::Docker(prefix) = source else { return None };
+    let mut out = BTreeMap::new();
+    let mut stack = vec![top];
+    while let Some(bytes) = stack.pop() {
+        out.insert(Digest::of(&bytes), bytes.len() as u64);
+        let refs = crate::gc::manifest::references(&bytes).ok()?;
+        for b in &refs.blobs {
+            out.insert(b.digest, b.size?);
+        }
+        for m in &refs.manifests {
+            stack.push(skopeo.inspect(&format!("docker://{prefix}/{}@{}", img.repo, m.digest)).await.ok()?);
+        }
+    }
+    Some(out)
+}
+
+/// Refuses a push that cannot fit: the source's blobs the history lacks
+/// (`blobs`, sized), against the free space of the filesystem upper lives on.
 pub fn check_space(
-    dir: &Path,
-    images: &[ImageName],
+    blobs: &BTreeMap<Digest, u64>,
     in_history: impl Fn(&Digest) -> bool,
     work: &Path,
     upper_fs: &Path,
 ) -> Result<()> {
-    let mut blobs = BTreeMap::new();
-    for img in images {
-        let Some(b) = oci_blobs(dir, img) else { return Ok(()) };
-        blobs.extend(b);
-    }
     let (count, need): (u64, u64) =
         blobs.iter().filter(|(d, _)| !in_history(d)).fold((0, 0), |(n, b), (_, s)| (n + 1, b + s));
     let fs = crate::sys::statvfs(upper_fs)?;
@@ -116,14 +134,26 @@ fn oci_problem(dir: &Path, img: &ImageName) -> Option<String> {
     Some(format!("{} names no tag {:?} (it has: {})", index.display(), img.tag, names.join(", ")))
 }
 
-/// Refuses, listing every image the source lacks or cannot give.
-pub async fn check_source(skopeo: &Skopeo, source: &Source, images: &[ImageName], jobs: usize) -> Result<()> {
+/// Refuses, listing every image the source lacks or cannot give; returns
+/// the sizes of every blob of the images where the source tells them all.
+pub async fn check_source(
+    skopeo: &Skopeo,
+    source: &Source,
+    images: &[ImageName],
+    jobs: usize,
+) -> Result<Option<BTreeMap<Digest, u64>>> {
     let mut problems: Vec<(usize, String)> = Vec::new();
+    let mut sizes = Some(BTreeMap::new());
+    let mut add = |found: Option<BTreeMap<Digest, u64>>| match (&mut sizes, found) {
+        (Some(all), Some(f)) => all.extend(f),
+        _ => sizes = None,
+    };
     match source {
         Source::Oci(dir) => {
             for (i, img) in images.iter().enumerate() {
-                if let Some(p) = oci_problem(dir, img) {
-                    problems.push((i, p));
+                match oci_problem(dir, img) {
+                    Some(p) => problems.push((i, p)),
+                    None => add(oci_blobs(dir, img)),
                 }
             }
         }
@@ -131,21 +161,26 @@ pub async fn check_source(skopeo: &Skopeo, source: &Source, images: &[ImageName]
             let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(jobs.max(1)));
             let mut tasks = tokio::task::JoinSet::new();
             for (i, img) in images.iter().enumerate() {
-                let (skopeo, reference, limit) = (skopeo.clone(), source.reference(img), limit.clone());
+                let (skopeo, source, img, limit) = (skopeo.clone(), source.clone(), img.clone(), limit.clone());
                 tasks.spawn(async move {
                     let _permit = limit.acquire().await;
-                    (i, skopeo.inspect(&reference).await.err().map(|e| explain(&format!("{e:#}"))))
+                    match skopeo.inspect(&source.reference(&img)).await {
+                        Ok(top) => (i, Ok(docker_blobs(&skopeo, &source, &img, top).await)),
+                        Err(e) => (i, Err(explain(&format!("{e:#}")))),
+                    }
                 });
             }
             while let Some(done) = tasks.join_next().await {
-                if let Ok((i, Some(p))) = done {
-                    problems.push((i, p));
+                match done {
+                    Ok((_, Ok(found))) => add(found),
+                    Ok((i, Err(p))) => problems.push((i, p)),
+                    Err(_) => add(None),
                 }
             }
         }
     }
     if problems.is_empty() {
-        return Ok(());
+        return Ok(sizes);
     }
     problems.sort();
     let lines: Vec<String> =
