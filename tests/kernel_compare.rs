@@ -889,6 +889,20 @@ fn regfs_as_second_user(args: &[&std::ffi::OsStr]) -> std::process::Output {
     as_second_user(support::mount::regfs_bin().as_os_str(), args)
 }
 
+/// `chown -R UID:UID PATH`.
+fn chown_to(uid: u32, path: &Path) {
+    let out = std::process::Command::new("chown").args(["-R", &format!("{uid}:{uid}")]).arg(path).output().unwrap();
+    assert!(out.status.success(), "chown: {}", support::mount::text(&out));
+}
+
+/// `unshare -Urm sh -c SCRIPT` as `regfs-ci`; its output and its text.
+fn in_user_namespace_as_second_user(script: &str) -> (std::process::Output, String) {
+    let unshare = std::ffi::OsString::from("unshare");
+    let out = as_second_user(&unshare, &["-Urm".as_ref(), "sh".as_ref(), "-c".as_ref(), script.as_ref()]);
+    let text = support::mount::text(&out);
+    (out, text)
+}
+
 /// `PROGRAM ARGS` as `regfs-ci`; its output.
 fn as_second_user(program: &std::ffi::OsStr, args: &[&std::ffi::OsStr]) -> std::process::Output {
     std::process::Command::new("setpriv")
@@ -966,8 +980,7 @@ fn an_ordinary_user_in_a_user_namespace_mounts_with_its_own_runtime_dir() {
     fs::create_dir_all(&upper).unwrap();
     fs::create_dir(&mnt).unwrap();
     for p in [&l.lower, &own] {
-        let out = std::process::Command::new("chown").args(["-R", &format!("{uid}:{uid}")]).arg(p).output().unwrap();
-        assert!(out.status.success(), "chown: {}", support::mount::text(&out));
+        chown_to(uid, p);
     }
     let regfs = support::mount::regfs_bin();
     let script = format!(
@@ -978,9 +991,7 @@ fn an_ordinary_user_in_a_user_namespace_mounts_with_its_own_runtime_dir() {
         upper = upper.display(),
         mnt = mnt.display()
     );
-    let unshare = std::ffi::OsString::from("unshare");
-    let out = as_second_user(&unshare, &["-Urm".as_ref(), "sh".as_ref(), "-c".as_ref(), script.as_ref()]);
-    let text = support::mount::text(&out);
+    let (out, text) = in_user_namespace_as_second_user(&script);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("blobs") && text.contains("repositories"), "the view inside the namespace: {text}");
     assert!(!text.contains("belongs to another user"), "{text}");
@@ -1004,8 +1015,7 @@ fn an_ordinary_user_releases_from_a_registry_inside_a_user_namespace() {
     fs::create_dir_all(own.join("history/docker/registry/v2")).unwrap();
     let list: Vec<String> = images.iter().map(|i| format!("{}:{}", i.repo, i.tag)).collect();
     fs::write(own.join("images.list"), list.join("\n") + "\n").unwrap();
-    let out = std::process::Command::new("chown").args(["-R", &format!("{uid}:{uid}")]).arg(&own).output().unwrap();
-    assert!(out.status.success(), "chown: {}", support::mount::text(&out));
+    chown_to(uid, &own);
     let script = format!(
         "set -e; export HOME={o}; {r} release --history {o}/history --images {o}/images.list --from docker://{s} --src-tls-verify false \
          -o {o}/release.tar --json",
@@ -1013,9 +1023,7 @@ fn an_ordinary_user_releases_from_a_registry_inside_a_user_namespace() {
         o = own.display(),
         s = source.host()
     );
-    let unshare = std::ffi::OsString::from("unshare");
-    let out = as_second_user(&unshare, &["-Urm".as_ref(), "sh".as_ref(), "-c".as_ref(), script.as_ref()]);
-    let text = support::mount::text(&out);
+    let (out, text) = in_user_namespace_as_second_user(&script);
     assert!(out.status.success(), "{text}");
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {text}"));
     assert_eq!(summary["copied"].as_u64(), Some(images.len() as u64), "{summary}");
@@ -1037,8 +1045,7 @@ fn an_ordinary_users_release_over_root_history_says_why_the_push_failed() {
     let images = oci::write_release(&own.join("layouts"), &oci::release_set(1, 2, 5));
     let list: Vec<String> = images.iter().map(|i| format!("{}:{}", i.repo, i.tag)).collect();
     fs::write(own.join("images.list"), list.join("\n") + "\n").unwrap();
-    let out = std::process::Command::new("chown").args(["-R", &format!("{uid}:{uid}")]).arg(&own).output().unwrap();
-    assert!(out.status.success(), "chown: {}", support::mount::text(&out));
+    chown_to(uid, &own);
     let release = |o: &Path| -> Vec<std::ffi::OsString> {
         [
             "release".into(),
