@@ -209,6 +209,16 @@ fn hostile_tars_are_refused_at_mount_naming_the_entry() {
         ),
         ("no end marker", Box::new(|_| false), "truncated".into()),
         (
+            "below a file",
+            adding(rec(&format!("{blob_name}/x"), tar::EntryType::Regular, b"x")),
+            format!("{blob_name}/x: lies below {blob_name}, which is a file"),
+        ),
+        (
+            "a file where a directory is",
+            adding(rec(&format!("{v2}/blobs"), tar::EntryType::Regular, b"x")),
+            format!("{v2}/blobs: "),
+        ),
+        (
             "no description",
             Box::new(|r| {
                 r.remove(0);

@@ -15,18 +15,28 @@ use std::path::{Path, PathBuf};
 
 use rustc_hash::FxHashMap;
 
-use super::tarball::{EntryKind, TarError, TarReader};
+use super::tarball::{DUPLICATE, EntryKind, FILE_OVER_DIR, TarError, TarReader, below_file};
 use crate::sys::{self, FileKind, FileTime, Stat};
 use crate::view::{Layer, LayerFile};
 
-/// One name of the tar.
+/// One name of the tar, as small as it can be: a tar of a large history
+/// holds a few hundred thousand.
 #[derive(Debug)]
 struct Node {
-    stat: Stat,
+    name: Box<[u8]>,
+    /// Type and permission bits, as `st_mode`.
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    nlink: u32,
+    size: u64,
+    mtime: i64,
     /// Where a file's data starts in the tar.
     data_offset: u64,
+    /// Named by an entry of its own (not only implied by those below it).
+    listed: bool,
     /// A directory's entries, in the tar's order.
-    children: Vec<(Box<OsStr>, u32)>,
+    children: Vec<u32>,
 }
 
 /// A bundle tar indexed for reading as a layer.
@@ -37,8 +47,11 @@ pub struct TarLayer {
     /// description of the very file indexed (a sequential reader seeks).
     reopen: Option<PathBuf>,
     nodes: Vec<Node>,
-    /// Relative path (`/`-separated, `""` the root) → node.
-    index: FxHashMap<Box<[u8]>, u32>,
+    /// (parent, hash of the name) → node; names that share a parent and a
+    /// hash go to `collisions`.
+    index: FxHashMap<(u32, u64), u32>,
+    collisions: FxHashMap<(u32, Box<[u8]>), u32>,
+    dev: u64,
 }
 
 impl std::fmt::Debug for TarLayer {
@@ -56,102 +69,180 @@ pub enum TarLayerError {
     Refused { path: String, source: TarError },
 }
 
+fn name_hash(name: &[u8]) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = rustc_hash::FxBuildHasher.build_hasher();
+    h.write(name);
+    h.finish()
+}
+
+/// A directory the tar implies: as `tar -x` makes it.
+fn implied_dir(name: &[u8], mtime: i64) -> Node {
+    Node {
+        name: Box::from(name),
+        mode: libc::S_IFDIR | 0o755,
+        uid: 0,
+        gid: 0,
+        nlink: 2,
+        size: 0,
+        mtime,
+        data_offset: 0,
+        listed: false,
+        children: Vec::new(),
+    }
+}
+
 impl TarLayer {
     /// Reads the index of the bundle at `path`; refuses a tar that is not a
     /// plain bundle, naming the entry.
     pub fn open(path: &Path) -> Result<TarLayer, TarLayerError> {
         let shown = path.display().to_string();
         let io_err = |source| TarLayerError::Io { path: shown.clone(), source };
+        let refused = |source| TarLayerError::Refused { path: shown.clone(), source };
         let file = File::open(path).map_err(io_err)?;
         let meta = sys::stat_of(&file).map_err(io_err)?;
-        let len = meta.size;
-        let mut reader = TarReader::new(file.try_clone().map_err(io_err)?, len);
-        let root = Stat { mode: libc::S_IFDIR | 0o755, uid: meta.uid, gid: meta.gid, ..dir_stat(meta.mtime) };
+        // The names are checked here, against the tree being built, not in
+        // the reader's own sets of every path (half the memory).
+        let mut reader = TarReader::new(file.try_clone().map_err(io_err)?, meta.size).without_name_checks();
+        let mut root = implied_dir(b"", meta.mtime.sec);
+        (root.uid, root.gid, root.listed) = (meta.uid, meta.gid, true);
         let mut layer = TarLayer {
             path: path.to_path_buf(),
             reopen: None,
             file,
-            nodes: vec![Node { stat: root, data_offset: 0, children: Vec::new() }],
+            nodes: vec![root],
             index: FxHashMap::default(),
+            collisions: FxHashMap::default(),
+            dev: meta.dev,
         };
-        layer.index.insert(Box::from(&b""[..]), 0);
-        while let Some(e) =
-            reader.next_entry().map_err(|source| TarLayerError::Refused { path: shown.clone(), source })?
-        {
-            let (mode, size, nlink) = match e.kind {
-                EntryKind::File => (libc::S_IFREG | e.mode, e.size, 1),
-                EntryKind::Dir => (libc::S_IFDIR | e.mode, 0, 2),
-            };
-            let t = FileTime { sec: e.mtime, nsec: 0 };
-            let stat = Stat {
-                mode,
-                uid: e.uid,
-                gid: e.gid,
-                size,
-                nlink,
-                blksize: 4096,
-                blocks: size.div_ceil(512),
-                atime: t,
-                mtime: t,
-                ctime: t,
-                ..Stat::default()
-            };
-            let id = layer.node_for(e.path.as_bytes());
+        while let Some(e) = reader.next_entry().map_err(refused)? {
+            let id = layer.place(&e.path, e.kind).map_err(|msg| refused(TarError { at: e.path.clone(), msg }))?;
             let node = &mut layer.nodes[id as usize];
-            node.stat = stat;
+            let is_dir = e.kind == EntryKind::Dir;
+            node.mode = if is_dir { libc::S_IFDIR } else { libc::S_IFREG } | e.mode;
+            (node.uid, node.gid, node.mtime) = (e.uid, e.gid, e.mtime);
+            node.size = if is_dir { 0 } else { e.size };
             node.data_offset = e.data_offset;
+            node.listed = true;
         }
-        // Inode numbers are the index's own; a directory's link count is
-        // what a filesystem gives it (2 plus one per subdirectory).
-        let dev = meta.dev;
+        // A directory's link count is what a filesystem gives it (2 plus
+        // one per subdirectory); owners as `tar -x` by this user gives them.
         let owner = (sys::geteuid() != 0).then(|| (sys::geteuid(), sys::getegid()));
-        let subdirs: Vec<u64> = layer
-            .nodes
-            .iter()
-            .map(|n| n.children.iter().filter(|(_, c)| layer.nodes[*c as usize].stat.is_dir()).count() as u64)
-            .collect();
-        for (i, n) in layer.nodes.iter_mut().enumerate() {
-            n.stat.ino = i as u64 + 1;
-            n.stat.dev = dev;
+        for i in 0..layer.nodes.len() {
+            let n = &layer.nodes[i];
+            let nlink = if n.mode & libc::S_IFMT == libc::S_IFDIR {
+                2 + n.children.iter().filter(|&&c| layer.nodes[c as usize].mode & libc::S_IFMT == libc::S_IFDIR).count()
+                    as u32
+            } else {
+                1
+            };
+            let n = &mut layer.nodes[i];
+            n.nlink = nlink;
             if let Some((uid, gid)) = owner {
-                (n.stat.uid, n.stat.gid) = (uid, gid);
-            }
-            if n.stat.is_dir() {
-                n.stat.nlink = 2 + subdirs[i];
+                (n.uid, n.gid) = (uid, gid);
             }
         }
+        layer.index.shrink_to_fit();
         let proc = PathBuf::from(format!("/proc/self/fd/{}", layer.file.as_raw_fd()));
         layer.reopen = File::open(&proc).is_ok().then_some(proc);
         Ok(layer)
     }
 
-    /// The node of `path`, made (with its parents, as implied directories)
-    /// when missing. The reader has checked the path is plain and that no
-    /// file lies above it.
-    fn node_for(&mut self, path: &[u8]) -> u32 {
-        if let Some(&id) = self.index.get(path) {
-            return id;
+    fn is_dir(&self, id: u32) -> bool {
+        self.nodes[id as usize].mode & libc::S_IFMT == libc::S_IFDIR
+    }
+
+    /// The child `name` of node `parent`.
+    fn child(&self, parent: u32, name: &[u8]) -> Option<u32> {
+        let id = *self.index.get(&(parent, name_hash(name)))?;
+        if *self.nodes[id as usize].name == *name {
+            return Some(id);
         }
-        let (parent, name) = match path.iter().rposition(|&b| b == b'/') {
-            Some(i) => (&path[..i], &path[i + 1..]),
-            None => (&b""[..], path),
-        };
-        let parent = self.node_for(parent);
+        self.collisions.get(&(parent, Box::from(name))).copied()
+    }
+
+    fn add_child(&mut self, parent: u32, node: Node) -> u32 {
         let id = self.nodes.len() as u32;
-        self.nodes.push(Node { stat: dir_stat(FileTime::default()), data_offset: 0, children: Vec::new() });
-        self.nodes[parent as usize].children.push((Box::from(OsStr::from_bytes(name)), id));
-        self.index.insert(Box::from(path), id);
+        match self.index.entry((parent, name_hash(&node.name))) {
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.collisions.insert((parent, node.name.clone()), id);
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(id);
+            }
+        }
+        self.nodes.push(node);
+        self.nodes[parent as usize].children.push(id);
         id
     }
 
-    fn node(&self, rel: &Path) -> Option<&Node> {
-        // `Path::join("")` leaves a trailing `/`: the same name.
-        let mut key = rel.as_os_str().as_bytes();
-        while let [rest @ .., b'/'] = key {
-            key = rest;
+    /// The node for an entry at `path`: made, with the directories it
+    /// implies, or an implied directory now listed. Refuses, in the strict
+    /// reader's words, a name listed twice, a file where a directory is,
+    /// and anything below a file.
+    fn place(&mut self, path: &str, kind: EntryKind) -> Result<u32, String> {
+        let mut cur = 0u32;
+        let mut comps = path.split('/').peekable();
+        let mut walked = 0;
+        while let Some(comp) = comps.next() {
+            let last = comps.peek().is_none();
+            let name = comp.as_bytes();
+            walked += comp.len() + 1;
+            match self.child(cur, name) {
+                Some(id) if last => {
+                    let n = &self.nodes[id as usize];
+                    if n.listed {
+                        return Err(DUPLICATE.into());
+                    }
+                    if kind == EntryKind::File {
+                        return Err(FILE_OVER_DIR.into());
+                    }
+                    return Ok(id);
+                }
+                Some(id) if !self.is_dir(id) => return Err(below_file(&path[..walked - 1])),
+                Some(id) => cur = id,
+                None => {
+                    let node = implied_dir(name, 0);
+                    cur = self.add_child(cur, node);
+                    if last {
+                        return Ok(cur);
+                    }
+                }
+            }
         }
-        let id = *self.index.get(key)?;
-        self.nodes.get(id as usize)
+        Ok(cur)
+    }
+
+    /// The node of `rel`, walked name by name from the root.
+    fn node(&self, rel: &Path) -> Option<u32> {
+        let mut cur = 0;
+        for comp in rel.as_os_str().as_bytes().split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+            if !self.is_dir(cur) {
+                return None;
+            }
+            cur = self.child(cur, comp)?;
+        }
+        Some(cur)
+    }
+
+    fn stat_of(&self, id: u32) -> Stat {
+        let n = &self.nodes[id as usize];
+        let t = FileTime { sec: n.mtime, nsec: 0 };
+        Stat {
+            mode: n.mode,
+            uid: n.uid,
+            gid: n.gid,
+            size: n.size,
+            nlink: n.nlink as u64,
+            dev: self.dev,
+            ino: id as u64 + 1,
+            rdev: 0,
+            blksize: 4096,
+            blocks: n.size.div_ceil(512),
+            atime: t,
+            mtime: t,
+            ctime: t,
+        }
     }
 
     /// How many names the tar holds (its directories included).
@@ -160,37 +251,40 @@ impl TarLayer {
     }
 }
 
-/// A directory the tar implies: as `tar -x` makes it.
-fn dir_stat(mtime: FileTime) -> Stat {
-    Stat { mode: libc::S_IFDIR | 0o755, nlink: 2, blksize: 4096, atime: mtime, mtime, ctime: mtime, ..Stat::default() }
-}
-
 impl Layer for TarLayer {
     fn source(&self) -> &Path {
         &self.path
     }
 
     fn stat(&self, rel: &Path) -> io::Result<Option<Stat>> {
-        Ok(self.node(rel).map(|n| n.stat))
+        Ok(self.node(rel).map(|id| self.stat_of(id)))
     }
 
     fn read_dir(&self, rel: &Path) -> io::Result<Option<Vec<(OsString, FileKind)>>> {
-        let Some(n) = self.node(rel).filter(|n| n.stat.is_dir()) else { return Ok(None) };
+        let Some(id) = self.node(rel).filter(|&id| self.is_dir(id)) else { return Ok(None) };
         Ok(Some(
-            n.children.iter().map(|(name, id)| (name.to_os_string(), self.nodes[*id as usize].stat.kind())).collect(),
+            self.nodes[id as usize]
+                .children
+                .iter()
+                .map(|&c| {
+                    let n = &self.nodes[c as usize];
+                    (OsStr::from_bytes(&n.name).to_os_string(), FileKind::of_mode(n.mode))
+                })
+                .collect(),
         ))
     }
 
     fn open(&self, rel: &Path, _flags: i32) -> io::Result<LayerFile> {
-        let n = self.node(rel).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
-        if n.stat.is_dir() {
+        let id = self.node(rel).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+        if self.is_dir(id) {
             return Err(io::Error::from_raw_os_error(libc::EISDIR));
         }
         let file = match &self.reopen {
             Some(p) => File::open(p)?,
             None => File::open(&self.path)?,
         };
-        Ok(LayerFile::range(file, n.data_offset, n.stat.size))
+        let n = &self.nodes[id as usize];
+        Ok(LayerFile::range(file, n.data_offset, n.size))
     }
 
     fn read_link(&self, _rel: &Path) -> io::Result<PathBuf> {

@@ -79,6 +79,9 @@ pub struct TarReader<R: Read + Seek> {
     seen: HashMap<String, EntryKind>,
     /// Every directory an entry so far lies in.
     parents: HashSet<String>,
+    /// Whether `seen` and `parents` are kept (a caller that builds a tree of
+    /// the names checks them itself, in the same words).
+    track_names: bool,
     done: bool,
 }
 
@@ -102,8 +105,17 @@ impl<R: Read + Seek> TarReader<R> {
             pad: 0,
             seen: HashMap::new(),
             parents: HashSet::new(),
+            track_names: true,
             done: false,
         }
+    }
+
+    /// A reader that leaves the checks between names (each once, no file
+    /// where a directory is, nothing below a file) to its caller, who must
+    /// make them with [`DUPLICATE`], [`FILE_OVER_DIR`] and [`below_file`].
+    pub fn without_name_checks(mut self) -> TarReader<R> {
+        self.track_names = false;
+        self
     }
 
     /// Reads the current entry's data (0 at its end).
@@ -245,6 +257,28 @@ impl<R: Read + Seek> TarReader<R> {
         }
     }
 
+    /// Each name once, no file where a directory is, nothing below a file.
+    fn check_names(&mut self, path: &str, kind: EntryKind) -> Result<(), TarError> {
+        if self.seen.contains_key(path) {
+            return Err(TarError::new(path, DUPLICATE));
+        }
+        if kind == EntryKind::File && self.parents.contains(path) {
+            return Err(TarError::new(path, FILE_OVER_DIR));
+        }
+        let mut parent = path;
+        while let Some((p, _)) = parent.rsplit_once('/') {
+            if self.seen.get(p) == Some(&EntryKind::File) {
+                return Err(TarError::new(path, below_file(p)));
+            }
+            if !self.parents.insert(p.to_string()) {
+                break;
+            }
+            parent = p;
+        }
+        self.seen.insert(path.to_string(), kind);
+        Ok(())
+    }
+
     fn entry(&mut self, t: u8, raw: &[u8], size: u64, header: &tar::Header) -> Result<TarEntry, TarError> {
         let shown = String::from_utf8_lossy(raw).into_owned();
         let kind = match t {
@@ -273,23 +307,9 @@ impl<R: Read + Seek> TarReader<R> {
             return Err(TarError::new(path, format!("a directory with {size} bytes of data")));
         }
         self.check_fits(size, &path)?;
-        if self.seen.contains_key(&path) {
-            return Err(TarError::new(path, "listed twice: a bundle holds each name once"));
+        if self.track_names {
+            self.check_names(&path, kind)?;
         }
-        if kind == EntryKind::File && self.parents.contains(&path) {
-            return Err(TarError::new(path, "a file where earlier entries have a directory"));
-        }
-        let mut parent = path.as_str();
-        while let Some((p, _)) = parent.rsplit_once('/') {
-            if self.seen.get(p) == Some(&EntryKind::File) {
-                return Err(TarError::new(path.clone(), format!("lies below {p}, which is a file")));
-            }
-            if !self.parents.insert(p.to_string()) {
-                break;
-            }
-            parent = p;
-        }
-        self.seen.insert(path.clone(), kind);
         let bad = |what: &str, e: io::Error| TarError::new(path.clone(), format!("bad {what}: {e}"));
         let mode = header.mode().map_err(|e| bad("mode", e))? & 0o7777;
         // An empty numeric field (as some writers leave owner fields) is 0.
@@ -308,6 +328,16 @@ impl<R: Read + Seek> TarReader<R> {
         self.pad = padding(size);
         Ok(TarEntry { path, kind, mode, size, data_offset: self.pos, uid, gid, mtime })
     }
+}
+
+/// Why a name listed a second time is refused.
+pub const DUPLICATE: &str = "listed twice: a bundle holds each name once";
+/// Why a file where earlier entries have a directory is refused.
+pub const FILE_OVER_DIR: &str = "a file where earlier entries have a directory";
+
+/// Why an entry below the file `p` is refused.
+pub fn below_file(p: &str) -> String {
+    format!("lies below {p}, which is a file")
 }
 
 /// Bytes of padding after `size` data bytes.
