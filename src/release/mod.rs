@@ -463,7 +463,10 @@ fn prepare_work(
     let mnt = dir.join("mnt");
     // The arguments are good: now the source, before anything is created.
     let sizes = check_source()?;
-    if let Some(sizes) = sizes {
+    let existing = dir.ancestors().find(|a| a.is_dir()).unwrap_or(Path::new("/"));
+    // Only a push that might not fit opens the history (a tar history is
+    // indexed to open) to leave out what it holds.
+    if let Some(sizes) = sizes.filter(|s| !preflight::fits_whole(s, existing).unwrap_or(false)) {
         let scratch = tempfile::tempdir().context("creating a scratch upper")?;
         let history = store::Layers {
             lowers: histories.to_vec(),
@@ -475,7 +478,6 @@ fn prepare_work(
         let in_history = |d: &crate::layout::Digest| {
             history.resolve(&crate::layout::blob_data(d)).ok().flatten().is_some_and(|e| e.meta.is_file())
         };
-        let existing = dir.ancestors().find(|a| a.is_dir()).unwrap_or(Path::new("/"));
         preflight::check_space(&sizes, in_history, &dir, existing)?;
     }
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -34,19 +34,14 @@ fn explain(message: &str) -> String {
     message.trim().to_string()
 }
 
-/// The blobs (manifests included) of image `img` in the OCI layout
-/// `dir/repo`, with their sizes; `None` where the layout cannot say (an
-/// unreadable or odd layout: the copy will tell).
-pub fn oci_blobs(dir: &Path, img: &ImageName) -> Option<BTreeMap<Digest, u64>> {
+/// The blobs (manifests included) of the image whose top manifest is
+/// `top` in the OCI layout `dir/repo`, with their sizes; `None` where the
+/// layout cannot say (an unreadable or odd layout: the copy will tell).
+fn oci_blobs(dir: &Path, img: &ImageName, top: Digest) -> Option<BTreeMap<Digest, u64>> {
     let layout = dir.join(&img.repo);
-    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).ok()?).ok()?;
-    let top = doc["manifests"]
-        .as_array()?
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str() == Some(img.tag.as_str()))?;
     let blob = |d: &Digest| layout.join("blobs/sha256").join(d.hex());
     let mut out = BTreeMap::new();
-    let mut stack = vec![Digest::parse(top["digest"].as_str()?).ok()?];
+    let mut stack = vec![top];
     while let Some(d) = stack.pop() {
         let bytes = std::fs::read(blob(&d)).ok()?;
         out.insert(d, bytes.len() as u64);
@@ -83,6 +78,24 @@ async fn docker_blobs(
     Some(out)
 }
 
+/// Bytes this user may still write on the filesystem of `path`.
+fn free_bytes(path: &Path) -> Result<u64> {
+    let fs = crate::sys::statvfs(path)?;
+    Ok(fs.bavail.saturating_mul(fs.frsize as u64))
+}
+
+/// `data` bytes of blobs, with the link files, directories and upload
+/// records the registry writes on top.
+fn with_overhead(data: u64) -> u64 {
+    data + data / 20 + (1 << 20)
+}
+
+/// Whether every blob of the source fits even if the history held none:
+/// then the history need not be opened to find which it holds.
+pub fn fits_whole(blobs: &BTreeMap<Digest, u64>, upper_fs: &Path) -> Result<bool> {
+    Ok(with_overhead(blobs.values().sum()) <= free_bytes(upper_fs)?)
+}
+
 /// Refuses a push that cannot fit: the source's blobs the history lacks
 /// (`blobs`, sized), against the free space of the filesystem upper lives on.
 pub fn check_space(
@@ -93,10 +106,8 @@ pub fn check_space(
 ) -> Result<()> {
     let (count, need): (u64, u64) =
         blobs.iter().filter(|(d, _)| !in_history(d)).fold((0, 0), |(n, b), (_, s)| (n + 1, b + s));
-    let fs = crate::sys::statvfs(upper_fs)?;
-    let free = fs.bavail.saturating_mul(fs.frsize as u64);
-    // Link files, directories and the registry's upload records come on top.
-    let want = need + need / 20 + (1 << 20);
+    let free = free_bytes(upper_fs)?;
+    let want = with_overhead(need);
     if want > free {
         use crate::util::human_bytes;
         bail!(
@@ -111,27 +122,27 @@ pub fn check_space(
     Ok(())
 }
 
-/// Why image `img` is not in the OCI layout `dir/repo`, if it is not.
-fn oci_problem(dir: &Path, img: &ImageName) -> Option<String> {
+/// The top manifest of image `img` in the OCI layout `dir/repo` (`None`
+/// where its ref names no valid digest: the copy will tell), or why the
+/// layout does not hold the image.
+fn oci_top(dir: &Path, img: &ImageName) -> Result<Option<Digest>, String> {
     let index = dir.join(&img.repo).join("index.json");
-    let text = match std::fs::read_to_string(&index) {
-        Ok(t) => t,
-        Err(e) => return Some(format!("no OCI layout {}: {e}", index.display())),
-    };
-    let doc: serde_json::Value = match serde_json::from_str(&text) {
-        Ok(d) => d,
-        Err(e) => return Some(format!("{}: not JSON: {e}", index.display())),
-    };
-    let names: Vec<&str> = doc["manifests"]
+    let text = std::fs::read_to_string(&index).map_err(|e| format!("no OCI layout {}: {e}", index.display()))?;
+    let doc: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", index.display()))?;
+    let refs: Vec<(&str, &serde_json::Value)> = doc["manifests"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str())
+        .filter_map(|m| Some((m["annotations"]["org.opencontainers.image.ref.name"].as_str()?, m)))
         .collect();
-    if names.contains(&img.tag.as_str()) {
-        return None;
+    match refs.iter().find(|(name, _)| *name == img.tag) {
+        Some((_, m)) => Ok(m["digest"].as_str().and_then(|d| Digest::parse(d).ok())),
+        None => {
+            let names: Vec<&str> = refs.iter().map(|(n, _)| *n).collect();
+            Err(format!("{} names no tag {:?} (it has: {})", index.display(), img.tag, names.join(", ")))
+        }
     }
-    Some(format!("{} names no tag {:?} (it has: {})", index.display(), img.tag, names.join(", ")))
 }
 
 /// Refuses, listing every image the source lacks or cannot give; returns
@@ -151,9 +162,9 @@ pub async fn check_source(
     match source {
         Source::Oci(dir) => {
             for (i, img) in images.iter().enumerate() {
-                match oci_problem(dir, img) {
-                    Some(p) => problems.push((i, p)),
-                    None => add(oci_blobs(dir, img)),
+                match oci_top(dir, img) {
+                    Err(p) => problems.push((i, p)),
+                    Ok(top) => add(top.and_then(|t| oci_blobs(dir, img, t))),
                 }
             }
         }
