@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 user="${REGFS_TEST_USER:-regfs-ci}"
-suites=(fuse_view userns export gc harness_smoke release crash concurrency registry_e2e bad_input properties delivery view_model)
+suites=(fuse_view userns export gc harness_smoke release referrers crash concurrency registry_e2e bad_input properties delivery view_model)
 # Tests of a suite that need root, by exact name (several: space-separated).
 declare -A root_only=([registry_e2e]=release_push_on_regfs_reuses_history_like_kernel_overlay
     [bad_input]=kernel_mode_mounts_over_a_symlinked_history_repository

@@ -12,7 +12,7 @@ if [ "$(id -u)" = 0 ]; then
     # The view suite again, served by the kernel (policy materialised as whiteouts),
     # the release suite with regfs release mounting the kernel overlay, and the
     # concurrency suite with kernel mounts (refusals with a kernel mount first).
-    REGFS_TEST_MODE=kernel cargo test --locked --test fuse_view --test export --test release --test concurrency -- --test-threads=2
+    REGFS_TEST_MODE=kernel cargo test --locked --test fuse_view --test export --test release --test referrers --test concurrency -- --test-threads=2
     scripts/test-unprivileged.sh
 else
     echo "test: not root: the kernel overlay tests ran as this user and the unprivileged pass is this run"

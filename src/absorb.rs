@@ -1,5 +1,7 @@
 //! `regfs absorb`: fold a finished release's new blobs and `_layers` links
-//! into the history store, so the next release reuses them.
+//! into the history store, so the next release reuses them, and the
+//! release's record (its bundle's description and the tar's digest) into
+//! `regfs-releases/`, so `regfs release --rebuild` can make it again.
 //!
 //! The one command that writes history, on purpose. It only adds: every blob
 //! is verified against its digest while it is copied to a temporary file in
@@ -23,6 +25,10 @@ use crate::store;
 /// What an absorb did.
 #[derive(Debug, Default, Serialize)]
 pub struct AbsorbReport {
+    /// The release recorded (`None`: the upper is not a finished release's).
+    pub release: Option<String>,
+    /// Whether the history held that record already.
+    pub record_present: bool,
     pub blobs_added: u64,
     pub blob_bytes_added: u64,
     pub blobs_present: u64,
@@ -112,6 +118,20 @@ impl Staging {
         result
     }
 
+    /// Writes a small file (a record) at `dst`.
+    fn write_file(&self, dst: &Path, bytes: &[u8]) -> Result<()> {
+        let result = (|| -> Result<()> {
+            let mut f = File::create(&self.tmp).with_context(|| format!("creating {}", self.tmp.display()))?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            self.place(dst)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+        result.with_context(|| format!("writing {}", dst.display()))
+    }
+
     /// Writes a `_layers` link naming `d` at `dst`.
     fn write_link(&self, dst: &Path, d: &Digest) -> Result<()> {
         let result = (|| -> Result<()> {
@@ -135,7 +155,7 @@ impl Drop for Staging {
 
 /// Folds upper's blobs and layer links into `history`.
 pub fn absorb(history: &Path, upper: &Path, force: bool) -> Result<AbsorbReport> {
-    if !force && crate::release::upper_origin(&std::path::absolute(upper)?) == crate::release::UpperOrigin::Unfinished {
+    if !force && crate::workdir::upper_origin(&std::path::absolute(upper)?) == crate::workdir::UpperOrigin::Unfinished {
         bail!(
             "--upper {}: the upper of a release that did not finish (no tar was written; its gc may not have \
              run, so it can hold blobs nothing references). Re-run the release, or pass --force to absorb \
@@ -146,8 +166,25 @@ pub fn absorb(history: &Path, upper: &Path, force: bool) -> Result<AbsorbReport>
     let history = store::check_lowers(&[history.to_path_buf()], "--history")?.remove(0);
     let upper = fs::canonicalize(upper).with_context(|| format!("--upper {}: cannot open", upper.display()))?;
     let _lock = store::lock_upper(&upper, "regfs absorb")?;
-    let staging = Staging::open(&history)?;
+    let record = crate::workdir::finished_record(&upper)?;
+    let record_dst = record.as_ref().map(|r| history.join(layout::release_record(r.release())));
     let mut report = AbsorbReport::default();
+    if let (Some(r), Some(dst)) = (&record, &record_dst)
+        && let Some(held) = crate::workdir::read_record(dst)?
+    {
+        if held != *r {
+            bail!(
+                "{}: the history records a release {:?} already, with another bundle (tar sha256 {}, this one {}); \
+                 nothing was absorbed. Give this release another name (regfs release --name)",
+                dst.display(),
+                r.release(),
+                held.tar_sha256,
+                r.tar_sha256
+            );
+        }
+        report.record_present = true;
+    }
+    let staging = Staging::open(&history)?;
 
     let blobs = layout::blobs_root();
     for prefix in crate::util::subdir_names(&upper.join(&blobs))? {
@@ -194,6 +231,13 @@ pub fn absorb(history: &Path, upper: &Path, force: bool) -> Result<AbsorbReport>
             report.links_added += 1;
         }
     }
+    // Last: a record names only what the history now holds.
+    if let (Some(r), Some(dst)) = (&record, &record_dst) {
+        if !report.record_present {
+            staging.write_file(dst, &r.to_bytes())?;
+        }
+        report.release = Some(r.release().to_string());
+    }
     Ok(report)
 }
 
@@ -212,6 +256,11 @@ pub fn command(history: &Path, upper: &Path, json: bool, force: bool) -> Result<
             r.blobs_present,
             r.links_present
         );
+        match &r.release {
+            Some(name) if r.record_present => println!("release {name} was recorded already"),
+            Some(name) => println!("recorded release {name} (regfs release --rebuild {name} makes it again)"),
+            None => println!("no release recorded: {} is not the upper of a finished regfs release", upper.display()),
+        }
     }
     Ok(())
 }

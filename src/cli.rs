@@ -56,7 +56,21 @@ the store is not in the page cache (a cold scan waits on directory reads, not on
     /// The whole release in one command, from images to bundle
     ///
     /// Mount the view, run the stock registry on it, copy every image with
-    /// skopeo, unmount, gc, write the bundle.
+    /// skopeo (and, byte for byte, its signatures, attestations, SBOMs and
+    /// OCI 1.1 referrers), unmount, gc, write the bundle. The bundle's
+    /// description holds the release's lock: each image as requested, the
+    /// digest it resolved to, its platforms and attachments.
+    ///
+    /// With --rebuild NAME, make a release `regfs absorb` recorded in the
+    /// history again, from the history alone: the same bytes.
+    #[command(after_help = "Images list (--images), one reference a line, # comments:\n  \
+team/app:1.4              the tag, as the source has it now\n  \
+team/app@sha256:<hex>     that manifest, untagged in the bundle\n  \
+team/app:1.4@sha256:<hex> the tag, refused before anything is copied if it names another manifest now\n\n\
+Examples:\n  \
+regfs release --history /srv/history --images images.list --from docker://build.example -o r2.tar\n  \
+regfs absorb --history /srv/history --upper r2.tar.work/upper\n  \
+regfs release --rebuild r2 --history /srv/history -o r2-again.tar")]
     Release(ReleaseArgs),
     /// Show what a view would show and hide, without mounting
     ///
@@ -226,15 +240,25 @@ struct ReleaseArgs {
     /// bundle tars (repeatable, first is topmost).
     #[arg(long = "history", value_name = "DIR|TAR", required = true)]
     histories: Vec<PathBuf>,
-    /// The release: one `repo:tag` per line, `#` comments. Only these
-    /// repositories of the history stay visible.
-    #[arg(long, value_name = "FILE")]
-    images: PathBuf,
+    /// The release: one image reference per line (`repo:tag`,
+    /// `repo@sha256:<hex>`, `repo:tag@sha256:<hex>`), `#` comments. Only
+    /// these repositories of the history stay visible.
+    #[arg(long, value_name = "FILE", required_unless_present = "rebuild")]
+    images: Option<PathBuf>,
     /// Where images come from: `docker://HOST[/PREFIX]` (image
     /// docker://HOST/PREFIX/repo:tag) or `oci:DIR` (the OCI layout DIR/repo,
     /// tag as its ref name).
-    #[arg(long, value_name = "SOURCE")]
-    from: String,
+    #[arg(long, value_name = "SOURCE", required_unless_present = "rebuild")]
+    from: Option<String>,
+    /// Leave each image's signatures, attestations, SBOMs and referrers
+    /// behind (by default they travel with it).
+    #[arg(long)]
+    no_referrers: bool,
+    /// Make release NAME again from what the history recorded of it (see
+    /// `regfs absorb`): no source, no registry; the same bytes as the
+    /// original bundle, or an error naming what the history lacks.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["images", "from", "bases", "resume", "clean", "name"])]
+    rebuild: Option<String>,
     /// The release tar to write.
     #[arg(short = 'o', long = "output", value_name = "FILE.tar")]
     output: PathBuf,
@@ -506,7 +530,12 @@ pub fn main() -> i32 {
         }
         Command::Umount(a) => mount::umount(&a.mountpoint, a.timeout.map(Duration::from_secs)),
         Command::Gc(a) => a.layers.check().and_then(|layers| {
-            crate::gc::command(&layers, &GcOptions { delete_untagged: a.delete_untagged }, a.dry_run, a.json)
+            crate::gc::command(
+                &layers,
+                &GcOptions { delete_untagged: a.delete_untagged, ..Default::default() },
+                a.dry_run,
+                a.json,
+            )
         }),
         Command::Export(a) => a.layers.check().and_then(|layers| {
             crate::export::command(
@@ -517,10 +546,10 @@ pub fn main() -> i32 {
                 &a.bases,
             )
         }),
-        Command::Release(a) => crate::release::run(&crate::release::ReleaseRequest {
+        Command::Release(a) => crate::release::command(&crate::release::ReleaseRequest {
             histories: a.histories,
-            images: a.images,
-            from: a.from,
+            images: a.images.unwrap_or_default(),
+            from: a.from.unwrap_or_default(),
             output: a.output,
             workdir: a.workdir,
             jobs: a.jobs,
@@ -535,8 +564,9 @@ pub fn main() -> i32 {
             force: a.force,
             resume: a.resume,
             clean: a.clean,
-        })
-        .map(|_| ()),
+            referrers: !a.no_referrers,
+            rebuild: a.rebuild,
+        }),
         Command::Plan(a) => crate::plan::command(&a.lowers, a.keep.as_deref(), a.policy.as_deref(), a.json),
         Command::Inventory(a) => crate::inventory::command(&a.paths, a.output.as_deref(), a.json, a.verify),
         Command::Apply(a) => crate::apply::command(

@@ -279,7 +279,11 @@ pub fn hashes_to(path: &Path, want: &Digest) -> Result<bool> {
 /// `regfs inventory`: the union of `paths`, written to `out` or printed.
 pub fn command(paths: &[std::path::PathBuf], out: Option<&Path>, json: bool, verify: bool) -> Result<()> {
     let mut all = Inventory::default();
+    let mut locks = Vec::new();
     for p in paths {
+        if let Ok(d) = bundle::read_description(p) {
+            locks.push((p.clone(), d));
+        }
         let (inv, warnings) = Inventory::of_path(p, verify)?;
         for w in &warnings {
             eprintln!("regfs inventory: warning: {w}");
@@ -308,5 +312,37 @@ pub fn command(paths: &[std::path::PathBuf], out: Option<&Path>, json: bool, ver
         Some(o) => println!("regfs: wrote the inventory {}: {line}", o.display()),
         None => println!("{line}"),
     }
+    for (p, d) in &locks {
+        print!("{}", lock_lines(p, d));
+    }
     Ok(())
+}
+
+/// A bundle's lock, for a person: each image as requested, what it
+/// resolved to, its platforms, and what is attached to it.
+pub fn lock_lines(path: &Path, d: &bundle::Description) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    if d.lock.is_empty() {
+        let _ = writeln!(
+            out,
+            "{}: release {} has no lock (made by regfs export, or by an older regfs)",
+            path.display(),
+            d.release
+        );
+        return out;
+    }
+    let _ = writeln!(out, "{}: lock of release {}:", path.display(), d.release);
+    for l in &d.lock {
+        let platforms = if l.platforms.is_empty() { String::new() } else { format!(" [{}]", l.platforms.join(", ")) };
+        let _ = writeln!(out, "  {} -> {}{platforms}", l.requested, l.digest);
+        for a in &l.attachments {
+            let kind =
+                serde_json::to_value(a.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            let by = a.tag.as_deref().map_or_else(|| "by digest".to_string(), |t| format!("tag {t}"));
+            let artifact = a.artifact_type.as_deref().map_or_else(String::new, |t| format!(", {t}"));
+            let _ = writeln!(out, "    {kind} {} of {} ({by}{artifact})", a.digest, a.subject);
+        }
+    }
+    out
 }

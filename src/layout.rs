@@ -28,7 +28,13 @@
 //!               <hex>/                                    tag_index_entry_dir
 //!                 link
 //!       _uploads/<uuid>/{data,startedat,hashstates/...}   uploads_dir (section_dir(Uploads))
+//! regfs-releases/                                         RELEASES (a history's, beside docker/)
+//!   <release>.json                                        release_record
 //! ```
+//!
+//! `regfs-releases/` is regfs's own, outside the registry tree: the record
+//! of every release `regfs absorb` folded into a history. No view shows
+//! it, whatever the policy ([`is_regfs_state`]).
 //!
 //! Names: `*_root` is one of the two top directories, `*_dir` a directory,
 //! `*s_dir` / `*_links_dir` the directory of every entry of a kind, a bare
@@ -40,6 +46,19 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
+
+/// A history's release records, at its root beside `docker/`.
+pub const RELEASES: &str = "regfs-releases";
+
+/// The record of release `name` in a history (`name` a valid release name).
+pub fn release_record(name: &str) -> PathBuf {
+    Path::new(RELEASES).join(format!("{name}.json"))
+}
+
+/// Whether `rel` is regfs's own state in a layer, which no view shows.
+pub fn is_regfs_state(rel: &Path) -> bool {
+    rel == Path::new(RELEASES)
+}
 
 /// `<root>/docker/registry/v2`, relative to the root.
 pub const V2: &str = "docker/registry/v2";

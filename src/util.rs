@@ -85,3 +85,14 @@ pub fn subdir_names(dir: &Path) -> anyhow::Result<Vec<String>> {
     };
     names().with_context(|| format!("reading {}", dir.display()))
 }
+
+/// A whole file of at most `limit` bytes (more is an `InvalidData` error).
+pub fn read_limited(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    let f = std::fs::File::open(path)?;
+    let mut out = Vec::new();
+    f.take(limit + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > limit {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("larger than {limit} bytes")));
+    }
+    Ok(out)
+}

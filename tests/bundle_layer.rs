@@ -139,6 +139,7 @@ fn a_release_over_a_history_of_tars_is_the_release_over_the_extracted_history() 
         "-o",
         again.to_str().unwrap(),
     ]);
+    // A finished release's upper exports with the release's lock: the same bytes.
     assert!(fs::read(&again).unwrap() == want, "export over the tar gives the release's bytes again");
     // plan and a GC dry run see the same over the tar as over the tree.
     let list = out("over-dir").with_extension("list");

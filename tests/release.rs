@@ -731,6 +731,8 @@ fn absorb_folds_a_release_into_history() {
     let links = new_links(&fx.history, &fx.release);
     let sizes = blob_sizes(&fx.release);
     let want = serde_json::json!({
+        "release": "release-2",
+        "record_present": false,
         "blobs_added": new_blobs.len(),
         "blob_bytes_added": new_blobs.iter().map(|d| sizes[d]).sum::<u64>(),
         "blobs_present": 0,
@@ -744,6 +746,8 @@ fn absorb_folds_a_release_into_history() {
     expected.extend(
         links.iter().map(|(repo, d)| format!("{V2}/repositories/{repo}/_layers/sha256/{}/link", digest_hex(d))),
     );
+    // And the release's record, beside the registry tree.
+    expected.insert("regfs-releases/release-2.json".to_string());
     assert_eq!(added, expected, "files absorb added");
     let after = tree::snapshot(&absorbed_root);
     let touched: Vec<_> =
@@ -761,6 +765,7 @@ fn absorb_folds_a_release_into_history() {
     let r = summary(&regfs_absorb(&absorbed_root, &upper));
     assert_eq!((r["blobs_added"].as_u64(), r["links_added"].as_u64()), (Some(0), Some(0)), "{r}");
     assert_eq!((&r["blobs_present"], &r["links_present"]), (&want["blobs_added"], &want["links_added"]));
+    assert_eq!(r["record_present"], true, "{r}");
     assert_unchanged(&snap, &absorbed_root);
 
     // A blob whose content does not match its digest stops absorb, which

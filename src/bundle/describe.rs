@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde::Deserialize;
 
-use super::{BaseRef, Blob, Description, FORMAT, Image, VERSION};
+use super::{BaseRef, Blob, Description, FORMAT, Image, Locked, VERSION};
 use crate::layout::{self, Digest};
 use crate::view::{Dir, LayerIdx, View};
 
@@ -36,8 +36,9 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DescribeError + '_ {
     move |source| DescribeError::Io { path: path.display().to_string(), source }
 }
 
-/// Describes the view as a full bundle (every blob shipped) of `release`.
-pub fn describe(view: &View, release: &str) -> Result<Description, DescribeError> {
+/// Describes the view as a full bundle (every blob shipped) of `release`,
+/// with `lock` (its platforms filled in from the view) as its lock.
+pub fn describe(view: &View, release: &str, lock: &[Locked]) -> Result<Description, DescribeError> {
     let (blobs, tags) = rayon::join(|| blobs(view), || tags(view));
     let blobs = blobs?;
     let mut images: Vec<Image> =
@@ -49,14 +50,43 @@ pub fn describe(view: &View, release: &str) -> Result<Description, DescribeError
         release: release.to_string(),
         base: None,
         images,
+        lock: Vec::new(),
         blobs,
     };
+    let mut lock = lock.to_vec();
+    for l in &mut lock {
+        l.platforms = image(view, l.repo.clone(), String::new(), l.digest)?.platforms;
+        let tags = std::iter::once((&l.repo, l.tag.as_ref(), l.digest))
+            .chain(l.attachments.iter().map(|a| (&l.repo, a.tag.as_ref(), a.digest)));
+        for (repo, tag, digest) in tags {
+            let Some(tag) = tag else { continue };
+            let held = d.images.iter().find(|i| i.repo == *repo && i.tag == *tag).map(|i| i.digest);
+            if held != Some(digest) {
+                let link = layout::tag_current_link(repo, tag);
+                let holds = held.map_or("no such tag".to_string(), |h| format!("it names {h}"));
+                return Err(bad(&link, format!("the release resolved {repo}:{tag} to {digest}, but {holds}")));
+            }
+        }
+    }
+    lock.sort();
+    lock.dedup_by(|a, b| a.requested == b.requested);
+    let d = Description { lock, ..d };
     for img in &d.images {
         if d.blob(&img.digest).is_none() {
             return Err(bad(
                 &layout::tag_current_link(&img.repo, &img.tag),
                 format!("names manifest {}, which the view does not hold (run `regfs gc` first)", img.digest),
             ));
+        }
+    }
+    for l in &d.lock {
+        for dg in std::iter::once(&l.digest).chain(l.attachments.iter().map(|a| &a.digest)) {
+            if d.blob(dg).is_none() {
+                return Err(bad(
+                    &layout::blob_data(dg),
+                    format!("{} needs {dg}, which the view does not hold", l.requested),
+                ));
+            }
         }
     }
     Ok(d)
@@ -204,6 +234,9 @@ struct Platform {
 impl Platform {
     fn name(&self) -> Option<String> {
         let (os, arch) = (self.os.as_deref()?, self.architecture.as_deref()?);
+        if os.is_empty() || arch.is_empty() {
+            return None;
+        }
         Some(match &self.variant {
             Some(v) if !v.is_empty() => format!("{os}/{arch}/{v}"),
             _ => format!("{os}/{arch}"),

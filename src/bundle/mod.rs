@@ -4,9 +4,11 @@
 //! never looks there, so a full bundle still untars and serves as is).
 //!
 //! The description names the release, every image (`repo:tag` → manifest
-//! digest, media type, platforms), every blob the release needs (digest,
-//! size, whether this tar carries it) and the base the bundle was cut
-//! against (an inventory: see `regfs inventory`). A full bundle is a delta against the
+//! digest, media type, platforms), the release's lock (each image as it was
+//! requested, the digest it resolved to, its platforms and what is attached
+//! to it: signatures, attestations, SBOMs, OCI 1.1 referrers), every blob
+//! the release needs (digest, size, whether this tar carries it) and the
+//! base the bundle was cut against (an inventory: see `regfs inventory`). A full bundle is a delta against the
 //! empty base: one format. The description is written with a fixed key
 //! order, one image or blob per line, so the same release over the same
 //! base gives the same bytes.
@@ -17,6 +19,7 @@
 
 pub mod describe;
 pub mod layer;
+pub mod record;
 pub mod tarball;
 
 use std::collections::BTreeSet;
@@ -29,8 +32,9 @@ use crate::layout::{self, Digest};
 pub const DESCRIPTION: &str = "regfs-bundle.json";
 /// `format` of every description.
 pub const FORMAT: &str = "regfs-bundle";
-/// The description version this regfs writes and reads.
-pub const VERSION: u32 = 1;
+/// The description version this regfs writes (it reads this one and 1,
+/// which had no lock).
+pub const VERSION: u32 = 2;
 /// Largest description regfs reads (about two million blobs).
 pub const MAX_DESCRIPTION_BYTES: u64 = 256 << 20;
 
@@ -44,8 +48,13 @@ pub struct Description {
     pub release: String,
     /// What the bundle was cut against; `None`: the empty base (a full bundle).
     pub base: Option<BaseRef>,
-    /// Sorted by repository, then tag.
+    /// Every tag the bundle holds (attachment tags too), sorted by
+    /// repository, then tag.
     pub images: Vec<Image>,
+    /// The release's lock: each requested image, sorted by how it was
+    /// requested (empty for a bundle `regfs export` made of a view).
+    #[serde(default)]
+    pub lock: Vec<Locked>,
     /// Every blob the release needs, sorted by digest.
     pub blobs: Vec<Blob>,
 }
@@ -74,6 +83,69 @@ pub struct Image {
     pub platforms: Vec<String>,
 }
 
+/// One image of a release's lock.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Locked {
+    /// As the images list names it: `repo:tag`, `repo@sha256:…` or `repo:tag@sha256:…`.
+    pub requested: String,
+    pub repo: String,
+    pub tag: Option<String>,
+    /// The manifest the reference resolved to at the source.
+    pub digest: Digest,
+    /// `os/architecture[/variant]`, as for [`Image`].
+    pub platforms: Vec<String>,
+    /// What the release carries attached to the image or to a child of its
+    /// index, in the order they were found (each after its subject).
+    pub attachments: Vec<Attachment>,
+}
+
+/// A manifest attached to one of an image's manifests.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attachment {
+    pub kind: AttachmentKind,
+    pub digest: Digest,
+    /// The manifest it is attached to.
+    pub subject: Digest,
+    /// The tag it is found by (cosign's `sha256-<hex>.sig`, a referrers
+    /// fallback tag); `None` for a referrer known by its `subject` only.
+    pub tag: Option<String>,
+    /// An OCI 1.1 referrer's `artifactType`, where it declares one.
+    pub artifact_type: Option<String>,
+}
+
+/// What an attachment is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttachmentKind {
+    /// cosign's `sha256-<hex>.sig`.
+    Signature,
+    /// cosign's `sha256-<hex>.att`.
+    Attestation,
+    /// cosign's `sha256-<hex>.sbom`.
+    Sbom,
+    /// The OCI 1.1 referrers fallback tag `sha256-<hex>`: an index of the referrers.
+    ReferrersIndex,
+    /// An OCI 1.1 referrer: a manifest whose `subject` names the image.
+    Referrer,
+}
+
+impl AttachmentKind {
+    /// The cosign tag suffixes and what each is.
+    pub const COSIGN: [(&'static str, AttachmentKind); 3] =
+        [("sig", AttachmentKind::Signature), ("att", AttachmentKind::Attestation), ("sbom", AttachmentKind::Sbom)];
+
+    /// The tag an attachment of this kind to `subject` has, if it has one.
+    pub fn tag_for(self, subject: &Digest) -> Option<String> {
+        match self {
+            AttachmentKind::ReferrersIndex => Some(format!("sha256-{}", subject.hex())),
+            AttachmentKind::Referrer => None,
+            k => Self::COSIGN.iter().find(|(_, c)| *c == k).map(|(s, _)| format!("sha256-{}.{s}", subject.hex())),
+        }
+    }
+}
+
 /// One blob the release needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -98,8 +170,9 @@ impl Description {
             let lines: Vec<String> = items.iter().map(line).collect();
             format!("[\n{}\n]", lines.join(",\n"))
         }
+        let lock = if self.version >= 2 { format!("\"lock\":{},\n", list(&self.lock)) } else { String::new() };
         format!(
-            "{{\"format\":{},\"version\":{},\"release\":{},\"base\":{},\n\"images\":{},\n\"blobs\":{}}}\n",
+            "{{\"format\":{},\"version\":{},\"release\":{},\"base\":{},\n\"images\":{},\n{lock}\"blobs\":{}}}\n",
             line(&self.format),
             self.version,
             line(&self.release),
@@ -118,11 +191,14 @@ impl Description {
         if d.format != FORMAT {
             return Err(format!("format {:?}, expected {FORMAT:?}", d.format));
         }
-        if d.version != VERSION {
+        if d.version == 0 || d.version > VERSION {
             return Err(format!(
-                "version {} (this regfs reads version {VERSION}; a newer regfs wrote it: upgrade regfs)",
+                "version {} (this regfs reads versions 1 to {VERSION}; a newer regfs wrote it: upgrade regfs)",
                 d.version
             ));
+        }
+        if d.version == 1 && !d.lock.is_empty() {
+            return Err("version 1 has no lock".into());
         }
         if !valid_release_name(&d.release) {
             return Err(format!("release name {:?} is not a plain name", d.release));
@@ -145,6 +221,7 @@ impl Description {
                 ));
             }
         }
+        check_lock(&d)?;
         Ok(d)
     }
 
@@ -166,6 +243,33 @@ impl Description {
         }
         t
     }
+}
+
+/// The lock's rules: sorted and unique requests, valid names, an image's
+/// reference agreeing with its fields, every manifest among the blobs.
+fn check_lock(d: &Description) -> Result<(), String> {
+    for (i, l) in d.lock.iter().enumerate() {
+        let at = format!("lock[{i}] ({:?})", l.requested);
+        if i > 0 && d.lock[i - 1].requested >= l.requested {
+            return Err(format!("{at}: out of order or listed twice"));
+        }
+        let tag_ok = l.tag.as_deref().is_none_or(layout::valid_tag);
+        if !layout::valid_repo_name(&l.repo) || !tag_ok || !l.requested.starts_with(l.repo.as_str()) {
+            return Err(format!("{at}: not a valid image reference"));
+        }
+        let named = |what: &str, dg: &Digest| match d.blob(dg) {
+            Some(_) => Ok(()),
+            None => Err(format!("{at}: {what} {dg} is not among the blobs")),
+        };
+        named("manifest", &l.digest)?;
+        for a in &l.attachments {
+            named("attachment", &a.digest)?;
+            if a.tag.as_deref().is_some_and(|t| !layout::valid_tag(t)) {
+                return Err(format!("{at}: attachment {}: bad tag", a.digest));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Counts of a description's blobs.

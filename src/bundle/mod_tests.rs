@@ -18,6 +18,20 @@ fn sample() -> Description {
             media_type: Some("application/vnd.oci.image.manifest.v1+json".into()),
             platforms: vec!["linux/amd64".into()],
         }],
+        lock: vec![Locked {
+            requested: "team/app:r2".into(),
+            repo: "team/app".into(),
+            tag: Some("r2".into()),
+            digest: d('a'),
+            platforms: vec!["linux/amd64".into()],
+            attachments: vec![Attachment {
+                kind: AttachmentKind::Signature,
+                digest: d('b'),
+                subject: d('a'),
+                tag: AttachmentKind::Signature.tag_for(&d('a')),
+                artifact_type: None,
+            }],
+        }],
         blobs: vec![
             Blob { digest: d('a'), size: 400, shipped: true },
             Blob { digest: d('b'), size: 4, shipped: false },
@@ -30,7 +44,18 @@ fn round_trips_one_entry_per_line() {
     let s = sample();
     let bytes = s.to_bytes();
     assert_eq!(Description::parse(&bytes).unwrap(), s);
-    assert_eq!(String::from_utf8(bytes).unwrap().lines().count(), 8);
+    assert_eq!(String::from_utf8(bytes).unwrap().lines().count(), 11);
+    assert_eq!(s.lock[0].attachments[0].tag.as_deref(), Some(&*format!("sha256-{}.sig", "a".repeat(64))));
+}
+
+#[test]
+fn version_1_descriptions_are_still_read() {
+    let mut s = sample();
+    s.version = 1;
+    s.lock.clear();
+    let bytes = s.to_bytes();
+    assert!(!String::from_utf8_lossy(&bytes).contains("lock"));
+    assert_eq!(Description::parse(&bytes).unwrap(), s);
 }
 
 #[test]
@@ -39,8 +64,14 @@ fn refuses_what_it_does_not_understand() {
     s.blobs.swap(0, 1);
     assert!(Description::parse(&s.to_bytes()).unwrap_err().contains("sorted"));
     let mut s = sample();
-    s.version = 2;
+    s.version = VERSION + 1;
     assert!(Description::parse(&s.to_bytes()).unwrap_err().contains("newer regfs"));
+    let mut s = sample();
+    s.lock[0].attachments[0].digest = d('c');
+    assert!(Description::parse(&s.to_bytes()).unwrap_err().contains("lock[0]"));
+    let mut s = sample();
+    s.lock.push(s.lock[0].clone());
+    assert!(Description::parse(&s.to_bytes()).unwrap_err().contains("listed twice"));
     let mut s = sample();
     s.images[0].digest = d('c');
     assert!(Description::parse(&s.to_bytes()).unwrap_err().contains("not among the blobs"));

@@ -51,18 +51,42 @@ pub struct ExportOptions {
     pub keep_times: bool,
 }
 
-/// What a bundle is: its release's name and the base it is cut against
-/// (`None`: a full bundle).
+/// What a bundle is: its release's name, the base it is cut against
+/// (`None`: a full bundle) and the release's lock.
 #[derive(Clone, Debug, Default)]
 pub struct BundleSpec {
     pub release: String,
-    pub base: Option<Inventory>,
+    pub base: Option<Base>,
+    pub lock: Vec<bundle::Locked>,
+}
+
+/// A base: what identifies it, and the blobs it holds that a bundle cut
+/// against it leaves out.
+#[derive(Clone, Debug)]
+pub struct Base {
+    pub reference: BaseRef,
+    pub blobs: std::collections::BTreeMap<Digest, u64>,
+}
+
+impl Base {
+    pub fn of(inventory: &Inventory) -> Base {
+        Base { reference: inventory.base_ref(), blobs: inventory.blobs.clone() }
+    }
+
+    /// The base a bundle was cut against, as far as its description tells:
+    /// the blobs it left out. Cutting the same release against it again
+    /// gives the same description.
+    pub fn recorded(d: &Description) -> Option<Base> {
+        let reference = d.base.clone()?;
+        let blobs = d.blobs.iter().filter(|b| !b.shipped).map(|b| (b.digest, b.size)).collect();
+        Some(Base { reference, blobs })
+    }
 }
 
 impl BundleSpec {
     /// A full bundle named after its file.
     pub fn full(out: &Path) -> BundleSpec {
-        BundleSpec { release: default_release_name(out), base: None }
+        BundleSpec { release: default_release_name(out), base: None, lock: Vec::new() }
     }
 }
 
@@ -161,11 +185,11 @@ pub fn check_target(out: &Path, layers: &Layers) -> Result<PathBuf> {
 /// daemon that does).
 pub fn export(view: &View, out: &Path, opts: &ExportOptions, spec: &BundleSpec) -> Result<ExportReport> {
     let started = Instant::now();
-    let mut description = bundle::describe::describe(view, &spec.release)
+    let mut description = bundle::describe::describe(view, &spec.release, &spec.lock)
         .map_err(|e| anyhow!(e))
         .context("describing the view (nothing was written)")?;
     if let Some(base) = &spec.base {
-        description.cut_against(base.base_ref(), |d| base.blobs.get(d).copied()).map_err(|e| anyhow!(e))?;
+        description.cut_against(base.reference.clone(), |d| base.blobs.get(d).copied()).map_err(|e| anyhow!(e))?;
     }
     let name = out.file_name().ok_or_else(|| anyhow!("{}: not a file name", out.display()))?;
     let dir = match out.parent() {
@@ -261,7 +285,11 @@ fn remove_stale_partials(dir: &Path, prefix: &OsStr) {
 /// `regfs export`: locks upper, checks the target, reads the bases, writes the tar.
 pub fn command(layers: &Layers, out: &Path, opts: &ExportOptions, name: Option<&str>, bases: &[PathBuf]) -> Result<()> {
     let target = check_target(out, layers)?;
-    let spec = bundle_spec(out, name, bases)?;
+    let mut spec = bundle_spec(out, name, bases)?;
+    // The upper of a finished release: its bundle again carries its lock.
+    if let Some(record) = crate::workdir::finished_record(&layers.upper)? {
+        spec.lock = record.description.lock;
+    }
     let _lock = store::lock_upper(&layers.upper, "regfs export")?;
     let view = layers.view()?;
     let report = export(&view, &target, opts, &spec)?;
@@ -281,8 +309,8 @@ pub fn bundle_spec(out: &Path, name: Option<&str>, bases: &[PathBuf]) -> Result<
         }
         None => default_release_name(out),
     };
-    let base = if bases.is_empty() { None } else { Some(Inventory::of_bases(bases)?) };
-    Ok(BundleSpec { release, base })
+    let base = if bases.is_empty() { None } else { Some(Base::of(&Inventory::of_bases(bases)?)) };
+    Ok(BundleSpec { release, base, lock: Vec::new() })
 }
 
 /// The tar file being written: headers and small files (read by the

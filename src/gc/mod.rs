@@ -54,11 +54,15 @@ pub use report::{KindReport, Report, Tally, human_bytes};
 use scan::{BlobData, BlobScan, RepoScan, Scanner};
 
 /// What a GC run may delete beyond garbage.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GcOptions {
     /// Roots are tagged manifests only: untagged ones (and what only they
-    /// reference) go, except children of a kept list or index.
+    /// reference) go, except children of a kept list or index and
+    /// referrers of a kept manifest.
     pub delete_untagged: bool,
+    /// Manifests kept as roots, tagged or not: (repository, digest). A
+    /// release pins the images it was asked for by digest.
+    pub pinned: Vec<(String, Digest)>,
 }
 
 /// What one planned deletion removes.
@@ -194,12 +198,18 @@ struct Pending {
     required: bool,
 }
 
+#[derive(Default)]
 struct Marks {
     marked: FxHashSet<Digest>,
     /// Manifests read and parsed.
     read: FxHashSet<Digest>,
+    /// The plain blobs each manifest read names (what its repository must
+    /// link in `_layers`).
+    blobs_of: FxHashMap<Digest, Vec<Digest>>,
     /// The data of every marked blob the store holds.
     data: FxHashMap<Digest, BlobData>,
+    /// Marked manifests without data (a subject not in the store).
+    absent: FxHashSet<Digest>,
     warnings: Vec<String>,
 }
 
@@ -265,12 +275,8 @@ impl<'s> Store<'s> {
 /// manifests are read in parallel, errors reported in a stable order. Then
 /// looks up the data of every marked blob (in parallel; only marked ones:
 /// an unmarked blob goes whole, whatever it holds).
-fn mark(store: &Store, roots: Vec<Pending>) -> Result<Marks, GcError> {
-    let mut marked = FxHashSet::default();
-    let mut read = FxHashSet::default();
-    let mut data = FxHashMap::default();
-    let mut absent = FxHashSet::default();
-    let mut warnings = Vec::new();
+fn mark(store: &Store, roots: Vec<Pending>, marks: &mut Marks) -> Result<(), GcError> {
+    let Marks { marked, read, blobs_of, data, absent, warnings } = marks;
     // Blob references to check for data once marking is done, in order.
     let mut referenced: Vec<(String, Digest)> = Vec::new();
     let mut frontier = roots;
@@ -296,6 +302,7 @@ fn mark(store: &Store, roots: Vec<Pending>) -> Result<Marks, GcError> {
                 continue;
             };
             read.insert(p.digest);
+            blobs_of.insert(p.digest, refs.blobs.iter().map(|b| b.digest).collect());
             let at = layout::blob_data(&p.digest).display().to_string();
             if refs.is_empty() {
                 warnings.push(format!(
@@ -328,7 +335,7 @@ fn mark(store: &Store, roots: Vec<Pending>) -> Result<Marks, GcError> {
             warnings.push(format!("{at}: references blob {d}, which has no data in the store"));
         }
     }
-    Ok(Marks { marked, read, data, warnings })
+    Ok(())
 }
 
 /// Builds the plan; reads the view, writes nothing.
@@ -409,22 +416,41 @@ fn plan_scan(sc: &Scanner, opts: &GcOptions, prefixes: &[Named], t0: Instant) ->
     tracing::debug!(ms = ms(), "gc: repositories scanned");
 
     let (mut roots, mut others) = (Vec::new(), Vec::new());
+    let pinned: FxHashSet<(&str, Digest)> = opts.pinned.iter().map(|(r, d)| (r.as_str(), *d)).collect();
     for r in &repos {
         let tagged: FxHashSet<Digest> = r.tags.iter().filter_map(|t| t.current).collect();
         for rev in r.revisions.iter().filter(|rev| rev.present) {
             let origin = rev.dir.join(layout::LINK).display().to_string();
             let p = Pending { digest: rev.digest, origin, required: true };
-            if !opts.delete_untagged || tagged.contains(&rev.digest) { roots.push(p) } else { others.push(p) }
+            let root = !opts.delete_untagged
+                || tagged.contains(&rev.digest)
+                || pinned.contains(&(r.name.as_str(), rev.digest));
+            if root { roots.push(p) } else { others.push(p) }
         }
     }
-    let marks = mark(&store, roots)?;
+    let mut marks = Marks::default();
+    mark(&store, roots, &mut marks)?;
     tracing::debug!(ms = ms(), "gc: manifests marked");
     // Revisions that are not roots are read and parsed all the same: a bad
     // one stops GC in both modes, whether or not it would be deleted.
     others.retain(|p| !marks.read.contains(&p.digest));
     let checked: Vec<_> = others.par_iter().map(|p| store.read_manifest(p)).collect();
     let manifests_read = (marks.read.len() + checked.len()) as u64;
-    checked.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let checked = checked.into_iter().collect::<Result<Vec<_>, _>>()?;
+    // A referrer of a kept manifest is kept (a signature, an SBOM), and so
+    // in turn are its own referrers: until no more are found.
+    let mut unmarked: Vec<(Pending, Digest)> =
+        others.into_iter().zip(checked).filter_map(|(p, (_, refs))| Some((p, refs?.subject?.digest))).collect();
+    loop {
+        let (attached, rest): (Vec<_>, Vec<_>) = unmarked
+            .into_iter()
+            .partition(|(p, subject)| marks.marked.contains(subject) && !marks.marked.contains(&p.digest));
+        if attached.is_empty() {
+            break;
+        }
+        unmarked = rest;
+        mark(&store, attached.into_iter().map(|(p, _)| p).collect(), &mut marks)?;
+    }
     let mut b = PlanBuilder::default();
     // `marks.data` holds marked blobs only: one with data there is kept.
     let kept_data = |d: &Digest| marks.data.get(d).and_then(|x| x.as_ref());
@@ -449,7 +475,7 @@ fn plan_scan(sc: &Scanner, opts: &GcOptions, prefixes: &[Named], t0: Instant) ->
     }
     let has_data = |d: &Digest| kept_data(d).is_some();
     for r in &repos {
-        b.repo(r, &marks.marked, &has_data);
+        b.repo(r, &marks.marked, &marks.blobs_of, &has_data);
     }
     let PlanBuilder { mut deletions, kept, mut protected } = b;
     protected.extend(layout::skeleton_dirs());
@@ -493,10 +519,20 @@ impl PlanBuilder {
     }
 
     /// Decides a repository's links, tags and sections.
-    fn repo(&mut self, r: &RepoScan, marked: &FxHashSet<Digest>, has_data: &dyn Fn(&Digest) -> bool) {
+    fn repo(
+        &mut self,
+        r: &RepoScan,
+        marked: &FxHashSet<Digest>,
+        blobs_of: &FxHashMap<Digest, Vec<Digest>>,
+        has_data: &dyn Fn(&Digest) -> bool,
+    ) {
         let name = Some(r.name.as_str());
         let kept_revs: FxHashSet<Digest> =
             r.revisions.iter().filter(|l| l.present && marked.contains(&l.digest)).map(|l| l.digest).collect();
+        // The blobs this repository's kept manifests name: a link to any
+        // other serves no pull of it (a blob another repository keeps is
+        // no reason), so the repository's links follow from its manifests.
+        let linked: FxHashSet<Digest> = kept_revs.iter().filter_map(|m| blobs_of.get(m)).flatten().copied().collect();
         if r.has(Section::Uploads) {
             self.delete(Kind::Upload, layout::section_dir(&r.name, Section::Uploads), name, (0, 0));
         }
@@ -536,7 +572,7 @@ impl PlanBuilder {
             }
         }
         for l in &r.layer_links {
-            if l.present && marked.contains(&l.digest) && has_data(&l.digest) {
+            if l.present && linked.contains(&l.digest) && has_data(&l.digest) {
                 self.keep(Kind::LayerLink, l.bytes);
                 repo_bytes += l.bytes;
             } else {

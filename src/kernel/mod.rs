@@ -55,7 +55,15 @@ pub fn hidden_paths(view: &View) -> io::Result<BTreeSet<PathBuf>> {
             collect(view, rel, &mut found).map(|()| found)
         })
         .collect::<io::Result<Vec<Vec<PathBuf>>>>()?;
-    Ok(found.into_iter().flatten().collect())
+    let mut hidden: BTreeSet<PathBuf> = found.into_iter().flatten().collect();
+    // regfs's own state at a lower's root (a history's release records).
+    let state = Path::new(layout::RELEASES);
+    for lower in view.lowers() {
+        if lower.stat(state)?.is_some() {
+            hidden.insert(state.to_path_buf());
+        }
+    }
+    Ok(hidden)
 }
 
 /// Collects hidden paths at or below `rel` (under `repositories/`).

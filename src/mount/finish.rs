@@ -48,7 +48,8 @@ pub(super) fn release_on_unmount(view: &View, layers: &Layers, req: &Finish) -> 
     export_args.extend(layers_of);
     export_args.extend(["-o".into(), out.into()]);
     let (gc_cmd, export_cmd) = (shown_command(&gc_args), shown_command(&export_args));
-    let (_, report) = gc::run(view, &GcOptions { delete_untagged: req.delete_untagged }, false).with_context(|| {
+    let (_, report) = gc::run(view, &GcOptions { delete_untagged: req.delete_untagged, ..Default::default() }, false)
+        .with_context(|| {
         format!(
             "the gc after unmount failed and nothing was exported; the upper {} is intact (gc deletes \
              nothing before its plan is complete, and each deletion is whole). Fix the cause, then run by \

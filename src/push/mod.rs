@@ -8,8 +8,6 @@
 //! each (a manifest the stack leaves out, or a blob a manifest it carries
 //! names) and every one it lacks is listed at once.
 
-mod target;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -18,14 +16,14 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use crate::bundle::Description;
+pub use crate::client::Access;
+use crate::client::{Kind, Target, TargetRef};
 use crate::gc::manifest;
 use crate::layout::{self, Digest};
 use crate::release::children::{RegistryChild, RegistryOptions, find_registry, find_skopeo, run_skopeo};
 use crate::serve::{MountedStack, stack_descriptions};
 use crate::store::Layers;
 use crate::view::{Policy, View};
-pub use target::Access;
-use target::{Kind, Target, TargetRef};
 
 /// What `regfs push` was asked.
 #[derive(Clone, Debug)]

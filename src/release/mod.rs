@@ -6,8 +6,12 @@
 //! command; on Ctrl-C or any failure the upper is left for inspection and no
 //! tar is written. The history is only ever read.
 
+mod attach;
 pub mod children;
+mod images;
 mod preflight;
+mod rebuild;
+mod source;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -19,11 +23,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 
-use crate::layout;
 use crate::mount::{self, Mode};
 use crate::store;
-use crate::view::policy;
 use children::{CopyOutcome, RegistryChild, Skopeo};
+pub use images::{ImageName, parse_images};
 
 /// What `regfs release` was asked to do.
 #[derive(Clone, Debug)]
@@ -50,57 +53,10 @@ pub struct ReleaseRequest {
     pub resume: bool,
     /// Start over: unmount and remove what a release that did not finish left.
     pub clean: bool,
-}
-
-/// One `repo:tag` line of an images list.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct ImageName {
-    pub repo: String,
-    pub tag: String,
-}
-
-impl std::fmt::Display for ImageName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.repo, self.tag)
-    }
-}
-
-/// Parses an images list: `repo:tag` per line, `#` comments, blank lines.
-pub fn parse_images(text: &str, path: &Path) -> Result<Vec<ImageName>> {
-    let mut out = Vec::new();
-    let mut seen = std::collections::BTreeMap::new();
-    for (n, line) in crate::util::list_lines(text) {
-        let at = |msg: String| anyhow!("{}:{n}: {msg}", path.display());
-        let repo = policy::repo_of_image_ref(line);
-        let tag = line.get(repo.len() + 1..).unwrap_or("");
-        if tag.is_empty() && line.contains(':') {
-            let bad = &line[line.find(':').map_or(0, |i| i + 1)..];
-            return Err(at(format!(
-                "{line:?}: bad tag {bad:?}: [A-Za-z0-9_][A-Za-z0-9_.-]*, at most 128 characters (no '/')"
-            )));
-        }
-        if tag.is_empty() {
-            return Err(at(format!("{line:?}: no tag; write repo:tag (every image of a release is named by its tag)")));
-        }
-        if !layout::valid_repo_name(repo) {
-            return Err(at(format!(
-                "{line:?}: {repo:?} is not a repository name (lowercase letters, digits, '.', '_', '-', \
-                 components separated by '/')"
-            )));
-        }
-        if !layout::valid_tag(tag) {
-            return Err(at(format!("{line:?}: bad tag {tag:?}: [A-Za-z0-9_][A-Za-z0-9_.-]*, at most 128 characters")));
-        }
-        let img = ImageName { repo: repo.to_string(), tag: tag.to_string() };
-        if let Some(first) = seen.insert(img.clone(), n) {
-            return Err(at(format!("{img} is listed twice (first on line {first})")));
-        }
-        out.push(img);
-    }
-    if out.is_empty() {
-        bail!("{}: no images listed (expected repo:tag lines)", path.display());
-    }
-    Ok(out)
+    /// Copy each image's signatures, attestations, SBOMs and referrers too.
+    pub referrers: bool,
+    /// Make this recorded release again from the history instead.
+    pub rebuild: Option<String>,
 }
 
 /// Where the release's images come from.
@@ -127,15 +83,6 @@ pub fn parse_source(s: &str) -> Result<Source> {
         Ok(Source::Oci(dir))
     } else {
         bail!("--from {s}: expected docker://HOST[/PREFIX] or oci:DIR")
-    }
-}
-
-impl Source {
-    fn reference(&self, img: &ImageName) -> String {
-        match self {
-            Source::Docker(prefix) => format!("docker://{prefix}/{}:{}", img.repo, img.tag),
-            Source::Oci(dir) => format!("oci:{}:{}", dir.join(&img.repo).display(), img.tag),
-        }
     }
 }
 
@@ -167,8 +114,13 @@ pub struct Summary {
     pub release: String,
     pub base: Option<crate::bundle::BaseRef>,
     pub bundle: crate::bundle::Totals,
-    /// Every image of the release as the tar holds it: `repo:tag` and digest.
+    /// Every tag of the release as the tar holds it: `repo:tag` and digest.
     pub tags: Vec<TagDigest>,
+    /// Attachments copied (signatures, attestations, SBOMs, referrers).
+    pub attachments: usize,
+    /// The release's lock, as the bundle's description holds it: each image
+    /// as requested, what it resolved to, its platforms and attachments.
+    pub lock: Vec<crate::bundle::Locked>,
     pub upper: PathBuf,
     pub phases: Phases,
 }
@@ -290,34 +242,8 @@ fn tree_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-/// The keep list a release's work dir holds (what makes it one).
-const KEEP_LIST: &str = "keep.list";
-/// Written into the work dir when the release's tar is complete.
-const DONE: &str = "release.done";
-
-/// What the directory holding an upper says of it.
-#[derive(Debug, PartialEq, Eq)]
-pub enum UpperOrigin {
-    /// Not a `regfs release` work dir.
-    Other,
-    /// The upper of a release that wrote its tar.
-    Finished,
-    /// The upper of a release that failed or was stopped (its GC may not
-    /// have run: it can hold uploads and blobs nothing references).
-    Unfinished,
-}
-
-/// Whether `upper` is a release's upper, and whether that release finished.
-pub fn upper_origin(upper: &Path) -> UpperOrigin {
-    let Some(dir) = upper.parent() else { return UpperOrigin::Other };
-    if !dir.join(KEEP_LIST).is_file() || upper.file_name() != Some(std::ffi::OsStr::new("upper")) {
-        UpperOrigin::Other
-    } else if dir.join(DONE).is_file() {
-        UpperOrigin::Finished
-    } else {
-        UpperOrigin::Unfinished
-    }
-}
+use crate::workdir::{DONE, KEEP_LIST, RECORD};
+pub use crate::workdir::{UpperOrigin, upper_origin};
 
 /// The working directory's layout.
 struct Work {
@@ -392,7 +318,7 @@ fn reclaim_work(req: &ReleaseRequest, dir: &Path, upper: &Path, mnt: &Path) -> R
     if req.clean {
         // Nothing below the work dir is mounted (checked above): removing
         // it cannot reach through into a view of the history.
-        for p in [upper, mnt, &dir.join(KEEP_LIST), &dir.join(DONE)] {
+        for p in [upper, mnt, &dir.join(KEEP_LIST), &dir.join(DONE), &dir.join(RECORD)] {
             let gone = if p.is_dir() { fs::remove_dir_all(p) } else { fs::remove_file(p) };
             match gone {
                 Ok(()) => {}
@@ -412,6 +338,7 @@ fn reclaim_work(req: &ReleaseRequest, dir: &Path, upper: &Path, mnt: &Path) -> R
     if req.resume {
         // This run writes the marker again once its tar is complete.
         let _ = fs::remove_file(dir.join(DONE));
+        let _ = fs::remove_file(dir.join(RECORD));
     }
     Ok(())
 }
@@ -426,8 +353,8 @@ fn prepare_work(
     req: &ReleaseRequest,
     histories: &[PathBuf],
     images: &[ImageName],
-    check_source: impl FnOnce() -> Result<Option<std::collections::BTreeMap<crate::layout::Digest, u64>>>,
-) -> Result<(Work, PathBuf)> {
+    check_source: impl FnOnce() -> Result<preflight::Checked>,
+) -> Result<(Work, PathBuf, Vec<preflight::Resolved>)> {
     let output =
         store::resolve_maybe_missing(&req.output).with_context(|| format!("-o {}: bad path", req.output.display()))?;
     if output.is_file() && !req.force {
@@ -462,7 +389,7 @@ fn prepare_work(
     }
     let mnt = dir.join("mnt");
     // The arguments are good: now the source, before anything is created.
-    let sizes = check_source()?;
+    let preflight::Checked { images: resolved, sizes } = check_source()?;
     let existing = dir.ancestors().find(|a| a.is_dir()).unwrap_or(Path::new("/"));
     // Only a push that might not fit opens the history (a tar history is
     // indexed to open) to leave out what it holds.
@@ -490,7 +417,7 @@ fn prepare_work(
     let repos: BTreeSet<&str> = images.iter().map(|i| i.repo.as_str()).collect();
     let text: String = repos.iter().map(|r| format!("{r}\n")).collect();
     fs::write(&keep, text).with_context(|| format!("writing {}", keep.display()))?;
-    Ok((Work { upper, mnt, keep, dir, _lock: lock }, output))
+    Ok((Work { upper, mnt, keep, dir, _lock: lock }, output, resolved))
 }
 
 /// The mounted view; unmounted when dropped unless [`Mounted::unmount`]
@@ -537,6 +464,14 @@ fn mount_view<'a>(req: &ReleaseRequest, work: &'a Work) -> Result<Mounted<'a>> {
     Ok(Mounted { mnt: &work.mnt, active: true })
 }
 
+/// `regfs release`: the release, or with `--rebuild` a recorded one made again.
+pub fn command(req: &ReleaseRequest) -> Result<()> {
+    match &req.rebuild {
+        Some(name) => rebuild::command(req, name),
+        None => run(req).map(|_| ()),
+    }
+}
+
 /// Runs the release; prints the summary. Returns the summary for tests.
 /// With `--json` a failure is a JSON document on stdout too:
 /// `{"ok": false, "phase": ..., "error": ...}`, the phase it failed in
@@ -576,24 +511,15 @@ fn run_with(req: &ReleaseRequest, progress: &mut Progress) -> Result<Summary> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let (work, output) = prepare_work(req, &histories, &images, || {
-        runtime.block_on(preflight::check_source(&skopeo, &source, &images, req.jobs))
+    let store = source.store(req.src_tls_verify)?;
+    let (work, output, resolved) = prepare_work(req, &histories, &images, || {
+        runtime.block_on(preflight::check_source(&skopeo, &source, &store, &images, req.jobs, req.referrers))
     })?;
+    let plan = CopyPlan { images: &images, resolved: &resolved, store };
     let interrupts = Interrupts::install(&runtime)?;
-    let summary = release_in(
-        req,
-        &runtime,
-        &interrupts,
-        &work,
-        &output,
-        &spec,
-        &images,
-        &registry_bin,
-        &skopeo,
-        &source,
-        progress,
-    )
-    .with_context(|| format!("release failed: no tar written; upper kept in {}", work.upper.display()))?;
+    let summary =
+        release_in(req, &runtime, &interrupts, &work, &output, &spec, &plan, &registry_bin, &skopeo, progress)
+            .with_context(|| format!("release failed: no tar written; upper kept in {}", work.upper.display()))?;
     print_summary(&summary, req.json)?;
     Ok(summary)
 }
@@ -607,10 +533,9 @@ fn release_in(
     work: &Work,
     output: &Path,
     spec: &crate::export::BundleSpec,
-    images: &[ImageName],
+    plan: &CopyPlan,
     registry_bin: &Path,
     skopeo: &Skopeo,
-    source: &Source,
     progress: &mut Progress,
 ) -> Result<Summary> {
     let mut phases = Phases::default();
@@ -621,8 +546,7 @@ fn release_in(
     interrupts.check("mounting")?;
     let mode = if crate::kernel::overlay_using_upper(&work.upper).is_some() { "kernel" } else { "fuse" };
 
-    let pushed =
-        runtime.block_on(push_all(req, registry_bin, skopeo, source, images, work, interrupts, &mut phases, progress));
+    let pushed = runtime.block_on(push_all(req, registry_bin, skopeo, plan, work, interrupts, &mut phases, progress));
     progress.done();
     if pushed.is_ok() {
         progress.current = "unmount".into();
@@ -648,13 +572,15 @@ fn release_in(
     let view = layers.view()?;
     let t = Instant::now();
     progress.phase("gc", None);
-    let (_, gc_report) = crate::gc::run(&view, &crate::gc::GcOptions { delete_untagged: req.delete_untagged }, false)?;
+    let gc_opts = crate::gc::GcOptions { delete_untagged: req.delete_untagged, pinned: plan.pinned() };
+    let (_, gc_report) = crate::gc::run(&view, &gc_opts, false)?;
     phases.add("gc", t);
     let blobs = crate::plan::blob_origins(&view)?;
     interrupts.check("the gc")?;
     let t = Instant::now();
     progress.phase("export", None);
-    let tar = crate::export::export(&view, output, &crate::export::ExportOptions::default(), spec)
+    let spec = crate::export::BundleSpec { lock: plan.lock(), ..spec.clone() };
+    let tar = crate::export::export(&view, output, &crate::export::ExportOptions::default(), &spec)
         .with_context(|| format!("writing {}", output.display()))?;
     let tar_sha256 = sha256_file(output)?;
     phases.add("export", t);
@@ -671,13 +597,18 @@ fn release_in(
         .map(|i| TagDigest { image: format!("{}:{}", i.repo, i.tag), digest: i.digest })
         .collect();
     let done = serde_json::json!({ "tar": output, "sha256": tar_sha256 });
+    let record = crate::bundle::record::Record::new(&described, &tar_sha256, tar.tar_bytes);
+    crate::util::write_atomic(&work.dir.join(RECORD), &record.to_bytes())
+        .with_context(|| format!("writing the release's record into {}", work.dir.display()))?;
     crate::util::write_atomic(&work.dir.join(DONE), done.to_string().as_bytes())
         .with_context(|| format!("marking {} finished", work.dir.display()))?;
 
     Ok(Summary {
         ok: true,
-        images: images.len(),
-        copied: images.len(),
+        images: plan.images.len(),
+        copied: plan.images.len(),
+        attachments: plan.resolved.iter().map(|r| r.attachments.len()).sum(),
+        lock: described.lock.clone(),
         copy_attempts: attempts,
         mode: mode.to_string(),
         blobs,
@@ -752,8 +683,7 @@ async fn push_all(
     req: &ReleaseRequest,
     registry_bin: &Path,
     skopeo: &Skopeo,
-    source: &Source,
-    images: &[ImageName],
+    plan: &CopyPlan<'_>,
     work: &Work,
     interrupts: &Interrupts,
     phases: &mut Phases,
@@ -765,9 +695,9 @@ async fn push_all(
     phases.add("registry start", t);
 
     let t = Instant::now();
-    progress.phase("push", Some(images.len() as u64));
+    progress.phase("push", Some(plan.images.len() as u64));
     let outcome = tokio::select! {
-        r = copy_images(req, skopeo, source, images, registry.addr(), &work.upper, progress) => r,
+        r = copy_images(req, skopeo, plan, registry.addr(), &work.upper, progress) => r,
         sig = interrupts.wait() => Err(anyhow!("interrupted ({sig}): copies stopped")),
     };
     phases.add("push", t);
@@ -790,8 +720,7 @@ async fn push_all(
 async fn copy_images(
     req: &ReleaseRequest,
     skopeo: &Skopeo,
-    source: &Source,
-    images: &[ImageName],
+    plan: &CopyPlan<'_>,
     dest: std::net::SocketAddr,
     upper: &Path,
     progress: &Progress,
@@ -799,18 +728,53 @@ async fn copy_images(
     let limit = Arc::new(tokio::sync::Semaphore::new(req.jobs));
     let mut set = tokio::task::JoinSet::new();
     let flight = progress.flight();
-    for img in images {
+    let registry = crate::client::TargetRef { host: dest.to_string(), prefix: String::new() };
+    let client = Arc::new(crate::client::Target::new(&registry, &crate::client::Access::default())?);
+    for (img, resolved) in plan.images.iter().zip(plan.resolved) {
         let (limit, skopeo, img, flight) = (limit.clone(), skopeo.clone(), img.clone(), flight.clone());
-        let src = source.reference(&img);
-        let dst = format!("docker://{dest}/{}:{}", img.repo, img.tag);
+        let (store, client, resolved) = (plan.store.clone(), client.clone(), resolved.clone());
+        let dst = format!("docker://{dest}/{}", img.dest_reference(&resolved.digest));
         let retries = req.retries;
+        let attached_count = resolved.attachments.len();
         set.spawn(async move {
             let _permit = limit.acquire_owned().await;
             let name = img.to_string();
             flight.start(&name);
-            let outcome = skopeo.copy_with_retries(&src, &dst, retries).await;
+            let start = Instant::now();
+            let mut outcome = match &resolved.copy_from {
+                Some(src) => skopeo.copy_with_retries(src, &dst, retries).await,
+                None => {
+                    let (store, client, repo, tag) = (store.clone(), client.clone(), img.repo.clone(), img.tag.clone());
+                    let d = resolved.digest;
+                    blocking_with_retries(retries, start, move || {
+                        attach::copy_raw(store.as_ref(), &client, &repo, &d, tag.as_deref())
+                    })
+                    .await
+                }
+            };
+            if let CopyOutcome::Copied { attempts, .. } = outcome
+                && !resolved.attachments.is_empty()
+            {
+                let repo = img.repo.clone();
+                let attached = blocking_with_retries(retries, start, move || {
+                    for a in &resolved.attachments {
+                        attach::copy_raw(store.as_ref(), &client, &repo, &a.digest, a.tag.as_deref())?;
+                    }
+                    Ok(())
+                })
+                .await;
+                outcome = match attached {
+                    CopyOutcome::Copied { attempts: more, seconds } => {
+                        CopyOutcome::Copied { attempts: attempts + more - 1, seconds }
+                    }
+                    CopyOutcome::Failed { attempts: more, message } => CopyOutcome::Failed {
+                        attempts: attempts + more,
+                        message: format!("copying its signatures and referrers: {message}"),
+                    },
+                };
+            }
             flight.end(&name);
-            (img, outcome)
+            (img, outcome, attached_count)
         });
     }
     // What upper holds so far, twice a second (on a terminal only).
@@ -826,29 +790,88 @@ async fn copy_images(
             }
         })
     });
-    let result = collect_copies(&mut set, images.len(), progress).await;
+    let result = collect_copies(&mut set, plan.images.len(), progress).await;
     if let Some(w) = watcher {
         w.abort();
     }
     result
 }
 
+/// Runs a blocking copy (regfs's own client) up to `retries` more times.
+async fn blocking_with_retries(
+    retries: u32,
+    start: Instant,
+    copy: impl Fn() -> Result<()> + Send + Sync + 'static,
+) -> CopyOutcome {
+    let copy = Arc::new(copy);
+    let mut last = String::new();
+    for attempt in 1..=retries + 1 {
+        let c = copy.clone();
+        match tokio::task::spawn_blocking(move || c()).await {
+            Ok(Ok(())) => return CopyOutcome::Copied { attempts: attempt, seconds: start.elapsed().as_secs_f64() },
+            Ok(Err(e)) => last = format!("{e:#}"),
+            Err(e) => last = format!("the copy task failed: {e}"),
+        }
+        tracing::warn!(attempt, error = %last, "copy failed");
+        if attempt <= retries {
+            tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+        }
+    }
+    CopyOutcome::Failed { attempts: retries + 1, message: last }
+}
+
+/// What the push copies: each image as listed, what it resolved to at the
+/// source, and the source read directly (for attachments).
+struct CopyPlan<'a> {
+    images: &'a [ImageName],
+    resolved: &'a [preflight::Resolved],
+    store: Arc<dyn source::SourceStore>,
+}
+
+impl CopyPlan<'_> {
+    /// Every image's manifest, kept by GC whether tagged or not.
+    fn pinned(&self) -> Vec<(String, crate::layout::Digest)> {
+        self.images.iter().zip(self.resolved).map(|(i, r)| (i.repo.clone(), r.digest)).collect()
+    }
+
+    /// The release's lock (platforms are filled in from the view).
+    fn lock(&self) -> Vec<crate::bundle::Locked> {
+        self.images
+            .iter()
+            .zip(self.resolved)
+            .map(|(i, r)| crate::bundle::Locked {
+                requested: i.to_string(),
+                repo: i.repo.clone(),
+                tag: i.tag.clone(),
+                digest: r.digest,
+                platforms: Vec::new(),
+                attachments: r.attachments.clone(),
+            })
+            .collect()
+    }
+}
+
 /// Waits for the copies; the first that fails for good stops the rest.
 async fn collect_copies(
-    set: &mut tokio::task::JoinSet<(ImageName, CopyOutcome)>,
+    set: &mut tokio::task::JoinSet<(ImageName, CopyOutcome, usize)>,
     total: usize,
     progress: &Progress,
 ) -> Result<u32> {
     let mut attempts = 0;
     let mut copied = 0;
     while let Some(joined) = set.join_next().await {
-        let (img, outcome) = joined.context("an image copy task failed")?;
+        let (img, outcome, attached) = joined.context("an image copy task failed")?;
         match outcome {
             CopyOutcome::Copied { attempts: a, seconds } => {
                 attempts += a;
                 copied += 1;
+                let with = match attached {
+                    0 => String::new(),
+                    1 => ", with 1 attachment".to_string(),
+                    n => format!(", with {n} attachments"),
+                };
                 progress.step(&format!(
-                    "{img} ({seconds:.1} s{})",
+                    "{img} ({seconds:.1} s{with}{})",
                     if a > 1 { format!(", {a} attempts") } else { String::new() }
                 ));
             }
@@ -872,7 +895,10 @@ fn print_summary(s: &Summary, json: bool) -> Result<()> {
     }
     use crate::util::human_bytes;
     println!("release {} ({} mode)", s.tar.display(), s.mode);
-    println!("  images copied   {}/{} ({} skopeo runs)", s.copied, s.images, s.copy_attempts);
+    println!(
+        "  images copied   {}/{} ({} copy runs), with {} attachments (signatures, attestations, SBOMs, referrers)",
+        s.copied, s.images, s.copy_attempts, s.attachments
+    );
     println!(
         "  blobs           {} uploaded ({}), {} reused from history ({})",
         s.blobs.uploaded,

@@ -12,8 +12,13 @@ use anyhow::{Result, bail};
 
 use crate::layout::Digest;
 
+use std::sync::Arc;
+
+use super::attach;
 use super::children::Skopeo;
+use super::source::{OciStore, SourceStore};
 use super::{ImageName, Source};
+use crate::bundle::Attachment;
 
 /// What skopeo's message says went wrong at the source, for a person.
 fn explain(message: &str) -> String {
@@ -122,80 +127,145 @@ pub fn check_space(
     Ok(())
 }
 
-/// The top manifest of image `img` in the OCI layout `dir/repo` (`None`
-/// where its ref names no valid digest: the copy will tell), or why the
-/// layout does not hold the image.
-fn oci_top(dir: &Path, img: &ImageName) -> Result<Option<Digest>, String> {
-    let index = dir.join(&img.repo).join("index.json");
-    let text = std::fs::read_to_string(&index).map_err(|e| format!("no OCI layout {}: {e}", index.display()))?;
-    let doc: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", index.display()))?;
-    let refs: Vec<(&str, &serde_json::Value)> = doc["manifests"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|m| Some((m["annotations"]["org.opencontainers.image.ref.name"].as_str()?, m)))
-        .collect();
-    match refs.iter().find(|(name, _)| *name == img.tag) {
-        Some((_, m)) => Ok(m["digest"].as_str().and_then(|d| Digest::parse(d).ok())),
-        None => {
-            let names: Vec<&str> = refs.iter().map(|(n, _)| *n).collect();
-            Err(format!("{} names no tag {:?} (it has: {})", index.display(), img.tag, names.join(", ")))
-        }
+/// Where an image comes from once looked up: the manifest it resolved to,
+/// how to copy it, and what is attached to it.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    pub digest: Digest,
+    /// What skopeo copies (the source's manifest by its digest, or an OCI
+    /// layout's ref name); `None`: regfs copies it itself (an OCI layout's
+    /// untagged manifest, which skopeo cannot name).
+    pub copy_from: Option<String>,
+    pub attachments: Vec<Attachment>,
+}
+
+/// What the preflight found: each image resolved (in the list's order)
+/// and, where the source tells them all, the sizes of every blob.
+pub struct Checked {
+    pub images: Vec<Resolved>,
+    pub sizes: Option<BTreeMap<Digest, u64>>,
+}
+
+/// The manifest image `img` names in an OCI layout, and the ref name to
+/// copy it by; or why the layout does not hold it.
+fn oci_lookup(store: &OciStore, img: &ImageName) -> Result<(Digest, Option<String>), String> {
+    let entries = store.entries(&img.repo).map_err(|e| format!("{e:#}"))?;
+    match (&img.tag, &img.digest) {
+        (Some(tag), _) => match entries.iter().find(|e| e.ref_name.as_deref() == Some(tag.as_str())) {
+            Some(e) => Ok((e.digest, Some(tag.clone()))),
+            None => {
+                let names: Vec<&str> = entries.iter().filter_map(|e| e.ref_name.as_deref()).collect();
+                Err(format!("the layout names no tag {tag:?} (it has: {})", names.join(", ")))
+            }
+        },
+        (None, Some(d)) => match store.manifest(&img.repo, &d.to_string()) {
+            Ok(Some(_)) => {
+                let named = entries.iter().find(|e| e.digest == *d).and_then(|e| e.ref_name.clone());
+                Ok((*d, named))
+            }
+            Ok(None) => Err(format!("the layout holds no manifest {d}")),
+            Err(e) => Err(format!("{e:#}")),
+        },
+        (None, None) => Err("neither a tag nor a digest".into()),
     }
 }
 
-/// Refuses, listing every image the source lacks or cannot give; returns
-/// the sizes of every blob of the images where the source tells them all.
+/// A pinned image whose tag names another manifest now.
+fn check_pin(img: &ImageName, got: &Digest) -> Result<(), String> {
+    match &img.digest {
+        Some(want) if want != got => Err(format!(
+            "the tag now names {got}, not the pinned {want}: the tag moved at the source (pin the new digest, or \
+             find out why it moved); nothing was copied"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Looks up one image: resolves it, sizes its blobs, finds its attachments.
+async fn look_up(
+    skopeo: &Skopeo,
+    source: &Source,
+    store: &Arc<dyn SourceStore>,
+    img: &ImageName,
+    referrers: bool,
+) -> Result<(Resolved, Option<BTreeMap<Digest, u64>>), String> {
+    let (digest, bytes, copy_from, sizes) = match source {
+        Source::Oci(dir) => {
+            let oci = OciStore::new(dir);
+            let (digest, named) = oci_lookup(&oci, img)?;
+            check_pin(img, &digest)?;
+            let bytes = oci.manifest(&img.repo, &digest.to_string()).map_err(|e| format!("{e:#}"))?.unwrap_or_default();
+            let from = named.map(|n| format!("oci:{}:{n}", dir.join(&img.repo).display()));
+            (digest, bytes, from, oci_blobs(dir, img, digest))
+        }
+        Source::Docker(prefix) => {
+            let reference = match (&img.tag, &img.digest) {
+                (Some(t), _) => format!("docker://{prefix}/{}:{t}", img.repo),
+                (None, Some(d)) => format!("docker://{prefix}/{}@{d}", img.repo),
+                (None, None) => return Err("neither a tag nor a digest".into()),
+            };
+            let bytes = skopeo.inspect(&reference).await.map_err(|e| explain(&format!("{e:#}")))?;
+            let digest = Digest::of(&bytes);
+            check_pin(img, &digest)?;
+            let sizes = docker_blobs(skopeo, source, img, bytes.clone()).await;
+            (digest, bytes, Some(format!("docker://{prefix}/{}@{digest}", img.repo)), sizes)
+        }
+    };
+    let attachments = if referrers {
+        let (store, repo) = (store.clone(), img.repo.clone());
+        tokio::task::spawn_blocking(move || attach::discover(store.as_ref(), &repo, &digest, &bytes))
+            .await
+            .map_err(|e| format!("finding attachments: {e}"))?
+            .map_err(|e| format!("finding its signatures and referrers: {e:#}"))?
+    } else {
+        Vec::new()
+    };
+    Ok((Resolved { digest, copy_from, attachments }, sizes))
+}
+
+/// Refuses, listing every image the source lacks or cannot give (or whose
+/// pinned tag moved); resolves the others, with their attachments unless
+/// `referrers` is off.
 pub async fn check_source(
     skopeo: &Skopeo,
     source: &Source,
+    store: &Arc<dyn SourceStore>,
     images: &[ImageName],
     jobs: usize,
-) -> Result<Option<BTreeMap<Digest, u64>>> {
+    referrers: bool,
+) -> Result<Checked> {
     let mut problems: Vec<(usize, String)> = Vec::new();
     let mut sizes = Some(BTreeMap::new());
-    let mut add = |found: Option<BTreeMap<Digest, u64>>| match (&mut sizes, found) {
-        (Some(all), Some(f)) => all.extend(f),
-        _ => sizes = None,
-    };
-    match source {
-        Source::Oci(dir) => {
-            for (i, img) in images.iter().enumerate() {
-                match oci_top(dir, img) {
-                    Err(p) => problems.push((i, p)),
-                    Ok(top) => add(top.and_then(|t| oci_blobs(dir, img, t))),
+    let mut resolved: Vec<Option<Resolved>> = vec![None; images.len()];
+    let limit = Arc::new(tokio::sync::Semaphore::new(jobs.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, img) in images.iter().enumerate() {
+        let (skopeo, source, store, img, limit) =
+            (skopeo.clone(), source.clone(), store.clone(), img.clone(), limit.clone());
+        tasks.spawn(async move {
+            let _permit = limit.acquire().await;
+            (i, look_up(&skopeo, &source, &store, &img, referrers).await)
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok((i, Ok((r, found)))) => {
+                resolved[i] = Some(r);
+                match (&mut sizes, found) {
+                    (Some(all), Some(f)) => all.extend(f),
+                    _ => sizes = None,
                 }
             }
-        }
-        Source::Docker(_) => {
-            let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(jobs.max(1)));
-            let mut tasks = tokio::task::JoinSet::new();
-            for (i, img) in images.iter().enumerate() {
-                let (skopeo, source, img, limit) = (skopeo.clone(), source.clone(), img.clone(), limit.clone());
-                tasks.spawn(async move {
-                    let _permit = limit.acquire().await;
-                    match skopeo.inspect(&source.reference(&img)).await {
-                        Ok(top) => (i, Ok(docker_blobs(&skopeo, &source, &img, top).await)),
-                        Err(e) => (i, Err(explain(&format!("{e:#}")))),
-                    }
-                });
-            }
-            while let Some(done) = tasks.join_next().await {
-                match done {
-                    Ok((_, Ok(found))) => add(found),
-                    Ok((i, Err(p))) => problems.push((i, p)),
-                    Err(_) => add(None),
-                }
-            }
+            Ok((i, Err(p))) => problems.push((i, p)),
+            Err(e) => bail!("looking up the images: {e}"),
         }
     }
     if problems.is_empty() {
-        return Ok(sizes);
+        let images = resolved.into_iter().flatten().collect();
+        return Ok(Checked { images, sizes });
     }
     problems.sort();
-    let lines: Vec<String> =
-        problems.iter().map(|(i, p)| format!("  {}:{}: {p}", images[*i].repo, images[*i].tag)).collect();
+    let lines: Vec<String> = problems.iter().map(|(i, p)| format!("  {}: {p}", images[*i])).collect();
     bail!(
         "{} of the {} images cannot be read from the source; nothing was mounted:\n{}",
         problems.len(),

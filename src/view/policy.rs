@@ -139,6 +139,9 @@ impl Policy {
     /// Whether a lower layer's entry at `rel` (relative to the registry root)
     /// is hidden. Only the entry itself is judged: its ancestors were visible.
     pub fn hides_lower(&self, rel: &Path) -> bool {
+        if layout::is_regfs_state(rel) {
+            return true;
+        }
         match layout::classify(rel) {
             Place::Outside | Place::RepositoriesRoot => false,
             Place::RepoOrNamespace { prefix } => match &self.keep {
@@ -155,7 +158,10 @@ impl Policy {
     /// Whether the policy may hide any lower entry directly in directory
     /// `dir`; when not, a listing need not judge its names one by one.
     pub fn may_hide_in(&self, dir: &Path) -> bool {
-        (!self.hidden_sections.is_empty() || self.keep.is_some()) && !layout::children_outside_repositories(dir)
+        // The root may hold regfs's own state, hidden under every policy.
+        dir.as_os_str().is_empty()
+            || ((!self.hidden_sections.is_empty() || self.keep.is_some())
+                && !layout::children_outside_repositories(dir))
     }
 
     /// Whether a repository of the history stays visible.
@@ -185,6 +191,15 @@ mod tests {
         assert!(!pol.hides_lower(&p("a/_layers")));
         assert!(!pol.hides_lower(&p("a")));
         assert!(!pol.hides_lower(Path::new("docker/registry/v2/blobs/sha256/ab")));
+    }
+
+    #[test]
+    fn release_records_are_hidden_under_every_policy() {
+        for pol in [Policy::default(), Policy::transparent()] {
+            assert!(pol.hides_lower(Path::new(layout::RELEASES)));
+            assert!(pol.may_hide_in(Path::new("")));
+            assert!(!pol.hides_lower(Path::new("docker")));
+        }
     }
 
     #[test]

@@ -11,5 +11,6 @@ pub mod overlay_model;
 pub mod pause;
 pub mod registry;
 pub mod release;
+pub mod signed;
 pub mod tarfile;
 pub mod tree;

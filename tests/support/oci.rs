@@ -420,3 +420,30 @@ pub fn release_set(release: u32, n_images: usize, changed_every: usize) -> Vec<T
         })
         .collect()
 }
+
+/// Stores a JSON document as a blob of the layout `layout_dir`; returns its
+/// descriptor as JSON (`mediaType`, `digest`, `size`).
+pub fn put_document(layout_dir: &Path, media_type: &'static str, value: &Value) -> Value {
+    put_json(layout_dir, media_type, value).to_json()
+}
+
+/// Stores raw bytes as a blob; returns its descriptor as JSON.
+pub fn put_raw(layout_dir: &Path, media_type: &'static str, bytes: &[u8]) -> Value {
+    put_blob(layout_dir, media_type, bytes).to_json()
+}
+
+/// Lists a manifest (by its descriptor) in the layout's `index.json`, under
+/// `tag` or untagged (how an OCI layout holds a referrer known by its subject).
+pub fn list_in_index(layout_dir: &Path, tag: Option<&str>, descriptor: &Value) {
+    let path = layout_dir.join("index.json");
+    let bytes = fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let mut index: Value = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut entry = descriptor.clone();
+    if let Some(t) = tag {
+        entry["annotations"] = json!({ REF_NAME_ANNOTATION: t });
+    }
+    let entries = index["manifests"].as_array_mut().unwrap_or_else(|| panic!("{}: no manifests", path.display()));
+    entries.push(entry);
+    fs::write(&path, serde_json::to_vec(&index).expect("serialising JSON"))
+        .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+}
