@@ -48,6 +48,13 @@ enum Command {
 the store is not in the page cache (a cold scan waits on directory reads, not on the CPU)."
     )]
     Gc(GcArgs),
+    /// Check what GC trusts: every link names the digest it is filed under,
+    /// every blob hashes to its digest
+    ///
+    /// GC takes a link's digest from its path, as distribution does; verify
+    /// reads every link file and hashes every blob (in parallel), writes
+    /// nothing, and lists every problem. Exit status 1 when there is one.
+    Verify(VerifyArgs),
     /// Write the view as the release bundle (a tar), full or a delta
     ///
     /// An uncompressed, deterministic tar rooted like a registry
@@ -394,6 +401,15 @@ struct GcArgs {
 }
 
 #[derive(Args, Debug)]
+struct VerifyArgs {
+    #[command(flatten)]
+    layers: LayerArgs,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
 struct ExportArgs {
     #[command(flatten)]
     layers: LayerArgs,
@@ -529,6 +545,7 @@ pub fn main() -> i32 {
             }
         }
         Command::Umount(a) => mount::umount(&a.mountpoint, a.timeout.map(Duration::from_secs)),
+        Command::Verify(a) => a.layers.check().and_then(|layers| crate::gc::verify::command(&layers, a.json)),
         Command::Gc(a) => a.layers.check().and_then(|layers| {
             crate::gc::command(
                 &layers,

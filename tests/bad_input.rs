@@ -88,6 +88,31 @@ impl Layers {
         }
     }
 
+    /// A link GC takes by its path: gc runs without reading it, `regfs
+    /// verify` refuses the store naming it and saying why; no layer changes.
+    fn verify_refuses(&self, case: &str, transparent: bool, must_name: &str, why: &str) {
+        let before = self.snaps();
+        let out = self.run("gc", transparent, &["--dry-run"]);
+        assert!(out.status.success(), "{case}: gc must not read the link:\n{}", text(&out));
+        let out = self.run("verify", transparent, &[]);
+        let all = text(&out);
+        assert!(!out.status.success(), "{case}: verify must fail:\n{all}");
+        assert!(
+            all.contains(must_name) && all.contains(why),
+            "{case}: verify must name {must_name} and say {why:?}:\n{all}"
+        );
+        assert_eq!(self.snaps(), before, "{case}: verify changed a layer");
+    }
+
+    /// A bad link: a tag's `current` stops gc; any other, verify.
+    fn link_refused(&self, case: &str, transparent: bool, must_name: &str, why: &str) {
+        if must_name.contains("/current/") {
+            self.gc_refuses(case, transparent, must_name, why);
+        } else {
+            self.verify_refuses(case, transparent, must_name, why);
+        }
+    }
+
     /// gc succeeds; returns its JSON report. The lower never changes.
     fn gc_ok(&self, transparent: bool, extra: &[&str]) -> Value {
         let lower = snapshot(&self.lower.root);
@@ -292,9 +317,10 @@ fn bad_links(hex: &str) -> Vec<(&'static str, Vec<u8>, &'static str)> {
 }
 
 #[test]
-fn bad_links_stop_gc_naming_the_link() {
+fn bad_links_are_named_by_gc_or_verify() {
     // Every bad content at every kind of link, in the history (transparent
-    // policy) and in the release.
+    // policy) and in the release: a tag's current link stops gc; the links
+    // gc takes by their path are named by `regfs verify`.
     for in_lower in [true, false] {
         let (probe, m, layers) = Layers::new();
         drop(probe);
@@ -316,7 +342,7 @@ fn bad_links_stop_gc_naming_the_link() {
                     up.raw_link("app", &rel, &content);
                 }
                 let where_ = if in_lower { "lower" } else { "upper" };
-                l.gc_refuses(&format!("{case} at {rel} ({where_})"), in_lower, &repo_rel("app", &rel), why);
+                l.link_refused(&format!("{case} at {rel} ({where_})"), in_lower, &repo_rel("app", &rel), why);
             }
         }
     }
@@ -405,7 +431,7 @@ fn bad_history_links_count_only_where_the_view_shows_them() {
     up.tag("app", "v2", &um);
     let rel = format!("_layers/sha256/{}/link", layers[0]);
     l.lower.raw_link("app", &rel, format!("sha512:{}", layers[0]).as_bytes());
-    l.gc_refuses("bad history _layers link", false, &repo_rel("app", &rel), "other algorithms");
+    l.verify_refuses("bad history _layers link", false, &repo_rel("app", &rel), "other algorithms");
 }
 
 #[test]

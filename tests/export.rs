@@ -247,10 +247,10 @@ fn unmount_failures_are_reported_and_leave_upper_intact() {
     let tar = out_dir.join("x.tar");
     let extra = ["--export", tar.to_str().unwrap()];
 
-    // gc fails on a bad link written through the mount: nothing deleted, nothing exported.
+    // gc fails on a bad tag link written through the mount: nothing deleted, nothing exported.
     let mnt = Mount::fuse(&[&lower], &upper, &work.path().join("mnt"), &extra);
-    let bad = Path::new(V2).join(format!("repositories/app/_layers/sha256/{}/link", layers[0]));
-    fs::write(mnt.mountpoint.join(&bad), format!("sha256:{}\n", layers[0])).unwrap();
+    let bad = Path::new(V2).join("repositories/app/_manifests/tags/v1/current/link");
+    fs::write(mnt.mountpoint.join(&bad), format!("sha256:{m}\n")).unwrap();
     let before = snapshot(&upper);
     let out = mnt.umount_status();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -261,7 +261,7 @@ fn unmount_failures_are_reported_and_leave_upper_intact() {
     }
     assert_eq!(snapshot(&upper), before, "a failed gc must leave the upper as it was");
     assert!(!tar.exists());
-    fs::write(upper.join(&bad), format!("sha256:{}", layers[0])).unwrap();
+    fs::write(upper.join(&bad), format!("sha256:{m}")).unwrap();
 
     // export fails (its directory went away): gc ran, the upper stays, the
     // export can be re-run by hand.

@@ -361,7 +361,7 @@ fn broken_store(root: &Path, break_it: impl FnOnce(&StoreWriter, &str)) -> Strin
 }
 
 #[test]
-fn bad_input_stops_gc_before_anything_is_deleted() {
+fn bad_input_stops_gc_before_anything_is_deleted_or_is_named_by_verify() {
     let work = tempfile::tempdir().unwrap();
     let empty = empty_root(&work.path().join("empty"));
     let hex = "ab".repeat(32);
@@ -424,6 +424,19 @@ fn bad_input_stops_gc_before_anything_is_deleted() {
         let mut bad_path = String::new();
         broken_store(&root, |s, m| bad_path = case(s, m));
         let before = snapshot(&root);
+        if ["trailing newline", "uppercase", "other digest"].contains(&name) {
+            // A link GC takes by its path: verify names it; GC does not read it.
+            let out = regfs_layers("verify", &[&empty], &root, &[]);
+            assert!(!out.status.success(), "{name}: verify passed:\n{}", text(&out));
+            assert!(
+                text(&out).contains(&format!("{V2}/{bad_path}")),
+                "{name}: verify must name {bad_path}:\n{}",
+                text(&out)
+            );
+            regfs_ok("gc", &[&empty], &root, &["--dry-run"]);
+            assert_eq!(snapshot(&root), before, "{name}: verify or a dry run changed the store");
+            continue;
+        }
         for extra in [&["--dry-run"][..], &[][..], &["--delete-untagged"][..]] {
             let out = regfs_layers("gc", &[&empty], &root, extra);
             let err = String::from_utf8_lossy(&out.stderr);
@@ -544,4 +557,48 @@ fn a_repository_nested_near_path_max_is_found() {
         assert_eq!(deleted(&v, "repository"), 1, "the stale repository goes: {v:#}");
         assert_eq!(planned_blobs(&v), BTreeSet::from([stale.clone()]), "only the stale repository's blob goes");
     }
+}
+
+/// `regfs verify` checks what GC takes on trust: it names every link whose
+/// content is not the digest it is filed under, every link directory
+/// without its link, every blob whose data does not hash to its digest, all
+/// in one run; GC itself runs on the same store without reading them.
+#[test]
+fn verify_names_every_damaged_link_and_blob_and_gc_does_not_read_them() {
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("store");
+    let (s, m, layers) = fixtures::app_store(&store);
+    let ok = regfs_ok("verify", &[], &store, &["--json"]);
+    let r: Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_eq!((r["ok"].as_bool(), r["problems"].as_array().map(Vec::len)), (Some(true), Some(0)), "{r}");
+    // config + layer + manifest blobs; 2 layer links, 1 revision, 1 tag history, 1 current.
+    assert_eq!((r["blobs_checked"].as_u64(), r["links_checked"].as_u64()), (Some(3), Some(5)), "{r}");
+
+    let other = "ee".repeat(32);
+    s.raw_link("app", &format!("_manifests/revisions/sha256/{m}/link"), format!("sha256:{other}").as_bytes());
+    let missing = format!("_layers/sha256/{}/link", layers[0]);
+    fs::remove_file(s.v2().join("repositories/app").join(&missing)).unwrap();
+    let blob = s.blob_path(&layers[0]);
+    let mut bytes = fs::read(&blob).unwrap();
+    bytes[0] ^= 0xff;
+    fs::write(&blob, &bytes).unwrap();
+    let before = snapshot(&store);
+    let out = regfs_layers("verify", &[], &store, &["--json"]);
+    assert!(!out.status.success(), "verify passed a damaged store:\n{}", text(&out));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let problems: Vec<String> =
+        r["problems"].as_array().unwrap().iter().map(|p| format!("{}: {}", p["path"], p["problem"])).collect();
+    assert_eq!(problems.len(), 3, "{problems:#?}");
+    let all = problems.join("\n");
+    for want in [
+        format!("revisions/sha256/{m}/link\": \"the link names sha256:{other} but is filed under sha256:{m}"),
+        format!("{missing}\": \"missing"),
+        format!("{}/data\": \"the data does not hash", layers[0]),
+    ] {
+        assert!(all.contains(&want), "{want:?} not in:\n{all}");
+    }
+    assert_eq!(snapshot(&store), before, "verify wrote the store");
+    // GC takes the links by their paths: it plans without an error.
+    let out = regfs_ok("gc", &[], &store, &["--dry-run"]);
+    assert!(!text(&out).contains("filed under"), "{}", text(&out));
 }

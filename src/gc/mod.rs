@@ -24,15 +24,18 @@
 //! directories of live repositories.
 //!
 //! **Safety.** The plan is computed completely before anything is deleted.
-//! A link that is not exactly `sha256:<64 lowercase hex>` (or names another
-//! digest than its directory), a manifest that does not parse or does not
+//! A link's digest is its directory's name (as distribution takes it): a
+//! name that is no digest, a tag's `current/link` that is not exactly
+//! `sha256:<64 lowercase hex>`, a manifest that does not parse or does not
 //! hash to its digest, a manifest a root or index names whose data is
 //! missing, or anything unexpected in the blob store stops GC with an error
-//! naming the file by its view path.
+//! naming the file by its view path. The content of the other link files is
+//! checked by `regfs verify` ([`verify`]), not on every GC.
 
 pub mod manifest;
 mod report;
 mod scan;
+pub mod verify;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;

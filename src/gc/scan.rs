@@ -9,6 +9,13 @@
 //!
 //! Every directory listed is remembered (how many names it holds), so the planner
 //! can tell which directories GC leaves empty without listing them again.
+//!
+//! A link's digest is taken from its path, as distribution's own GC does:
+//! the `link` files of `_layers`, revisions and tag histories are not
+//! opened (on a whole store that is most of its files); their directories
+//! are listed, which says whether the file is there. Only a tag's
+//! `current/link` is read, since its content decides what the tag names.
+//! `regfs verify` checks every link's content against its path.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -20,17 +27,18 @@ use super::{GcError, bad};
 use crate::layout::{self, Digest, Section};
 use crate::view::{Dir, Entry, Layer, LayerIdx, Named, UPPER, View};
 
-/// A link directory (`.../sha256/<hex>`) and what its `link` file says.
+/// A link directory (`.../sha256/<hex>`): the digest its name stands for.
 #[derive(Clone, Debug)]
 pub struct LinkRef {
     pub digest: Digest,
     /// View path of the `<hex>` directory.
     pub dir: PathBuf,
-    /// False when the directory holds no `link` file (left over, useless).
+    /// Whether it counts as a link (a tag's `current` without a `link` file
+    /// does not; a link directory is trusted to hold one).
     pub present: bool,
-    /// Size of the link file.
+    /// Size of the link file (a valid one's, for a link not read).
     pub bytes: u64,
-    /// Whether the link file is upper's (deleting it frees its bytes).
+    /// Whether the link directory is upper's (deleting it frees its bytes).
     pub in_upper: bool,
 }
 
@@ -204,34 +212,86 @@ impl<'v> Scanner<'v> {
         Ok(Some((d, content.len() as u64, e.top() == UPPER)))
     }
 
-    /// Lists `<dir>/<hex>/link` entries (`_layers/sha256`, `revisions/sha256`,
-    /// a tag's `index/sha256`): every name must be a digest directory.
-    fn links(&self, from: &At, dir: &Path) -> Result<Vec<LinkRef>, GcError> {
+    /// The link directories `<dir>/<hex>` (`_layers/sha256`,
+    /// `revisions/sha256`, a tag's `index/sha256`), by name: every name must
+    /// be a digest directory. Their `link` files are not read.
+    pub fn link_dirs(&self, from: &At, dir: &Path) -> Result<Vec<(Digest, Named)>, GcError> {
         let Some((_, layers)) = self.descend(from, dir)? else { return Ok(Vec::new()) };
-        let items = self.list(dir, &layers)?;
-        items
-            .par_iter()
+        self.list(dir, &layers)?
+            .into_iter()
             .map(|item| {
                 let rel = dir.join(&item.name);
-                let name = utf8(dir, item)?;
-                let d = Digest::from_hex(name).map_err(|_| {
+                let d = Digest::from_hex(utf8(dir, &item)?).map_err(|_| {
                     bad(&rel, "unexpected entry: only sha256 digest directories (64 lowercase hex) belong here")
                 })?;
                 if !item.is_dir() {
                     return Err(bad(&rel, "a link directory must be a directory"));
                 }
-                let link = self.read_link(&rel, &item.layers, Some(&d))?;
+                Ok((d, item))
+            })
+            .collect()
+    }
+
+    /// The links below `dir`, each taken from its directory's name. A link
+    /// directory is listed, not its `link` opened: the listing says whether
+    /// the file is there (a registry's delete leaves the directory without
+    /// it) and, from the entry's type, that it is a regular file.
+    fn links(&self, from: &At, dir: &Path) -> Result<Vec<LinkRef>, GcError> {
+        self.link_dirs(from, dir)?
+            .into_par_iter()
+            .map(|(digest, item)| {
+                let rel = dir.join(&item.name);
+                let names = self.list(&rel, &item.layers)?;
+                let link = names.iter().find(|n| n.name == layout::LINK);
+                if let Some(l) = link.filter(|l| !l.file_type.is_file()) {
+                    let kind = format!("{:?}", l.file_type).to_lowercase();
+                    return Err(bad(&rel.join(layout::LINK), format!("a link must be a regular file, not a {kind}")));
+                }
                 Ok(LinkRef {
-                    digest: d,
+                    digest,
                     dir: rel,
                     present: link.is_some(),
-                    bytes: link.map_or(0, |l| l.1),
-                    in_upper: link.is_some_and(|l| l.2),
+                    bytes: layout::LINK_LEN as u64,
+                    in_upper: link.is_some_and(|l| l.layers.first() == Some(&UPPER)),
                 })
             })
             .collect::<Vec<_>>()
             .into_iter()
             .collect()
+    }
+
+    /// Checks a link directory's `link` file as a registry writes it: a
+    /// regular file naming exactly the digest of its directory.
+    pub fn check_link(&self, dir: &Path, layers: &[LayerIdx], expect: &Digest) -> Result<(), GcError> {
+        match self.read_link(dir, layers, Some(expect))? {
+            Some(_) => Ok(()),
+            None => Err(bad(&dir.join(layout::LINK), "missing: a link directory without its link file")),
+        }
+    }
+
+    /// The repository's link directories GC takes by name, with where each
+    /// sits: revisions, tag histories and `_layers` (for `regfs verify`).
+    pub fn repo_link_dirs(&self, repo: &RepoScan) -> Result<Vec<(Digest, PathBuf, Vec<LayerIdx>)>, GcError> {
+        let mut out = Vec::new();
+        let mut add = |from: &At, dir: PathBuf| -> Result<(), GcError> {
+            for (d, item) in self.link_dirs(from, &dir)? {
+                out.push((d, dir.join(&item.name), item.layers));
+            }
+            Ok(())
+        };
+        if let Some(m) = repo.section(Section::Manifests) {
+            add(m, layout::revision_links_dir(&repo.name))?;
+            for t in &repo.tags {
+                if let Some(at) = self.descend(m, &t.dir)? {
+                    let name = t.dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                    add(&at, layout::tag_index_dir(&repo.name, name))?;
+                }
+            }
+        }
+        if let Some(l) = repo.section(Section::Layers) {
+            add(l, layout::layer_links_dir(&repo.name))?;
+        }
+        Ok(out)
     }
 
     /// Every repository of the view, sorted by name (not yet scanned). The
