@@ -240,7 +240,7 @@ fn unmount_failures_are_reported_and_leave_upper_intact() {
     let work = tempfile::tempdir().unwrap();
     let lower = empty_root(&work.path().join("lower"));
     let upper = work.path().join("upper");
-    let (s, m, layers) = app_store(&upper);
+    let (s, m, _layers) = app_store(&upper);
     s.blob(b"garbage");
     let out_dir = work.path().join("out");
     fs::create_dir(&out_dir).unwrap();
