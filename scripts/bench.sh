@@ -22,6 +22,12 @@
 #   bundle     the store exported as a bundle tar and extracted again: mount,
 #              warm `du -s` and `find -ls`, peak RSS of a FUSE view over the tar
 #              (read in place) against the view over the extracted directory
+#   release    the whole release of release 2 over the history, to its tar:
+#              regfs release (full, and a delta against the site's inventory)
+#              against the seed's scripted pipeline (kernel overlay, rm -rf of
+#              every history _manifests, the stock registry + skopeo x4,
+#              garbage-collect, tar) and against an empty store + skopeo + tar;
+#              time per phase of each
 #   scaling    traversal and gc again on a store 1/10 the size, gc on an empty
 #              store (start-up, not a cost per entry)
 # --only takes a comma list of these (data is generated either way).
@@ -39,8 +45,8 @@ set -euo pipefail
 export LC_ALL=C
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
-SMALL=0 OUT="" DIR="" KEEP=0 RUNS=3 REGFS_SRC="" REV="" ONLY="traversal,read,push,gc,export,bundle,scaling"
-usage() { sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+SMALL=0 OUT="" DIR="" KEEP=0 RUNS=3 REGFS_SRC="" REV="" ONLY="traversal,read,push,gc,export,bundle,scaling,release"
+usage() { sed -n '2,43p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --small) SMALL=1 ;;
@@ -564,6 +570,98 @@ EOF
     done
 }
 
+# ------------------------------------------------------------------ the whole release
+# phase FIG-TARGET NAME T0: records the seconds since T0 as phase NAME.
+phase() { record release_phase "$SIZE_FOR_PHASE" "$1:$2" s "$(awk -v a="$3" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.4f", b - a }')"; }
+
+# The seed's scripted pipeline (what release engineers run today, as root):
+# a kernel overlay of the history, every history _manifests removed through
+# it, the stock registry and skopeo 4 at a time, garbage-collect, tar.
+seed_pipeline() {  # DIR
+    local d=$1 t t0
+    mkdir -p "$d/upper" "$d/work" "$d/mnt"
+    t0=$EPOCHREALTIME t=$t0
+    mount -t overlay bench-seed -o "lowerdir=$H,upperdir=$d/upper,workdir=$d/work" "$d/mnt"
+    MOUNTS+=("kernel:$d/mnt")
+    find "$d/mnt/docker/registry/v2/repositories" -name _manifests -prune -exec rm -rf {} +
+    phase seed-pipeline "mount + hide manifests" "$t"; t=$EPOCHREALTIME
+    start_registry "$d/mnt" seed
+    push_release r2
+    stop_registry
+    phase seed-pipeline push "$t"; t=$EPOCHREALTIME
+    cat > "$d/gc.yml" <<EOC
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: "$d/mnt"
+  delete:
+    enabled: true
+EOC
+    docker-registry garbage-collect "$d/gc.yml" > "$d/gc.log" 2>&1
+    phase seed-pipeline gc "$t"; t=$EPOCHREALTIME
+    tar -cf "$d/release.tar" -C "$d/mnt" docker
+    sync -f "$d/release.tar"
+    phase seed-pipeline tar "$t"
+    umount "$d/mnt"
+    record release_tar "$SIZE_FOR_PHASE" seed-pipeline B "$(stat -c %s "$d/release.tar")"
+}
+
+# An empty store, the stock registry and skopeo, tar: what the site gets
+# when nothing is reused.
+clean_pipeline() {  # DIR
+    local d=$1 t
+    mkdir -p "$d/store/docker/registry/v2"
+    t=$EPOCHREALTIME
+    start_registry "$d/store" clean
+    push_release r2
+    stop_registry
+    phase clean-store-pipeline push "$t"; t=$EPOCHREALTIME
+    tar -cf "$d/release.tar" -C "$d/store" docker
+    sync -f "$d/release.tar"
+    phase clean-store-pipeline tar "$t"
+    record release_tar "$SIZE_FOR_PHASE" clean-store-pipeline B "$(stat -c %s "$d/release.tar")"
+}
+
+# regfs release of release 2 over the history; its phases from its --json.
+regfs_release_run() {  # DIR TARGET [FLAGS]
+    local d=$1 target=$2; shift 2
+    mkdir -p "$d"
+    "$REGFS" release --history "$H" --images "$RUN/r2.list" --from "oci:$OCI" -o "$d/release.tar" \
+        --workdir "$d/work" --mode kernel --json "$@" > "$d/summary.json" 2> "$d/release.log"
+    sync -f "$d/release.tar"
+    python3 - "$d/summary.json" "$target" "$SIZE_FOR_PHASE" >> "$RESULTS" <<'EOP'
+import json, sys
+s = json.load(open(sys.argv[1]))
+for name, secs in s["phases"]:
+    print("release_phase\t%s\t%s:%s\ts\t%.4f" % (sys.argv[3], sys.argv[2], name, secs))
+EOP
+    record release_tar "$SIZE_FOR_PHASE" "$target" B "$(stat -c %s "$d/release.tar")"
+}
+
+release_fig() {  # SIZE
+    local size=$1 run d
+    SIZE_FOR_PHASE=$size
+    printf '%s:r2\n' "${OCI_REPOS[@]}" > "$RUN/r2.list"
+    # What the site holds (the history), as the inventory it sends.
+    "$REGFS" inventory "$H" -o "$RUN/site.inventory" > /dev/null
+    for run in $(seq "$RUNS"); do
+        for v in seed clean regfs delta; do
+            d=$RUN/release/$v-$run
+            log "release: run $run, $v"
+            sync
+            case "$v" in
+                seed) timed release "$size" seed-pipeline seed_pipeline "$d" ;;
+                clean) timed release "$size" clean-store-pipeline clean_pipeline "$d" ;;
+                regfs) timed release "$size" regfs-release regfs_release_run "$d" regfs-release ;;
+                delta) timed release "$size" regfs-release-delta regfs_release_run "$d" regfs-release-delta --base "$RUN/site.inventory" ;;
+            esac
+            rm -rf --one-file-system "$d"
+        done
+    done
+}
+
 # Release 2 through a stock registry onto: an empty store, kernel overlay
 # (regfs --mode kernel), regfs FUSE (--fsync full, the default, and
 # --fsync finalize), fuse-overlayfs; a fresh upper each time. Each figure
@@ -630,6 +728,7 @@ if want traversal || want read || want export; then
 fi
 want gc && fig_load gc && gc_fig full "$H"
 want push && fig_load push && push_fig full
+want release && fig_load release && release_fig full
 want bundle && fig_load bundle && bundle_fig full
 if want scaling; then
     fig_load scaling

@@ -412,7 +412,7 @@ fn plan_scan(sc: &Scanner, opts: &GcOptions, prefixes: &[Named], t0: Instant) ->
         .par_iter_mut()
         .map(|r| {
             let with_layers = r.has(Section::Manifests);
-            sc.scan_repo(r, with_layers)
+            sc.scan_repo(r, with_layers, opts.delete_untagged)
         })
         .collect();
     scanned.into_iter().collect::<Result<(), _>>()?;

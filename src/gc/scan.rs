@@ -12,8 +12,8 @@
 //!
 //! A link's digest is taken from its path, as distribution's own GC does:
 //! the `link` files of `_layers`, revisions and tag histories are not
-//! opened (on a whole store that is most of its files); their directories
-//! are listed, which says whether the file is there. Only a tag's
+//! opened (on a whole store that is most of its files); revision
+//! directories are listed, which says whether the file is there. Only a tag's
 //! `current/link` is read, since its content decides what the tag names.
 //! `regfs verify` checks every link's content against its path.
 
@@ -232,13 +232,31 @@ impl<'v> Scanner<'v> {
             .collect()
     }
 
-    /// The links below `dir`, each taken from its directory's name. A link
-    /// directory is listed, not its `link` opened: the listing says whether
-    /// the file is there (a registry's delete leaves the directory without
-    /// it) and, from the entry's type, that it is a regular file.
-    fn links(&self, from: &At, dir: &Path) -> Result<Vec<LinkRef>, GcError> {
-        self.link_dirs(from, dir)?
-            .into_par_iter()
+    /// The links below `dir`, each taken from its directory's name.
+    ///
+    /// With `listed`, each link directory is listed too (not its `link`
+    /// opened): the listing says whether the file is there and, from the
+    /// entry's type, that it is a regular file. Revisions need that: a
+    /// manifest deleted through the registry's API leaves its revision
+    /// directory without the link, and that manifest is no root. Elsewhere
+    /// (`_layers`, tag histories) a link directory is trusted whole, as
+    /// distribution does: one without its file is harmless, and `regfs
+    /// verify` names it.
+    fn links(&self, from: &At, dir: &Path, listed: bool) -> Result<Vec<LinkRef>, GcError> {
+        let dirs = self.link_dirs(from, dir)?;
+        if !listed {
+            return Ok(dirs
+                .into_iter()
+                .map(|(digest, item)| LinkRef {
+                    digest,
+                    dir: dir.join(&item.name),
+                    present: true,
+                    bytes: layout::LINK_LEN as u64,
+                    in_upper: item.layers.first() == Some(&UPPER),
+                })
+                .collect());
+        }
+        dirs.into_par_iter()
             .map(|(digest, item)| {
                 let rel = dir.join(&item.name);
                 let names = self.list(&rel, &item.layers)?;
@@ -344,20 +362,22 @@ impl<'v> Scanner<'v> {
     }
 
     /// Reads a repository's revisions and tags and, when `with_layers`, its
-    /// layer links.
-    pub fn scan_repo(&self, repo: &mut RepoScan, with_layers: bool) -> Result<(), GcError> {
+    /// layer links; when `with_history`, each tag's history entries (only
+    /// `--delete-untagged` can find one to delete: otherwise every revision
+    /// there is a root, and an entry naming one that is gone is harmless).
+    pub fn scan_repo(&self, repo: &mut RepoScan, with_layers: bool, with_history: bool) -> Result<(), GcError> {
         if let Some(m) = repo.section(Section::Manifests) {
             let m = m.clone();
-            repo.revisions = self.links(&m, &layout::revision_links_dir(&repo.name))?;
-            repo.tags = self.tags(&m, &repo.name)?;
+            repo.revisions = self.links(&m, &layout::revision_links_dir(&repo.name), true)?;
+            repo.tags = self.tags(&m, &repo.name, with_history)?;
         }
         if let Some(l) = repo.section(Section::Layers).filter(|_| with_layers) {
-            repo.layer_links = self.links(l, &layout::layer_links_dir(&repo.name))?;
+            repo.layer_links = self.links(l, &layout::layer_links_dir(&repo.name), false)?;
         }
         Ok(())
     }
 
-    fn tags(&self, manifests: &At, repo: &str) -> Result<Vec<TagScan>, GcError> {
+    fn tags(&self, manifests: &At, repo: &str, with_history: bool) -> Result<Vec<TagScan>, GcError> {
         let dir = layout::tags_dir(repo);
         let Some((_, layers)) = self.descend(manifests, &dir)? else { return Ok(Vec::new()) };
         let mut out = Vec::new();
@@ -377,7 +397,11 @@ impl<'v> Scanner<'v> {
                 None => None,
             };
             out.push(TagScan {
-                history: self.links(&tag, &layout::tag_index_dir(repo, &name))?,
+                history: if with_history {
+                    self.links(&tag, &layout::tag_index_dir(repo, &name), false)?
+                } else {
+                    Vec::new()
+                },
                 current: current.map(|c| c.0),
                 current_bytes: current.map_or(0, |c| c.1),
                 dir: tag_dir,

@@ -67,7 +67,7 @@ pub fn verify(view: &View) -> Result<VerifyReport, GcError> {
     let per_repo: Vec<(u64, Vec<Problem>)> = repos
         .par_iter_mut()
         .map(|r| {
-            if let Err(e) = sc.scan_repo(r, false) {
+            if let Err(e) = sc.scan_repo(r, false, false) {
                 return (0, vec![problem(e)]);
             }
             let dirs = match sc.repo_link_dirs(r) {
