@@ -155,6 +155,10 @@ pub struct Deletion {
     /// (and GC does not read them to size them).
     pub files: u64,
     pub bytes: u64,
+    /// Only a lower holds it (a history blob): the sweep hides it with a
+    /// whiteout and nothing else.
+    #[serde(skip)]
+    pub lower_only: bool,
 }
 
 /// A complete GC plan: nothing is deleted until it exists.
@@ -211,6 +215,9 @@ struct Marks {
     blobs_of: FxHashMap<Digest, Vec<Digest>>,
     /// The data of every marked blob the store holds.
     data: FxHashMap<Digest, BlobData>,
+    /// Marked blobs taken as a manifest sizes them (their directory listed,
+    /// not looked into).
+    sized: FxHashMap<Digest, u64>,
     /// Marked manifests without data (a subject not in the store).
     absent: FxHashSet<Digest>,
     warnings: Vec<String>,
@@ -230,6 +237,11 @@ impl<'s> Store<'s> {
             blobs.sort_unstable_by_key(|b| b.digest);
         }
         Store { sc, blobs }
+    }
+
+    /// Whether the store lists a blob directory for `d`.
+    fn lists(&self, d: &Digest) -> bool {
+        self.blobs.binary_search_by(|b| b.digest.cmp(d)).is_ok()
     }
 
     fn data(&self, d: &Digest) -> Result<BlobData, GcError> {
@@ -276,10 +288,12 @@ impl<'s> Store<'s> {
 
 /// Marks everything reachable from `roots`, level by level; each level's
 /// manifests are read in parallel, errors reported in a stable order. Then
-/// looks up the data of every marked blob (in parallel; only marked ones:
-/// an unmarked blob goes whole, whatever it holds).
+/// looks up the data of the marked blobs (in parallel; only marked ones:
+/// an unmarked blob goes whole, whatever it holds). A blob a manifest sizes
+/// whose directory the store lists is taken as the manifest says, as
+/// distribution's GC takes it (`regfs verify` looks inside).
 fn mark(store: &Store, roots: Vec<Pending>, marks: &mut Marks) -> Result<(), GcError> {
-    let Marks { marked, read, blobs_of, data, absent, warnings } = marks;
+    let Marks { marked, read, blobs_of, data, sized, absent, warnings } = marks;
     // Blob references to check for data once marking is done, in order.
     let mut referenced: Vec<(String, Digest)> = Vec::new();
     let mut frontier = roots;
@@ -317,6 +331,9 @@ fn mark(store: &Store, roots: Vec<Pending>, marks: &mut Marks) -> Result<(), GcE
                 if marked.insert(b.digest) && !b.foreign {
                     referenced.push((at.clone(), b.digest));
                 }
+                if let Some(size) = b.size {
+                    sized.entry(b.digest).or_insert(size);
+                }
             }
             for m in &refs.manifests {
                 next.push(Pending { digest: m.digest, origin: at.clone(), required: true });
@@ -327,14 +344,18 @@ fn mark(store: &Store, roots: Vec<Pending>, marks: &mut Marks) -> Result<(), GcE
         }
         frontier = next;
     }
-    let unknown: Vec<Digest> = marked.iter().filter(|d| !data.contains_key(*d)).copied().collect();
+    // Sized by a manifest and listed by the store: no lookup. A manifest
+    // read is in `data` already; one named only as a blob is looked up.
+    sized.retain(|d, _| !data.contains_key(d) && !read.contains(d) && store.lists(d));
+    let unknown: Vec<Digest> =
+        marked.iter().filter(|d| !data.contains_key(*d) && !sized.contains_key(*d)).copied().collect();
     let found: Vec<_> = unknown.par_iter().map(|d| store.data(d).map(|x| (*d, x))).collect();
     for f in found {
         let (d, x) = f?;
         data.insert(d, x);
     }
     for (at, d) in referenced {
-        if data.get(&d).is_none_or(|x| x.is_none()) {
+        if data.get(&d).is_none_or(|x| x.is_none()) && !sized.contains_key(&d) {
             warnings.push(format!("{at}: references blob {d}, which has no data in the store"));
         }
     }
@@ -455,13 +476,16 @@ fn plan_scan(sc: &Scanner, opts: &GcOptions, prefixes: &[Named], t0: Instant) ->
         mark(&store, attached.into_iter().map(|(p, _)| p).collect(), &mut marks)?;
     }
     let mut b = PlanBuilder::default();
-    // `marks.data` holds marked blobs only: one with data there is kept.
-    let kept_data = |d: &Digest| marks.data.get(d).and_then(|x| x.as_ref());
+    // `marks.data` and `marks.sized` hold marked blobs only: one with data
+    // there (or sized by its manifest) is kept.
+    let kept_size = |d: &Digest| {
+        marks.data.get(d).and_then(|x| x.as_ref()).map(|e| e.meta.size).or_else(|| marks.sized.get(d).copied())
+    };
     // Unmarked blobs go whole; what that frees is what upper holds of them.
     let mut doomed = Vec::new();
     for blob in &store.blobs {
-        match kept_data(&blob.digest) {
-            Some(e) => b.keep(Kind::Blob, e.meta.size),
+        match kept_size(&blob.digest) {
+            Some(size) => b.keep(Kind::Blob, size),
             _ => doomed.push(blob),
         }
     }
@@ -469,14 +493,18 @@ fn plan_scan(sc: &Scanner, opts: &GcOptions, prefixes: &[Named], t0: Instant) ->
         .par_iter()
         .map(|blob| {
             let dir = layout::blob_dir(&blob.digest);
-            if blob.layers.contains(&UPPER) { sc.upper_usage(&dir).map(|u| (dir, u)) } else { Ok((dir, (0, 0))) }
+            let in_upper = blob.layers.contains(&UPPER);
+            if in_upper { sc.upper_usage(&dir).map(|u| (dir, u, in_upper)) } else { Ok((dir, (0, 0), in_upper)) }
         })
         .collect();
     for f in freed {
-        let (dir, usage) = f?;
+        let (dir, usage, in_upper) = f?;
         b.delete(Kind::Blob, dir, None, usage);
+        if let Some(last) = b.deletions.last_mut() {
+            last.lower_only = !in_upper;
+        }
     }
-    let has_data = |d: &Digest| kept_data(d).is_some();
+    let has_data = |d: &Digest| kept_size(d).is_some();
     for r in &repos {
         b.repo(r, &marks.marked, &marks.blobs_of, &has_data);
     }
@@ -518,7 +546,7 @@ impl PlanBuilder {
     }
 
     fn delete(&mut self, kind: Kind, path: PathBuf, repo: Option<&str>, (files, bytes): (u64, u64)) {
-        self.deletions.push(Deletion { kind, path, repo: repo.map(str::to_string), files, bytes });
+        self.deletions.push(Deletion { kind, path, repo: repo.map(str::to_string), files, bytes, lower_only: false });
     }
 
     /// Decides a repository's links, tags and sections.
@@ -631,7 +659,14 @@ fn empty_dirs(sc: &Scanner, deletions: &[Deletion], protected: &FxHashSet<PathBu
     let mut out = Vec::new();
     for c in ordered {
         if lost.get(c.as_os_str()).copied().unwrap_or(0) >= sc.name_count(c)? {
-            out.push(Deletion { kind: Kind::EmptyDir, path: c.to_path_buf(), repo: None, files: 0, bytes: 0 });
+            out.push(Deletion {
+                kind: Kind::EmptyDir,
+                path: c.to_path_buf(),
+                repo: None,
+                files: 0,
+                bytes: 0,
+                lower_only: false,
+            });
             *lost.entry(parent_bytes(c.as_os_str())).or_default() += 1;
         }
     }
@@ -650,11 +685,23 @@ fn parent_bytes(p: &OsStr) -> &OsStr {
 /// view and re-running GC finishes the job.
 pub fn sweep(view: &View, plan: &Plan) -> Result<()> {
     let total = plan.deletions.len();
+    // The upper directory the last history blob's whiteout went into: the
+    // blobs come sorted, so most share it with the one before.
+    let mut ready: Option<&Path> = None;
     for (i, d) in plan.deletions.iter().enumerate() {
         crate::testhook::point("gc-delete", i as u64 + 1);
         tracing::debug!(kind = ?d.kind, path = %d.path.display(), "gc: deleting");
         let done = match d.kind {
             Kind::EmptyDir => view.in_parent(&d.path, |dir, name| view.rmdir(dir, name)).map(drop),
+            // A history blob: one whiteout, no lookups (the plan knows).
+            Kind::Blob if d.lower_only => {
+                let parent = d.path.parent();
+                let r = view.whiteout_lower_only(&d.path, parent.is_some() && parent == ready);
+                if r.is_ok() {
+                    ready = parent;
+                }
+                r
+            }
             _ => view.remove_tree(&d.path),
         };
         match done {

@@ -71,6 +71,25 @@ impl View {
         Ok(())
     }
 
+    /// Hides `rel`, which only a lower holds (GC's plan says so, offline:
+    /// no mount serves the view), by a whiteout; `parent_ready`: its upper
+    /// parent directory exists already. Where upper turns out to hold the
+    /// name after all, the whole removal runs instead.
+    pub fn whiteout_lower_only(&self, rel: &Path, parent_ready: bool) -> io::Result<()> {
+        {
+            let _g = self.lock();
+            if !parent_ready {
+                self.ensure_upper_dir(Self::parent_of(rel)?, &mut CopyUps::default())?;
+            }
+            match self.make_whiteout(rel) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+                Err(_) => {}
+            }
+        }
+        self.remove_tree(rel)
+    }
+
     /// Hides whatever the lowers hold at `rel` by a mark in upper, as kernel
     /// overlay needs it: a whiteout where upper has nothing, the opaque xattr
     /// on an upper directory. The parent must be visible in the view. (For
