@@ -420,7 +420,10 @@ fn links_that_are_not_files_or_sit_under_bad_names_stop_gc() {
             // history only with --delete-untagged; verify looks at both.
             l.verify_refuses(case, true, &repo_rel("app", &rel), why);
             let out = l.run("gc", true, &["--delete-untagged", "--dry-run"]);
-            assert!(rel.starts_with("_layers/") || !out.status.success(), "{case}: --delete-untagged reads tag histories");
+            assert!(
+                rel.starts_with("_layers/") || !out.status.success(),
+                "{case}: --delete-untagged reads tag histories"
+            );
         } else {
             l.gc_refuses(case, true, &repo_rel("app", &rel), why);
         }
@@ -478,13 +481,20 @@ fn links_to_blobs_without_data() {
     }
     let report = l.gc_ok(false, &[]);
     let warn = warnings(&report);
-    assert!(warn.iter().any(|w| w.contains(absent.as_str()) && w.contains("no data")), "no warning for {absent}: {warn:#?}");
+    assert!(
+        warn.iter().any(|w| w.contains(absent.as_str()) && w.contains("no data")),
+        "no warning for {absent}: {warn:#?}"
+    );
     let v = fixtures::view(&[&l.lower.root], &l.upper, None);
     let links = fixtures::view_names(&v, Path::new(&repo_rel("dataless", "_layers/sha256")));
     assert_eq!(links, BTreeSet::from([cfg.clone(), empty_dir.clone()]), "the link to a blob not in the store must go");
     assert!(fixtures::view_blob_set(&v).contains(&man));
     let out = l.run("verify", false, &[]);
-    assert!(!out.status.success() && text(&out).contains(&blob_rel(&empty_dir)) && text(&out).contains("missing"), "{}", text(&out));
+    assert!(
+        !out.status.success() && text(&out).contains(&blob_rel(&empty_dir)) && text(&out).contains("missing"),
+        "{}",
+        text(&out)
+    );
 }
 
 // --------------------------------------------------------------- symlinks
