@@ -134,16 +134,7 @@ impl Staging {
 
     /// Writes a `_layers` link naming `d` at `dst`.
     fn write_link(&self, dst: &Path, d: &Digest) -> Result<()> {
-        let result = (|| -> Result<()> {
-            let mut f = File::create(&self.tmp).with_context(|| format!("creating {}", self.tmp.display()))?;
-            f.write_all(d.to_string().as_bytes())?;
-            f.sync_all()?;
-            self.place(dst)
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&self.tmp);
-        }
-        result.with_context(|| format!("writing {}", dst.display()))
+        self.write_file(dst, d.to_string().as_bytes())
     }
 }
 
